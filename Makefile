@@ -1,0 +1,35 @@
+# `make test` is the whole CI gate; .ci/run calls it on a fresh machine.
+GO ?= go
+FUZZTIME ?= 20s
+
+.PHONY: test deps fmt-check vet unit fuzz bench demo build
+
+test: deps fmt-check vet unit fuzz
+
+deps:
+	bash scripts/install-test-deps.sh
+
+fmt-check:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then \
+		echo "gofmt: these files need formatting (run gofmt -w):"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# A short fuzz run of the pre-auth codec; the anchors matter because -fuzz
+# must match exactly one target.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadCommand$$' -fuzztime $(FUZZTIME) ./proxy/wire
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+demo:
+	$(GO) run ./cmd/portico demo
+
+build:
+	$(GO) build ./...
+	$(GO) build -o bin/portico ./cmd/portico

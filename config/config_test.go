@@ -1,0 +1,721 @@
+package config
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// keyPair writes a self-signed ECDSA certificate valid from notBefore to
+// notAfter and its key into dir.
+func keyPair(t *testing.T, dir, name string, notBefore, notAfter time.Time) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "imap.example.com"},
+		DNSNames:     []string{"imap.example.com"},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		IsCA:         true,
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile = filepath.Join(dir, name+"-cert.pem")
+	keyFile = filepath.Join(dir, name+"-key.pem")
+	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})))
+	return certFile, keyFile
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type fixture struct {
+	dir               string
+	cert, key         string // a valid pair
+	otherKey          string // does not match cert
+	expired, expKey   string // an expired pair
+	expiring, soonKey string // a pair expiring in 3 days
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{dir: t.TempDir()}
+	now := time.Now()
+	f.cert, f.key = keyPair(t, f.dir, "good", now.Add(-time.Hour), now.Add(365*24*time.Hour))
+	_, f.otherKey = keyPair(t, f.dir, "other", now.Add(-time.Hour), now.Add(365*24*time.Hour))
+	f.expired, f.expKey = keyPair(t, f.dir, "expired", now.Add(-48*time.Hour), now.Add(-24*time.Hour))
+	f.expiring, f.soonKey = keyPair(t, f.dir, "soon", now.Add(-time.Hour), now.Add(3*24*time.Hour))
+	return f
+}
+
+// example returns Example with its certificate paths pointing at f's pair,
+// and sets the Redis password variable it needs.
+func (f *fixture) example(t *testing.T) []byte {
+	t.Setenv("PORTICO_REDIS_PASSWORD", "redis-pw-from-env")
+	s := strings.ReplaceAll(string(Example), "/etc/portico/tls/cert.pem", f.cert)
+	s = strings.ReplaceAll(s, "/etc/portico/tls/key.pem", f.key)
+	return []byte(s)
+}
+
+func TestExample(t *testing.T) {
+	f := newFixture(t)
+	c, err := Parse(f.example(t), "portico.example.yaml")
+	if err != nil {
+		t.Fatalf("example does not load:\n%v", err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("example has warnings: %q", w)
+	}
+	if len(c.Listeners) != 2 || c.Listeners[0].Mode != "imaps" || c.Listeners[0].Address != ":993" ||
+		c.Listeners[1].Mode != "imap" || c.Listeners[1].Address != ":143" {
+		t.Errorf("listeners = %+v", c.Listeners)
+	}
+	if len(c.TLS.Certificates) != 1 || c.TLS.Certificates[0].CertFile != f.cert {
+		t.Errorf("certificates = %+v", c.TLS.Certificates)
+	}
+	r := c.Routing.Redis
+	if r == nil || r.Password.Value != "redis-pw-from-env" || r.Password.Source != "env:PORTICO_REDIS_PASSWORD" {
+		t.Fatalf("redis = %+v, password source %q", r, r.Password.Source)
+	}
+	if len(c.Backends) != 2 || c.Backends[0].Name != "dovecot1" || c.Backends[1].Name != "dovecot2" ||
+		!c.Backends[0].ForwardID || !c.Backends[1].ForwardID {
+		t.Errorf("backends = %+v", c.Backends)
+	}
+	if len(c.Routing.Static) != 1 || c.Routing.Static[0].Backend != "dovecot1" {
+		t.Errorf("static = %+v", c.Routing.Static)
+	}
+	// The example shows the defaults: filling them in must change nothing.
+	d := *c
+	d.ApplyDefaults()
+	if !reflect.DeepEqual(&d, c) {
+		t.Errorf("ApplyDefaults changed the example")
+	}
+}
+
+// TestExampleDocumentsEveryKey checks that every yaml key of the types
+// appears in the example, set or commented out.
+func TestExampleDocumentsEveryKey(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	var keys []string
+	var collect func(reflect.Type)
+	collect = func(t reflect.Type) {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct || seen[t] || t == secretType {
+			return
+		}
+		seen[t] = true
+		for k, ft := range yamlFields(t) {
+			keys = append(keys, k)
+			collect(ft)
+		}
+	}
+	collect(configType)
+	if len(keys) < 40 {
+		t.Fatalf("found only %d keys: %v", len(keys), keys)
+	}
+	for _, k := range keys {
+		if !bytes.Contains(Example, []byte(k+":")) {
+			t.Errorf("key %q is not documented in portico.example.yaml", k)
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	f := newFixture(t)
+	path := filepath.Join(f.dir, "portico.yaml")
+	writeFile(t, path, string(f.example(t)))
+	if _, err := Load(path); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(filepath.Join(f.dir, "missing.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("Load(missing) = %v", err)
+	}
+	writeFile(t, path, "listeners:\n  - mode: imaps\n    adress: x\n")
+	_, err = Load(path)
+	if err == nil || !strings.Contains(err.Error(), path+":3: ") {
+		t.Errorf("Load error does not name file and line: %v", err)
+	}
+}
+
+// base is a small valid configuration; cases modify it textually.
+const base = `listeners:
+  - mode: imaps
+    address: "127.0.0.1:993"
+  - mode: imap
+    address: "127.0.0.1:143"
+tls:
+  certificates:
+    - cert_file: CERT
+      key_file: KEY
+routing:
+  static:
+    - user: alice@example.com
+      backend: b1
+  redis:
+    addrs: ["127.0.0.1:6379"]
+backends:
+  - name: b1
+    address: "127.0.0.1:1143"
+`
+
+func (f *fixture) base(edits ...string) string {
+	s := strings.NewReplacer("CERT", f.cert, "KEY", f.key).Replace(base)
+	for i := 0; i+1 < len(edits); i += 2 {
+		if edits[i] == "" {
+			s += edits[i+1]
+			continue
+		}
+		if !strings.Contains(s, edits[i]) {
+			panic("edit does not apply: " + edits[i])
+		}
+		s = strings.Replace(s, edits[i], edits[i+1], 1)
+	}
+	return s
+}
+
+func TestBaseIsValid(t *testing.T) {
+	f := newFixture(t)
+	c, err := Parse([]byte(f.base()), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("warnings: %q", w)
+	}
+}
+
+func TestUnknownKeys(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"top level", f.base("", "listner: []\n"), []string{`portico.yaml:19: unknown key "listner" at top level; did you mean "listeners"?`}},
+		{"nested", f.base("", "log:\n  level: info\n  formt: json\n"), []string{`portico.yaml:21: unknown key "formt" in log; did you mean "format"?`}},
+		{"list item", f.base(`    address: "127.0.0.1:143"`, `    adress: "127.0.0.1:143"`), []string{`config: portico.yaml:5: unknown key "adress" in listeners[1]; did you mean "address"?`}},
+		{"deep list item", f.base("      backend: b1", "      backend: b1\n      backed: b1"), []string{`portico.yaml:14: unknown key "backed" in routing.static[0]`}},
+		{"inline options", f.base(`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"`+"\n    securty: tls"), []string{`portico.yaml:19: unknown key "securty" in backends[0]; did you mean "security"?`}},
+		{"nested tls", f.base(`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"`+"\n    security: tls\n    tls:\n      ca_fil: x"), []string{`portico.yaml:21: unknown key "ca_fil" in backends[0].tls; did you mean "ca_file"?`}},
+		{"no close key", f.base("", "zzzzzz: 1\n"), []string{`unknown key "zzzzzz" at top level; known keys: backend_defaults, backends, limits, listeners, log, routing, tls`}},
+		{"secret", f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password: {envv: X}"), []string{`portico.yaml:16: unknown key "envv" in routing.redis.password`}},
+		{"secret block", f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password:\n      fiel: /x"), []string{`portico.yaml:17: unknown key "fiel" in routing.redis.password`}},
+		{"merge key", f.base("", "x: &opts\n  security: plain\n"), []string{`portico.yaml:19: unknown key "x" at top level`}},
+		{"several", f.base("", "foo: 1\nlog:\n  bar: 2\n"), []string{
+			`portico.yaml:19: unknown key "foo" at top level`,
+			`portico.yaml:21: unknown key "bar" in log`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "portico.yaml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n%v\ndoes not contain\n%s", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "not found in type") {
+				t.Errorf("raw yaml message leaked: %v", err)
+			}
+		})
+	}
+}
+
+func TestMergeKeysAreChecked(t *testing.T) {
+	f := newFixture(t)
+	good := f.base(`backends:
+  - name: b1`, `backends:
+  - <<: {security: plain, forward_id: true}
+    name: b1`)
+	c, err := Parse([]byte(good), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Backends[0].ForwardID {
+		t.Error("merged key not applied")
+	}
+	bad := strings.Replace(good, "forward_id", "forwardid", 1)
+	if _, err := Parse([]byte(bad), "portico.yaml"); err == nil || !strings.Contains(err.Error(), `unknown key "forwardid" in backends[0]`) {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestAliases(t *testing.T) {
+	f := newFixture(t)
+	good := f.base("backends:\n  - name: b1\n"+`    address: "127.0.0.1:1143"`,
+		"x-common: &common\n  security: tls\n  forward_id: true\nbackends:\n  - name: b1\n"+`    address: "127.0.0.1:1143"`+"\n    <<: *common")
+	// x-common is not a key of Config, so anchors must live inside known keys.
+	if _, err := Parse([]byte(good), "p.yaml"); err == nil || !strings.Contains(err.Error(), `unknown key "x-common" at top level`) {
+		t.Fatalf("err = %v", err)
+	}
+	good = f.base("backends:\n  - name: b1\n"+`    address: "127.0.0.1:1143"`,
+		"backend_defaults: &common\n  security: tls\n  forward_id: true\nbackends:\n  - name: b1\n"+`    address: "127.0.0.1:1143"`+"\n    <<: *common")
+	c, err := Parse([]byte(good), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Backends[0]; b.Security != "tls" || !b.ForwardID {
+		t.Errorf("backend = %+v", b)
+	}
+	// Exponential aliasing must fail quickly, not hang.
+	var bomb strings.Builder
+	bomb.WriteString("backends:\n  - &a0 {forward_id: true}\n")
+	for i := 1; i < 30; i++ {
+		fmt.Fprintf(&bomb, "  - &a%d {<<: [*a%[2]d, *a%[2]d, *a%[2]d, *a%[2]d, *a%[2]d, *a%[2]d, *a%[2]d, *a%[2]d, *a%[2]d, *a%[2]d]}\n", i, i-1)
+	}
+	start := time.Now()
+	if _, err := Parse([]byte(bomb.String()), "p.yaml"); err == nil {
+		t.Error("no error")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v", d)
+	}
+}
+
+func TestDocumentErrors(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"", "config: x.yaml: file is empty"},
+		{"# just a comment\n", "config: x.yaml: file is empty"},
+		{"---\n", "config: x.yaml: file is empty"},
+		{"log: {}\n---\nlog: {}\n", "config: x.yaml:2: a second YAML document"},
+		{"- a\n", "config: x.yaml:1: the top level must be a mapping"},
+		{"log: [\n", "config: x.yaml:1: "},
+		{"log:\n  level: info\n  level: debug\n", `config: x.yaml:3: log.level: mapping key "level" already defined at line 2`},
+		{"limits:\n  idle_timeout: forever\n", "config: x.yaml:2: limits.idle_timeout: cannot unmarshal !!str `forever` into time.Duration (want a duration"},
+		{"limits:\n  max_line_length: big\n", "config: x.yaml:2: limits.max_line_length: cannot unmarshal"},
+	} {
+		_, err := Parse([]byte(tc.yaml), "x.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%q) = %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	f := newFixture(t)
+	yml := fmt.Sprintf(`listeners:
+  - mode: imaps
+  - mode: imap
+tls:
+  certificates: [{cert_file: %s, key_file: %s}]
+routing:
+  redis: {addrs: ["127.0.0.1:6379"]}
+backends:
+  - {name: b1, address: "127.0.0.1:1143"}
+`, f.cert, f.key)
+	c, err := Parse([]byte(yml), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Log: Log{Level: "info", Format: "text"},
+		Listeners: []Listener{
+			{Name: "imaps-:993", Address: ":993", Mode: "imaps"},
+			{Name: "imap-:143", Address: ":143", Mode: "imap"},
+		},
+		TLS: TLS{Certificates: []Certificate{{f.cert, f.key}}, MinVersion: "1.2"},
+		Limits: Limits{
+			MaxLineLength:     8192,
+			MaxLiteralSize:    1024,
+			MaxAuthLineLength: 16384,
+			PreauthTimeout:    60 * time.Second,
+			HandshakeTimeout:  10 * time.Second,
+			MaxBadCommands:    3,
+			MaxAuthFailures:   3,
+			AuthFailureDelay:  2 * time.Second,
+			IdleTimeout:       31 * time.Minute,
+			ShutdownTimeout:   30 * time.Second,
+		},
+		Routing: Routing{
+			LookupTimeout: 2 * time.Second,
+			Redis: &Redis{
+				Addrs:        []string{"127.0.0.1:6379"},
+				KeyPrefix:    "portico:",
+				DialTimeout:  time.Second,
+				ReadTimeout:  time.Second,
+				WriteTimeout: time.Second,
+			},
+		},
+		Backends: []Backend{{Name: "b1", Address: "127.0.0.1:1143", BackendOptions: BackendOptions{
+			Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second,
+		}}},
+		BackendDefaults: BackendOptions{Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second},
+	}
+	if !reflect.DeepEqual(*c, want) {
+		got, _ := json.MarshalIndent(c, "", " ")
+		exp, _ := json.MarshalIndent(want, "", " ")
+		t.Errorf("got\n%s\nwant\n%s", got, exp)
+	}
+	if c.TLS.MinTLSVersion() != 0x0303 || (TLS{MinVersion: "1.3"}).MinTLSVersion() != 0x0304 {
+		t.Error("MinTLSVersion")
+	}
+	if c.Log.SlogLevel() != slog.LevelInfo || (Log{Level: "debug"}).SlogLevel() != slog.LevelDebug {
+		t.Error("SlogLevel")
+	}
+	// Explicit values are kept.
+	c2, err := Parse([]byte(yml+"limits: {idle_timeout: 2h, max_bad_commands: 5}\n"), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2.Limits.IdleTimeout != 2*time.Hour || c2.Limits.MaxBadCommands != 5 || c2.Limits.MaxLineLength != 8192 {
+		t.Errorf("limits = %+v", c2.Limits)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	f := newFixture(t)
+	notPEM := filepath.Join(f.dir, "not.pem")
+	writeFile(t, notPEM, "hello\n")
+	const listeners = "listeners:\n  - mode: imaps\n    address: \"127.0.0.1:993\"\n  - mode: imap\n    address: \"127.0.0.1:143\"\n"
+	const backendAddr = `    address: "127.0.0.1:1143"`
+	const redisAddrs = `    addrs: ["127.0.0.1:6379"]`
+	for _, tc := range []struct {
+		name  string
+		edits []string
+		want  string
+	}{
+		// listeners
+		{"no listeners", []string{listeners, "listeners: []\n"}, `portico.yaml:1: listeners: at least one listener is required`},
+		{"no listeners key", []string{listeners, ""}, `config: portico.yaml: listeners: at least one listener is required`},
+		{"mode", []string{"mode: imap\n", "mode: pop3\n"}, `portico.yaml:4: listeners[1].mode: must be "imaps" or "imap", not "pop3"`},
+		{"mode missing", []string{"  - mode: imap\n    address", "  - address"}, `portico.yaml:4: listeners[1].mode: is required; must be "imaps" or "imap"`},
+		{"address no port", []string{`"127.0.0.1:993"`, `"127.0.0.1"`}, `portico.yaml:3: listeners[0].address: "127.0.0.1" is not host:port`},
+		{"address bad port", []string{`"127.0.0.1:993"`, `"127.0.0.1:99999"`}, `listeners[0].address: "127.0.0.1:99999": port must be a number from 0 to 65535`},
+		{"address named port", []string{`"127.0.0.1:993"`, `"127.0.0.1:imaps"`}, `listeners[0].address: "127.0.0.1:imaps": port must be a number`},
+		{"duplicate address", []string{`"127.0.0.1:143"`, `"127.0.0.1:993"`}, `portico.yaml:5: listeners[1].address: "127.0.0.1:993" conflicts with listeners[0].address "127.0.0.1:993"`},
+		{"duplicate spelled differently", []string{`"127.0.0.1:143"`, `"[::ffff:127.0.0.1]:993"`}, `listeners[1].address: "[::ffff:127.0.0.1]:993" conflicts with listeners[0].address`},
+		{"wildcard conflict", []string{`"127.0.0.1:143"`, `":993"`}, `listeners[1].address: ":993" conflicts with listeners[0].address "127.0.0.1:993"`},
+		{"default address conflict", []string{"  - mode: imap\n    address: \"127.0.0.1:143\"\n", "  - mode: imaps\n  - mode: imaps\n    name: x\n"}, `portico.yaml:4: listeners[1].address: ":993" conflicts with listeners[0].address "127.0.0.1:993"`},
+		{"duplicate name", []string{"  - mode: imap\n", "  - mode: imap\n    name: a\n", "  - mode: imaps\n", "  - mode: imaps\n    name: a\n"}, `listeners[1].name: "a" is already the name of listeners[0]`},
+		{"cidr", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.1/8, \"::1\", localhost]\n"}, `portico.yaml:5: listeners[1].cleartext_login_networks[0]: "127.0.0.1/8" has address bits set beyond the prefix length; did you mean "127.0.0.0/8"?`},
+		{"cidr address", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.1/8, \"::1\", localhost]\n"}, `listeners[1].cleartext_login_networks[1]: "::1" is an address, not a network; write "::1/128"`},
+		{"cidr junk", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.1/8, \"::1\", localhost]\n"}, `listeners[1].cleartext_login_networks[2]: "localhost" is not a CIDR network`},
+		// tls
+		{"no certificates", []string{"tls:\n  certificates:\n    - cert_file: " + f.cert + "\n      key_file: " + f.key + "\n", ""}, `config: portico.yaml: tls.certificates: at least one certificate is required`},
+		{"empty certificates", []string{"    - cert_file: " + f.cert + "\n      key_file: " + f.key + "\n", "    []\n"}, `tls.certificates: at least one certificate is required`},
+		{"cert missing", []string{f.cert, "/nonexistent/cert.pem"}, `portico.yaml:8: tls.certificates[0].cert_file: open /nonexistent/cert.pem: no such file or directory`},
+		{"key missing", []string{f.key, "/nonexistent/key.pem"}, `portico.yaml:9: tls.certificates[0].key_file: open /nonexistent/key.pem: no such file or directory`},
+		{"key_file unset", []string{"      key_file: " + f.key + "\n", ""}, `tls.certificates[0].key_file: is required`},
+		{"key mismatch", []string{f.key, f.otherKey}, `portico.yaml:8: tls.certificates[0]: cert_file ` + f.cert + ` and key_file ` + f.otherKey + `: tls: private key does not match public key`},
+		{"not pem", []string{f.cert, notPEM}, `tls.certificates[0]: cert_file ` + notPEM},
+		{"min_version", []string{"tls:\n", "tls:\n  min_version: \"1.1\"\n"}, `portico.yaml:7: tls.min_version: must be "1.2" or "1.3", not "1.1"`},
+		{"min_version float", []string{"tls:\n", "tls:\n  min_version: 1.20\n"}, `tls.min_version: must be "1.2" or "1.3", not "1.20"`},
+		// limits
+		{"line short", []string{"", "limits:\n  max_line_length: 100\n"}, `portico.yaml:20: limits.max_line_length: must be between 1024 and 65536, not 100`},
+		{"line long", []string{"", "limits:\n  max_line_length: 100000\n"}, `limits.max_line_length: must be between 1024 and 65536, not 100000`},
+		{"literal", []string{"", "limits:\n  max_literal_size: -1\n"}, `limits.max_literal_size: must be between 64 and 65536, not -1`},
+		{"auth line", []string{"", "limits:\n  max_auth_line_length: 10\n"}, `limits.max_auth_line_length: must be between 1024 and 1048576`},
+		{"idle", []string{"", "limits:\n  idle_timeout: 29m\n"}, `limits.idle_timeout: must be between 30m and 24h, not 29m`},
+		{"preauth short", []string{"", "limits:\n  preauth_timeout: 1s\n"}, `limits.preauth_timeout: must be between 5s and 10m, not 1s`},
+		{"preauth long", []string{"", "limits:\n  preauth_timeout: 1h\n"}, `limits.preauth_timeout: must be between 5s and 10m, not 1h`},
+		{"handshake", []string{"", "limits:\n  handshake_timeout: -1s\n"}, `limits.handshake_timeout: must be between 1s and 2m, not -1s`},
+		{"bad commands", []string{"", "limits:\n  max_bad_commands: -3\n"}, `limits.max_bad_commands: must be between 1 and 100, not -3`},
+		{"auth failures", []string{"", "limits:\n  max_auth_failures: 1000\n"}, `limits.max_auth_failures: must be between 1 and 100, not 1000`},
+		{"failure delay", []string{"", "limits:\n  auth_failure_delay: 1m\n"}, `limits.auth_failure_delay: must be between 1ms and 30s, not 1m`},
+		{"shutdown", []string{"", "limits:\n  shutdown_timeout: 2h\n"}, `limits.shutdown_timeout: must be between 1s and 1h, not 2h`},
+		// routing
+		{"no routes", []string{"  static:\n    - user: alice@example.com\n      backend: b1\n  redis:\n" + redisAddrs + "\n", "  default_domain: example.com\n"}, `portico.yaml:10: routing: needs static routes (routing.static), redis (routing.redis) or both`},
+		{"redis null", []string{"  static:\n    - user: alice@example.com\n      backend: b1\n  redis:\n" + redisAddrs + "\n", "  redis: null\n"}, `routing: needs static routes`},
+		{"unknown backend", []string{"      backend: b1", "      backend: b2"}, `portico.yaml:13: routing.static[0].backend: "b2" is not defined in backends (defined: b1)`},
+		{"backend missing", []string{"      backend: b1", ""}, `routing.static[0].backend: is required`},
+		{"user missing", []string{"    - user: alice@example.com\n", "    - user: \"\"\n"}, `portico.yaml:12: routing.static[0].user: is required`},
+		{"duplicate user", []string{"      backend: b1\n", "      backend: b1\n    - user: ALICE@Example.com\n      backend: b1\n"}, `portico.yaml:14: routing.static[1].user: "ALICE@Example.com" is already routed by routing.static[0]`},
+		{"duplicate user default domain", []string{"      backend: b1\n", "      backend: b1\n    - user: Alice\n      backend: b1\n", "routing:\n", "routing:\n  default_domain: example.com\n"}, `routing.static[1].user: "Alice" is already routed by routing.static[0]`},
+		{"default domain", []string{"routing:\n", "routing:\n  default_domain: \"@example.com\"\n"}, `routing.default_domain: must be a domain such as example.com, without "@"`},
+		{"lookup timeout", []string{"routing:\n", "routing:\n  lookup_timeout: 2h\n"}, `routing.lookup_timeout: must be between 1ms and 1m, not 2h`},
+		{"redis no addrs", []string{redisAddrs, "    addrs: []"}, `portico.yaml:15: routing.redis.addrs: at least one host:port is required`},
+		{"redis addr no port", []string{redisAddrs, `    addrs: ["127.0.0.1:6379", "redis"]`}, `routing.redis.addrs[1]: "redis" is not host:port`},
+		{"redis addr no host", []string{redisAddrs, `    addrs: [":6379"]`}, `routing.redis.addrs[0]: ":6379": host is missing`},
+		{"redis port 0", []string{redisAddrs, `    addrs: ["r:0"]`}, `routing.redis.addrs[0]: "r:0": port must be a number from 1 to 65535`},
+		{"redis cluster db", []string{redisAddrs, `    addrs: ["a:1", "b:1"]` + "\n    db: 3"}, `routing.redis.db: must be 0: several addrs without master_name mean a Redis Cluster`},
+		{"redis db negative", []string{redisAddrs, redisAddrs + "\n    db: -1"}, `routing.redis.db: must not be negative`},
+		{"redis pool", []string{redisAddrs, redisAddrs + "\n    pool_size: -1"}, `routing.redis.pool_size: must be between 0 (go-redis' default) and 10000, not -1`},
+		{"redis timeout", []string{redisAddrs, redisAddrs + "\n    read_timeout: -1s"}, `routing.redis.read_timeout: must be between 1ms and 1m, not -1s`},
+		{"redis ca", []string{redisAddrs, redisAddrs + "\n    tls: {ca_file: /nonexistent/ca.pem}"}, `routing.redis.tls.ca_file: open /nonexistent/ca.pem: no such file or directory`},
+		{"redis ca not pem", []string{redisAddrs, redisAddrs + "\n    tls: {ca_file: " + notPEM + "}"}, `routing.redis.tls.ca_file: ` + notPEM + ` contains no PEM certificate`},
+		{"redis client cert alone", []string{redisAddrs, redisAddrs + "\n    tls: {cert_file: " + f.cert + "}"}, `routing.redis.tls: cert_file and key_file must be set together`},
+		{"redis client pair mismatch", []string{redisAddrs, redisAddrs + "\n    tls: {cert_file: " + f.cert + ", key_file: " + f.otherKey + "}"}, `routing.redis.tls: cert_file ` + f.cert + ` and key_file ` + f.otherKey + `: tls: private key does not match public key`},
+		{"redis password env", []string{redisAddrs, redisAddrs + "\n    password: {env: PORTICO_TEST_UNSET_VARIABLE}"}, `portico.yaml:16: routing.redis.password: environment variable PORTICO_TEST_UNSET_VARIABLE is not set`},
+		// backends
+		{"backend name missing", []string{"  - name: b1\n" + backendAddr, "  - address: \"127.0.0.1:1143\""}, `backends[0].name: is required`},
+		{"backend name chars", []string{"  - name: b1\n", "  - name: \"10.0.0.1:143\"\n"}, `portico.yaml:17: backends[0].name: "10.0.0.1:143" must contain only letters, digits, '.', '_' and '-'`},
+		{"backend duplicate", []string{backendAddr, backendAddr + "\n  - name: B1\n    address: \"127.0.0.1:2143\""}, `portico.yaml:19: backends[1].name: "B1" is already the name of backends[0] (names are compared case-insensitively)`},
+		{"backend address", []string{backendAddr, "    address: backend"}, `portico.yaml:18: backends[0].address: "backend" is not host:port`},
+		{"backend address missing", []string{backendAddr, ""}, `portico.yaml:17: backends[0].address: is required (host:port)`},
+		{"backend security", []string{backendAddr, backendAddr + "\n    security: ssl"}, `portico.yaml:19: backends[0].security: must be "plain", "starttls" or "tls", not "ssl"`},
+		{"backend tls with plain", []string{backendAddr, backendAddr + "\n    tls: {server_name: x}"}, `portico.yaml:19: backends[0].tls: is only used with security "starttls" or "tls", but security is "plain"`},
+		{"backend ca", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {ca_file: /nonexistent/ca.pem}"}, `portico.yaml:20: backends[0].tls.ca_file: open /nonexistent/ca.pem`},
+		{"backend key alone", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {key_file: " + f.key + "}"}, `backends[0].tls: cert_file and key_file must be set together`},
+		{"backend timeout", []string{backendAddr, backendAddr + "\n    login_timeout: 1h"}, `backends[0].login_timeout: must be between 1ms and 5m, not 1h`},
+		{"backend_defaults security", []string{"", "backend_defaults:\n  security: TLS\n"}, `portico.yaml:20: backend_defaults.security: must be "plain", "starttls" or "tls", not "TLS"`},
+		{"backend_defaults timeout", []string{"", "backend_defaults:\n  connect_timeout: -1s\n"}, `backend_defaults.connect_timeout: must be between 1ms and 5m, not -1s`},
+		// log
+		{"log level", []string{"", "log:\n  level: verbose\n"}, `portico.yaml:20: log.level: must be "debug", "info", "warn" or "error", not "verbose"`},
+		{"log format", []string{"", "log:\n  format: logfmt\n"}, `portico.yaml:20: log.format: must be "text" or "json", not "logfmt"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(f.base(tc.edits...)), "portico.yaml")
+			if err == nil {
+				t.Fatalf("no error, want %s", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error\n%v\ndoes not contain\n%s", err, tc.want)
+			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "config: portico.yaml") {
+					t.Errorf("line %q does not start with the file name", line)
+				}
+			}
+		})
+	}
+}
+
+func TestValidationCollectsEverything(t *testing.T) {
+	f := newFixture(t)
+	_, err := Parse([]byte(f.base("mode: imap\n", "mode: pop3\n", "", "log: {level: loud}\nlimits: {idle_timeout: 1m}\n")), "portico.yaml")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want 3 lines, got:\n%v", err)
+	}
+	for i, want := range []string{"listeners[1].mode", "log.level", "limits.idle_timeout"} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %d = %q, want %s", i, lines[i], want)
+		}
+	}
+}
+
+// TestValidateByHand checks Validate on a Config built in code, without a
+// file: messages carry the path but no file name.
+func TestValidateByHand(t *testing.T) {
+	c := &Config{Listeners: []Listener{{Mode: "imaps"}}, Routing: Routing{Static: []StaticRoute{{User: "a", Backend: "b"}}}}
+	c.ApplyDefaults()
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	want := "config: tls.certificates: at least one certificate is required"
+	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `config: routing.static[0].backend: "b" is not defined in backends (there are none)`) {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestSecret(t *testing.T) {
+	f := newFixture(t)
+	withPassword := func(pw string) string {
+		return f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password: "+pw)
+	}
+	pwFile := filepath.Join(f.dir, "pw")
+	writeFile(t, pwFile, "from-file\n")
+	crlfFile := filepath.Join(f.dir, "pw-crlf")
+	writeFile(t, crlfFile, "  spaced secret \r\n")
+	emptyFile := filepath.Join(f.dir, "empty")
+	writeFile(t, emptyFile, "\n")
+	t.Setenv("PORTICO_TEST_PW", "from-env")
+	t.Setenv("PORTICO_TEST_EMPTY", "")
+
+	for _, tc := range []struct{ yaml, value, source string }{
+		{`"inline secret"`, "inline secret", "inline"},
+		{`0123`, "0123", "inline"},
+		{`{env: PORTICO_TEST_PW}`, "from-env", "env:PORTICO_TEST_PW"},
+		{"\n      env: PORTICO_TEST_PW", "from-env", "env:PORTICO_TEST_PW"},
+		{`{file: ` + pwFile + `}`, "from-file", "file:" + pwFile},
+		{`{file: ` + crlfFile + `}`, "  spaced secret ", "file:" + crlfFile},
+		{`null`, "", ""},
+	} {
+		c, err := Parse([]byte(withPassword(tc.yaml)), "portico.yaml")
+		if err != nil {
+			t.Errorf("password: %s: %v", tc.yaml, err)
+			continue
+		}
+		if p := c.Routing.Redis.Password; p.Value != tc.value || p.Source != tc.source {
+			t.Errorf("password: %s: got %q from %q, want %q from %q", tc.yaml, p.Value, p.Source, tc.value, tc.source)
+		}
+	}
+
+	for _, tc := range []struct{ yaml, want string }{
+		{`{env: PORTICO_TEST_UNSET_VARIABLE}`, "portico.yaml:16: routing.redis.password: environment variable PORTICO_TEST_UNSET_VARIABLE is not set"},
+		{`{env: PORTICO_TEST_EMPTY}`, "routing.redis.password: environment variable PORTICO_TEST_EMPTY is empty"},
+		{`{file: /nonexistent/secret}`, "routing.redis.password: secret file: open /nonexistent/secret: no such file or directory"},
+		{`{file: ` + emptyFile + `}`, "routing.redis.password: secret file " + emptyFile + " is empty"},
+		{`{file: ` + f.dir + `}`, "routing.redis.password: secret file: read " + f.dir},
+		{`{env: A, file: B}`, "portico.yaml:16: routing.redis.password: must have exactly one key, env or file"},
+		{`{}`, "routing.redis.password: must have exactly one key, env or file"},
+		{`{env: ""}`, "routing.redis.password.env: must name an environment variable"},
+		{`{file: [a]}`, "routing.redis.password.file: must name a file"},
+		{`{pass: hunter2}`, `portico.yaml:16: unknown key "pass" in routing.redis.password`},
+		{`[hunter2]`, "portico.yaml:16: routing.redis.password: must be a string, {env: NAME} or {file: PATH}"},
+	} {
+		_, err := Parse([]byte(withPassword(tc.yaml)), "portico.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("password: %s: err = %v, want %s", tc.yaml, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("error reveals the secret: %v", err)
+		}
+	}
+}
+
+// TestSecretUnmarshalDirect covers Secret used outside Parse.
+func TestSecretUnmarshalDirect(t *testing.T) {
+	var v struct{ P Secret }
+	if err := yaml.Unmarshal([]byte("p: {env: X}\n"), &v); err != nil || v.P.Source != "env:X" {
+		t.Errorf("got %+v, %v", v.P.Source, err)
+	}
+	err := yaml.Unmarshal([]byte("p:\n  envv: hunter2\n"), &v)
+	if err == nil || !strings.Contains(err.Error(), `line 2: unknown key "envv" in secret`) || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestSecretNeverPrinted(t *testing.T) {
+	f := newFixture(t)
+	const pw = "S3cr3t-Pa55w0rd"
+	yml := f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password: "+pw)
+	c, err := Parse([]byte(yml), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Routing.Redis.Password.Value != pw {
+		t.Fatalf("password = %q", c.Routing.Redis.Password.Value)
+	}
+	r := c.Routing.Redis
+	var outs []string
+	for _, v := range []any{c, *c, r, *r, r.Password, &r.Password} {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T %[1]v"} {
+			outs = append(outs, fmt.Sprintf(verb, v))
+		}
+		outs = append(outs, fmt.Sprint(v), fmt.Sprintln(v))
+		js, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, string(js))
+		ym, err := yaml.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, string(ym))
+	}
+	var buf bytes.Buffer
+	for _, h := range []slog.Handler{slog.NewTextHandler(&buf, nil), slog.NewJSONHandler(&buf, nil)} {
+		l := slog.New(h)
+		l.Info("config", "cfg", c, "redis", r, "redisv", *r, "pw", r.Password)
+		l.Info("config", slog.Any("cfg", *c), slog.Group("g", "pw", r.Password))
+	}
+	outs = append(outs, buf.String())
+	for _, s := range outs {
+		if strings.Contains(s, pw) || strings.Contains(s, fmt.Sprintf("%x", pw)) {
+			t.Errorf("secret revealed in %q", s)
+		}
+	}
+	if !strings.Contains(buf.String(), "[redacted]") {
+		t.Errorf("slog output lacks [redacted]: %s", buf.String())
+	}
+
+	// MarshalYAML keeps where a secret comes from, never its value.
+	for _, tc := range []struct {
+		s    Secret
+		want string
+	}{
+		{Secret{Value: pw, Source: "env:PW"}, "env: PW\n"},
+		{Secret{Value: pw, Source: "file:/run/pw"}, "file: /run/pw\n"},
+		{Secret{Value: pw, Source: "inline"}, "'[redacted]'\n"},
+		{Secret{Value: pw}, "'[redacted]'\n"},
+		{Secret{}, "null\n"},
+	} {
+		b, err := yaml.Marshal(tc.s)
+		if err != nil || string(b) != tc.want {
+			t.Errorf("yaml.Marshal(%s) = %q, %v; want %q", tc.s.Source, b, err, tc.want)
+		}
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	f := newFixture(t)
+	for _, tc := range []struct {
+		name  string
+		edits []string
+		want  string // "" means no warning
+	}{
+		{"loopback cleartext", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.0/8, \"::1/128\", 10.1.0.0/16, 192.168.0.0/24, fd00::/8]\n"}, ""},
+		{"public cleartext", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.0/8, 0.0.0.0/0]\n"}, `listeners[1].cleartext_login_networks[1]: "0.0.0.0/0" is not a loopback or private network`},
+		{"too wide private", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [10.0.0.0/7]\n"}, `listeners[1].cleartext_login_networks[0]: "10.0.0.0/7" is not a loopback or private network`},
+		{"mapped", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [\"::ffff:0.0.0.0/96\"]\n"}, `is not a loopback or private network`},
+		{"cleartext on imaps", []string{"  - mode: imaps\n", "  - mode: imaps\n    cleartext_login_networks: [127.0.0.0/8]\n"}, `listeners[0].cleartext_login_networks: has no effect on an imaps listener`},
+		{"plain remote backend", []string{`    address: "127.0.0.1:1143"`, `    address: "10.0.0.5:143"`}, `backends[0].security: "plain" sends users' passwords in cleartext to 10.0.0.5:143`},
+		{"plain localhost backend", []string{`    address: "127.0.0.1:1143"`, `    address: "localhost:143"`}, ""},
+		{"tls remote backend", []string{`    address: "127.0.0.1:1143"`, `    address: "10.0.0.5:993"` + "\n    security: tls"}, ""},
+		{"backend insecure", []string{`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:993"` + "\n    security: tls\n    tls: {insecure_skip_verify: true}"}, `backends[0].tls.insecure_skip_verify: the backend's certificate is not verified`},
+		{"defaults insecure", []string{"", "backend_defaults:\n  security: tls\n  tls: {insecure_skip_verify: true}\n"}, `backend_defaults.tls.insecure_skip_verify`},
+		{"redis insecure", []string{`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]` + "\n    tls: {insecure_skip_verify: true}"}, `routing.redis.tls.insecure_skip_verify`},
+		{"expired cert", []string{f.cert, f.expired, f.key, f.expKey}, `tls.certificates[0]: certificate ` + f.expired + ` expired on`},
+		{"expiring cert", []string{f.cert, f.expiring, f.key, f.soonKey}, `tls.certificates[0]: certificate ` + f.expiring + ` expires on`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(f.base(tc.edits...)), "portico.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := c.Warnings()
+			if tc.want == "" {
+				if len(w) != 0 {
+					t.Errorf("unexpected warnings %q", w)
+				}
+				return
+			}
+			if len(w) != 1 || !strings.Contains(w[0], tc.want) {
+				t.Errorf("warnings %q, want one containing %s", w, tc.want)
+			}
+		})
+	}
+}
+
+func TestErrorsAreJoined(t *testing.T) {
+	_, err := Parse([]byte("log: {level: x}\n"), "p.yaml")
+	var j interface{ Unwrap() []error }
+	if !errors.As(err, &j) || len(j.Unwrap()) < 2 {
+		t.Errorf("err = %#v", err)
+	}
+}

@@ -1,0 +1,128 @@
+package config
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"time"
+)
+
+// Defaults documented in types.go and portico.example.yaml.
+const (
+	defaultMaxLineLength     = 8192
+	defaultMaxLiteralSize    = 1024
+	defaultMaxAuthLineLength = 16384
+	defaultPreauthTimeout    = 60 * time.Second
+	defaultHandshakeTimeout  = 10 * time.Second
+	defaultMaxBadCommands    = 3
+	defaultMaxAuthFailures   = 3
+	defaultAuthFailureDelay  = 2 * time.Second
+	defaultIdleTimeout       = 31 * time.Minute
+	defaultShutdownTimeout   = 30 * time.Second
+	defaultLookupTimeout     = 2 * time.Second
+	defaultRedisKeyPrefix    = "portico:"
+	defaultRedisTimeout      = time.Second
+	defaultConnectTimeout    = 10 * time.Second
+	defaultLoginTimeout      = 30 * time.Second
+)
+
+// ApplyDefaults replaces zero values with their defaults. Parse calls it;
+// code that builds a Config by hand should call it before Validate.
+// A listener's address and name are only filled in when its mode is valid.
+func (c *Config) ApplyDefaults() {
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.Address == "" {
+			switch l.Mode {
+			case "imaps":
+				l.Address = ":993"
+			case "imap":
+				l.Address = ":143"
+			}
+		}
+		if l.Name == "" && l.Mode != "" && l.Address != "" {
+			l.Name = l.Mode + "-" + l.Address
+		}
+	}
+	if c.TLS.MinVersion == "" {
+		c.TLS.MinVersion = "1.2"
+	}
+	c.Limits.ApplyDefaults()
+	if c.Routing.LookupTimeout == 0 {
+		c.Routing.LookupTimeout = defaultLookupTimeout
+	}
+	if r := c.Routing.Redis; r != nil {
+		if r.KeyPrefix == "" {
+			r.KeyPrefix = defaultRedisKeyPrefix
+		}
+		setDur(&r.DialTimeout, defaultRedisTimeout)
+		setDur(&r.ReadTimeout, defaultRedisTimeout)
+		setDur(&r.WriteTimeout, defaultRedisTimeout)
+	}
+	for i := range c.Backends {
+		c.Backends[i].BackendOptions.ApplyDefaults()
+	}
+	c.BackendDefaults.ApplyDefaults()
+}
+
+// ApplyDefaults replaces zero limits with their defaults.
+func (l *Limits) ApplyDefaults() {
+	setInt(&l.MaxLineLength, defaultMaxLineLength)
+	setInt(&l.MaxLiteralSize, defaultMaxLiteralSize)
+	setInt(&l.MaxAuthLineLength, defaultMaxAuthLineLength)
+	setDur(&l.PreauthTimeout, defaultPreauthTimeout)
+	setDur(&l.HandshakeTimeout, defaultHandshakeTimeout)
+	setInt(&l.MaxBadCommands, defaultMaxBadCommands)
+	setInt(&l.MaxAuthFailures, defaultMaxAuthFailures)
+	setDur(&l.AuthFailureDelay, defaultAuthFailureDelay)
+	setDur(&l.IdleTimeout, defaultIdleTimeout)
+	setDur(&l.ShutdownTimeout, defaultShutdownTimeout)
+}
+
+// ApplyDefaults replaces zero backend options with their defaults.
+func (o *BackendOptions) ApplyDefaults() {
+	if o.Security == "" {
+		o.Security = "plain"
+	}
+	setDur(&o.ConnectTimeout, defaultConnectTimeout)
+	setDur(&o.LoginTimeout, defaultLoginTimeout)
+}
+
+func setInt(p *int, v int) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func setDur(p *time.Duration, v time.Duration) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+// SlogLevel returns the configured level; an invalid or empty one is Info.
+func (l Log) SlogLevel() slog.Level {
+	switch l.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// MinTLSVersion returns min_version as a crypto/tls constant; anything but "1.3"
+// is TLS 1.2.
+func (t TLS) MinTLSVersion() uint16 {
+	if t.MinVersion == "1.3" {
+		return tls.VersionTLS13
+	}
+	return tls.VersionTLS12
+}

@@ -1,0 +1,139 @@
+package config
+
+import "time"
+
+// Config is the whole configuration file. Zero values are replaced by the
+// defaults documented in portico.example.yaml when the file is loaded.
+type Config struct {
+	Log       Log        `yaml:"log"`
+	Listeners []Listener `yaml:"listeners"`
+	TLS       TLS        `yaml:"tls"`
+	Limits    Limits     `yaml:"limits"`
+	Routing   Routing    `yaml:"routing"`
+	// Backends are named backend servers that routes can refer to.
+	Backends []Backend `yaml:"backends"`
+	// BackendDefaults apply to literal backend addresses found in Redis
+	// route records (those that do not name a configured backend).
+	BackendDefaults BackendOptions `yaml:"backend_defaults"`
+}
+
+// Log configures log/slog.
+type Log struct {
+	Level  string `yaml:"level"`  // debug|info|warn|error; default info
+	Format string `yaml:"format"` // text|json; default text
+}
+
+// Listener is one socket clients connect to.
+type Listener struct {
+	Name    string `yaml:"name"`    // for logs; default "<mode>-<address>"
+	Address string `yaml:"address"` // default ":993" for imaps, ":143" for imap
+	Mode    string `yaml:"mode"`    // "imaps" (implicit TLS) or "imap" (cleartext + STARTTLS); required
+	// CleartextLoginNetworks lists CIDRs from which LOGIN/AUTHENTICATE are
+	// allowed without TLS on an "imap" listener. Empty (the default) means
+	// TLS is required for every login.
+	CleartextLoginNetworks []string `yaml:"cleartext_login_networks"`
+}
+
+// TLS holds the certificates clients see.
+type TLS struct {
+	Certificates []Certificate `yaml:"certificates"`
+	MinVersion   string        `yaml:"min_version"` // "1.2" (default) or "1.3"
+}
+
+// Certificate is a PEM certificate chain and its key (ECDSA, RSA or Ed25519).
+type Certificate struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Limits bound what an unauthenticated client can make Portico do.
+type Limits struct {
+	MaxLineLength     int           `yaml:"max_line_length"`      // default 8192 bytes
+	MaxLiteralSize    int           `yaml:"max_literal_size"`     // per pre-auth literal; default 1024 bytes
+	MaxAuthLineLength int           `yaml:"max_auth_line_length"` // AUTHENTICATE responses; default 16384
+	PreauthTimeout    time.Duration `yaml:"preauth_timeout"`      // absolute, from accept to login; default 60s
+	HandshakeTimeout  time.Duration `yaml:"handshake_timeout"`    // TLS handshake; default 10s
+	MaxBadCommands    int           `yaml:"max_bad_commands"`     // then * BYE; default 3
+	MaxAuthFailures   int           `yaml:"max_auth_failures"`    // per connection, then * BYE; default 3
+	AuthFailureDelay  time.Duration `yaml:"auth_failure_delay"`   // before every NO [AUTHENTICATIONFAILED]; default 2s
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`         // spliced session without traffic; default 31m, minimum 30m
+	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`     // on SIGTERM; default 30s
+}
+
+// Routing says where users' mailboxes are.
+type Routing struct {
+	// DefaultDomain is appended to user names without "@"; default none.
+	DefaultDomain string        `yaml:"default_domain"`
+	LookupTimeout time.Duration `yaml:"lookup_timeout"` // default 2s
+	// Static routes are consulted before Redis.
+	Static []StaticRoute `yaml:"static"`
+	// Redis is optional; without it only static routes exist.
+	Redis *Redis `yaml:"redis"`
+}
+
+// StaticRoute sends one user to one configured backend.
+type StaticRoute struct {
+	User    string `yaml:"user"`
+	Backend string `yaml:"backend"` // name of an entry in backends
+}
+
+// Redis is the route store, reached through go-redis' UniversalClient:
+// one address is a standalone server, several a cluster, and MasterName
+// selects Sentinel.
+type Redis struct {
+	Addrs        []string      `yaml:"addrs"`       // required, host:port
+	MasterName   string        `yaml:"master_name"` // Sentinel
+	Username     string        `yaml:"username"`
+	Password     Secret        `yaml:"password"`
+	DB           int           `yaml:"db"`
+	KeyPrefix    string        `yaml:"key_prefix"`    // default "portico:"
+	DialTimeout  time.Duration `yaml:"dial_timeout"`  // default 1s
+	ReadTimeout  time.Duration `yaml:"read_timeout"`  // default 1s
+	WriteTimeout time.Duration `yaml:"write_timeout"` // default 1s
+	PoolSize     int           `yaml:"pool_size"`     // default go-redis' (10 per CPU)
+	TLS          *ClientTLS    `yaml:"tls"`           // nil: no TLS
+}
+
+// Secret is a password that may be given inline, from an environment
+// variable or from a file, so that it need not sit in the config file:
+//
+//	password: "inline"
+//	password: {env: REDIS_PASSWORD}
+//	password: {file: /run/secrets/redis}
+//
+// Value is resolved at load time; Source says where it came from, for
+// messages (never the secret itself).
+type Secret struct {
+	Value  string `yaml:"-"`
+	Source string `yaml:"-"` // "inline", "env:NAME", "file:PATH" or ""
+}
+
+// ClientTLS configures TLS for an outgoing connection.
+type ClientTLS struct {
+	CAFile             string `yaml:"ca_file"`     // default: system roots
+	ServerName         string `yaml:"server_name"` // default: host of the address
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	CertFile           string `yaml:"cert_file"` // client certificate (mutual TLS), optional
+	KeyFile            string `yaml:"key_file"`
+}
+
+// Backend is a named backend IMAP server.
+type Backend struct {
+	Name           string `yaml:"name"`    // required, unique
+	Address        string `yaml:"address"` // required, host:port
+	BackendOptions `yaml:",inline"`
+}
+
+// BackendOptions say how to reach a backend.
+type BackendOptions struct {
+	// Security is "plain", "starttls" or "tls"; default "plain" for named
+	// backends and backend_defaults.
+	Security string     `yaml:"security"`
+	TLS      *ClientTLS `yaml:"tls"`
+	// ForwardID sends ID with x-originating-ip and friends before login;
+	// only for backends that trust Portico (Dovecot login_trusted_networks).
+	// Default false.
+	ForwardID      bool          `yaml:"forward_id"`
+	ConnectTimeout time.Duration `yaml:"connect_timeout"` // default 10s
+	LoginTimeout   time.Duration `yaml:"login_timeout"`   // default 30s
+}
