@@ -1,0 +1,174 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/routing"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+// app is what a config turns into: everything but the sockets.
+type app struct {
+	server    *proxy.Server
+	listeners []listenerSpec
+	store     *ptls.Store
+	redis     redis.UniversalClient // nil without Redis
+}
+
+type listenerSpec struct {
+	addr string
+	l    proxy.Listener
+}
+
+func (rt *app) Close() {
+	if rt.redis != nil {
+		rt.redis.Close()
+	}
+}
+
+// newLogger builds the process logger from the config.
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// build turns a validated config into a server and its listeners without
+// opening any socket, so check-config can run it too.
+func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
+	if logger == nil {
+		logger = newLogger(cfg.Log, os.Stderr)
+	}
+	rt := &app{}
+	srv := &proxy.Server{
+		DefaultDomain: cfg.Routing.DefaultDomain,
+		Logger:        logger,
+		Limits: proxy.Limits{
+			MaxLine:          cfg.Limits.MaxLineLength,
+			MaxLiteral:       cfg.Limits.MaxLiteralSize,
+			MaxAuthLine:      cfg.Limits.MaxAuthLineLength,
+			PreauthTimeout:   cfg.Limits.PreauthTimeout,
+			HandshakeTimeout: cfg.Limits.HandshakeTimeout,
+			MaxBadCommands:   cfg.Limits.MaxBadCommands,
+			MaxAuthFailures:  cfg.Limits.MaxAuthFailures,
+			AuthFailureDelay: cfg.Limits.AuthFailureDelay,
+			LookupTimeout:    cfg.Routing.LookupTimeout,
+			IdleTimeout:      cfg.Limits.IdleTimeout,
+		},
+	}
+	if len(cfg.TLS.Certificates) > 0 {
+		pairs := make([]ptls.Pair, len(cfg.TLS.Certificates))
+		for i, c := range cfg.TLS.Certificates {
+			pairs[i] = ptls.Pair{CertFile: c.CertFile, KeyFile: c.KeyFile}
+		}
+		store, err := ptls.LoadStore(pairs)
+		if err != nil {
+			return nil, err
+		}
+		rt.store = store
+		srv.TLSConfig = ptls.ServerConfig(store, cfg.TLS.MinTLSVersion())
+	}
+
+	backends := make(map[string]*routing.Backend, len(cfg.Backends))
+	for _, b := range cfg.Backends {
+		rb, err := backend(b.Name, b.Address, b.BackendOptions)
+		if err != nil {
+			return nil, fmt.Errorf("backends %q: %w", b.Name, err)
+		}
+		backends[b.Name] = rb
+	}
+	static := make(map[string]*routing.Backend, len(cfg.Routing.Static))
+	for _, r := range cfg.Routing.Static {
+		user, err := routing.Normalize(r.User, cfg.Routing.DefaultDomain)
+		if err != nil {
+			return nil, fmt.Errorf("routing.static user %q: %w", r.User, err)
+		}
+		static[user] = backends[r.Backend]
+	}
+	chain := routing.Chain{routing.NewStatic(static)}
+	if rc := cfg.Routing.Redis; rc != nil {
+		var tc = rc.TLS
+		opts := routing.RedisOptions{
+			Addrs: rc.Addrs, MasterName: rc.MasterName, Username: rc.Username,
+			Password: rc.Password.Value, DB: rc.DB, DialTimeout: rc.DialTimeout,
+			ReadTimeout: rc.ReadTimeout, WriteTimeout: rc.WriteTimeout, PoolSize: rc.PoolSize,
+		}
+		if tc != nil {
+			c, err := ptls.ClientConfig(clientOptions(tc))
+			if err != nil {
+				return nil, fmt.Errorf("routing.redis.tls: %w", err)
+			}
+			opts.TLSConfig = c
+		}
+		defaults, err := backend("", "", cfg.BackendDefaults)
+		if err != nil {
+			return nil, fmt.Errorf("backend_defaults: %w", err)
+		}
+		rt.redis = routing.NewRedisClient(opts)
+		chain = append(chain, &routing.Redis{
+			Client:   rt.redis,
+			Prefix:   rc.KeyPrefix,
+			Backends: backends,
+			Defaults: *defaults,
+			Timeout:  cfg.Routing.LookupTimeout,
+		})
+	}
+	srv.Router = chain
+
+	for _, l := range cfg.Listeners {
+		pl := proxy.Listener{Name: l.Name, Mode: proxy.ImplicitTLS}
+		if l.Mode == "imap" {
+			pl.Mode = proxy.StartTLS
+		}
+		for _, n := range l.CleartextLoginNetworks {
+			p, err := netip.ParsePrefix(n)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: cleartext_login_networks: %w", l.Name, err)
+			}
+			pl.CleartextLogin = append(pl.CleartextLogin, p.Masked())
+		}
+		rt.listeners = append(rt.listeners, listenerSpec{addr: l.Address, l: pl})
+	}
+	rt.server = srv
+	return rt, nil
+}
+
+func clientOptions(c *config.ClientTLS) ptls.ClientOptions {
+	return ptls.ClientOptions{
+		CAFile: c.CAFile, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify,
+		CertFile: c.CertFile, KeyFile: c.KeyFile,
+	}
+}
+
+// backend turns backend options into a routing.Backend.
+func backend(name, addr string, o config.BackendOptions) (*routing.Backend, error) {
+	mode, err := routing.ParseTLSMode(strings.ToLower(o.Security))
+	if err != nil {
+		return nil, err
+	}
+	b := &routing.Backend{
+		Name: name, Addr: addr, TLS: mode, ForwardID: o.ForwardID,
+		ConnectTimeout: o.ConnectTimeout, LoginTimeout: o.LoginTimeout,
+	}
+	if mode != routing.Plain {
+		opts := ptls.ClientOptions{}
+		if o.TLS != nil {
+			opts = clientOptions(o.TLS)
+		}
+		if b.TLSConfig, err = ptls.ClientConfig(opts); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/routing"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+func runDemo(args []string) error {
+	fs := newFlagSet("demo", "[flags]\n\nRuns Portico with two in-memory backends, static routes and a self-signed certificate: nothing to install.")
+	imapsAddr := fs.String("imaps", "127.0.0.1:10993", "implicit TLS listener `address`")
+	imapAddr := fs.String("imap", "127.0.0.1:10143", "STARTTLS listener `address`")
+	debug := fs.Bool("debug", false, "log at debug level")
+	if help, err := parseFlags(fs, args); help || err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	users := []membackend.User{
+		{Name: "alice@example.test", Password: "alice-demo", Messages: 3},
+		{Name: "bob@example.test", Password: "bob-demo", Messages: 2},
+	}
+	b1, err := membackend.Start("127.0.0.1:0", users[0])
+	if err != nil {
+		return err
+	}
+	defer b1.Close()
+	b2, err := membackend.Start("127.0.0.1:0", users[1])
+	if err != nil {
+		return err
+	}
+	defer b2.Close()
+
+	cert, err := ptls.SelfSigned("localhost", "127.0.0.1", "::1")
+	if err != nil {
+		return err
+	}
+	store, err := ptls.NewStore(cert)
+	if err != nil {
+		return err
+	}
+	rt := &app{
+		store: store,
+		server: &proxy.Server{
+			Router: routing.NewStatic(map[string]*routing.Backend{
+				users[0].Name: {Name: "backend-1", Addr: b1.Addr()},
+				users[1].Name: {Name: "backend-2", Addr: b2.Addr()},
+			}),
+			TLSConfig: ptls.ServerConfig(store, 0),
+			Logger:    logger,
+			// A demo should answer a typo quickly.
+			Limits: proxy.Limits{AuthFailureDelay: 500 * time.Millisecond},
+		},
+		listeners: []listenerSpec{
+			{addr: *imapsAddr, l: proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS}},
+			{addr: *imapAddr, l: proxy.Listener{Name: "imap", Mode: proxy.StartTLS}},
+		},
+	}
+	fmt.Printf(`Portico demo: two in-memory backends, self-signed certificate.
+  alice@example.test / alice-demo -> backend-1 (%s)
+  bob@example.test   / bob-demo   -> backend-2 (%s)
+
+Try (-k accepts the self-signed certificate):
+  curl -k imaps://%s/INBOX -u alice@example.test:alice-demo
+  curl -k 'imaps://%s/INBOX;UID=1' -u alice@example.test:alice-demo
+  curl -k --ssl-reqd imap://%s/INBOX -u bob@example.test:bob-demo
+  openssl s_client -quiet -connect %s -alpn imap
+
+Press Ctrl-C to stop.
+`, b1.Addr(), b2.Addr(), *imapsAddr, *imapsAddr, *imapAddr, *imapsAddr)
+	return serveUntilSignal(rt, 5*time.Second, logger)
+}

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testsrv"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+// binary builds the portico command once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "portico")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func run(t *testing.T, bin string, env []string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
+// exampleConfig writes the shipped example with its certificate paths
+// pointing at a fresh self-signed pair.
+func exampleConfig(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cert, err := ptls.SelfSigned("mail.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	data := strings.ReplaceAll(string(config.Example), "/etc/portico/tls/cert.pem", certFile)
+	data = strings.ReplaceAll(data, "/etc/portico/tls/key.pem", keyFile)
+	p := filepath.Join(dir, "portico.yaml")
+	if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCommands(t *testing.T) {
+	bin := binary(t)
+	example := exampleConfig(t)
+	env := []string{"PORTICO_REDIS_PASSWORD=secret-from-env"}
+
+	t.Run("check-config example", func(t *testing.T) {
+		out, code := run(t, bin, env, "check-config", example)
+		if code != 0 || !strings.Contains(out, "OK") {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+		if strings.Contains(out, "secret-from-env") {
+			t.Fatal("the secret was printed")
+		}
+	})
+	t.Run("check-config misspelt key", func(t *testing.T) {
+		b, _ := os.ReadFile(example)
+		bad := strings.Replace(string(b), "address:", "adress:", 1)
+		p := filepath.Join(t.TempDir(), "bad.yaml")
+		os.WriteFile(p, []byte(bad), 0o600)
+		out, code := run(t, bin, env, "check-config", p)
+		if code == 0 || !strings.Contains(out, `"adress"`) || !strings.Contains(out, "bad.yaml:") {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+	})
+	t.Run("check-config missing env", func(t *testing.T) {
+		out, code := run(t, bin, nil, "check-config", example)
+		if code == 0 || !strings.Contains(out, "PORTICO_REDIS_PASSWORD") {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+	})
+	t.Run("version", func(t *testing.T) {
+		out, code := run(t, bin, nil, "version")
+		if code != 0 || !strings.HasPrefix(out, "portico ") {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+	})
+	for _, sub := range []string{"serve", "demo", "check-config", "version"} {
+		t.Run(sub+" -h", func(t *testing.T) {
+			out, code := run(t, bin, nil, sub, "-h")
+			if code != 0 || !strings.Contains(out, "Usage: portico "+sub) {
+				t.Fatalf("exit %d: %s", code, out)
+			}
+		})
+	}
+	t.Run("unknown command", func(t *testing.T) {
+		if _, code := run(t, bin, nil, "frobnicate"); code != 2 {
+			t.Fatalf("exit %d", code)
+		}
+	})
+}
+
+func freeAddr(t *testing.T) string {
+	return "127.0.0.1:" + strconv.Itoa(testsrv.FreePort(t))
+}
+
+// startBinary runs the binary until the test ends and returns its output
+// so far on demand.
+func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *bytes.Buffer, *bufio.Reader) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, _ := cmd.StdoutPipe()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, &stderr, bufio.NewReader(stdout)
+}
+
+// TestDemo runs `portico demo` and the commands it prints, with curl.
+func TestDemo(t *testing.T) {
+	bin := binary(t)
+	curl := testsrv.LookPath(t, "curl")
+	imaps, imap := freeAddr(t), freeAddr(t)
+	cmd, stderr, stdout := startBinary(t, bin, "demo", "-imaps", imaps, "-imap", imap)
+	if err := testsrv.WaitDial(imaps, 10*time.Second); err != nil {
+		t.Fatalf("demo did not listen: %v\n%s", err, stderr)
+	}
+	testsrv.WaitDial(imap, 5*time.Second)
+	// Every curl command the demo prints works as pasted.
+	var cmds []string
+	for {
+		l, err := stdout.ReadString('\n')
+		if err != nil {
+			t.Fatalf("demo output: %v", err)
+		}
+		if strings.HasPrefix(strings.TrimSpace(l), "curl ") {
+			cmds = append(cmds, strings.TrimSpace(l))
+		}
+		if strings.Contains(l, "Ctrl-C") {
+			break
+		}
+	}
+	if len(cmds) < 2 {
+		t.Fatalf("demo printed %d curl commands", len(cmds))
+	}
+	for _, c := range cmds {
+		args := shellWords(c)[1:]
+		out, err := exec.Command(curl, append([]string{"-sS", "--max-time", "10"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s\n%s", c, err, out, stderr)
+		}
+		if strings.Contains(c, "UID=1") && !strings.Contains(string(out), "Subject: Demo message 1") {
+			t.Fatalf("%s: %s", c, out)
+		}
+	}
+	// Ctrl-C ends it cleanly.
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo exit: %v\n%s", err, stderr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo did not exit on SIGINT")
+	}
+	if strings.Contains(stderr.String(), "alice-demo") {
+		t.Fatal("a password reached the log")
+	}
+}
+
+// shellWords splits a pasted command line, honouring single quotes.
+func shellWords(s string) []string {
+	var words []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for _, r := range s {
+		switch {
+		case r == '\'':
+			inQuote, have = !inQuote, true
+		case r == ' ' && !inQuote:
+			if have {
+				words = append(words, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		words = append(words, cur.String())
+	}
+	return words
+}
+
+// TestServe runs `portico serve` from a config file with a static route to
+// an in-memory backend and logs in with curl over both listeners.
+func TestServe(t *testing.T) {
+	bin := binary(t)
+	curl := testsrv.LookPath(t, "curl")
+	be, err := membackend.Start("127.0.0.1:0", membackend.User{Name: "carol@example.test", Password: "carol-pw", Messages: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	dir := t.TempDir()
+	cert, _ := ptls.SelfSigned("localhost")
+	ptls.WritePEM(cert, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	imaps, imap := freeAddr(t), freeAddr(t)
+	cfg := `
+listeners:
+  - {name: imaps, mode: imaps, address: "` + imaps + `"}
+  - {name: imap, mode: imap, address: "` + imap + `"}
+tls:
+  certificates:
+    - {cert_file: ` + dir + `/cert.pem, key_file: ` + dir + `/key.pem}
+routing:
+  default_domain: example.test
+  static:
+    - {user: carol@example.test, backend: mem}
+backends:
+  - {name: mem, address: "` + be.Addr() + `"}
+`
+	p := filepath.Join(dir, "portico.yaml")
+	os.WriteFile(p, []byte(cfg), 0o600)
+	cmd, stderr, _ := startBinary(t, bin, "serve", "-config", p)
+	if err := testsrv.WaitDial(imaps, 10*time.Second); err != nil {
+		t.Fatalf("serve did not listen: %v\n%s", err, stderr)
+	}
+	for _, url := range []string{"imaps://" + imaps + "/INBOX;UID=1", "imap://" + imap + "/INBOX;UID=1"} {
+		// "carol" without domain: default_domain completes it.
+		out, err := exec.Command(curl, "-sS", "-k", "--ssl-reqd", "--max-time", "10", "-u", "carol:carol-pw", url).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Subject: Demo message 1") {
+			t.Fatalf("%s: %v\n%s\n%s", url, err, out, stderr)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("serve exit: %v\n%s", err, stderr)
+	}
+	log := stderr.String()
+	if !strings.Contains(log, "session end") || !strings.Contains(log, "user=carol@example.test") {
+		t.Fatalf("no session log line:\n%s", log)
+	}
+	if strings.Contains(log, "carol-pw") {
+		t.Fatal("a password reached the log")
+	}
+	_ = net.IPv4len
+}

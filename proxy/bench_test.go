@@ -1,0 +1,270 @@
+package proxy_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/routing"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+// benchProxy starts a Portico with one static route to backend.
+func benchProxy(tb testing.TB, backendAddr string) (*proxy.Server, string, *tls.Config) {
+	tb.Helper()
+	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	store, err := ptls.NewStore(cert)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := &proxy.Server{
+		Router: routing.NewStatic(map[string]*routing.Backend{
+			"alice@example.test": {Addr: backendAddr},
+		}),
+		TLSConfig: ptls.ServerConfig(store, 0),
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go srv.Serve(ln, proxy.Listener{Name: "bench", Mode: proxy.ImplicitTLS})
+	tb.Cleanup(func() { srv.Close() })
+	return srv, ln.Addr().String(), &tls.Config{RootCAs: ptls.CertPool(cert), ServerName: "localhost", NextProtos: []string{"imap"}}
+}
+
+var plainIR = base64.StdEncoding.EncodeToString([]byte("\x00alice@example.test\x00alice-pw"))
+
+// clientLogin does what a client does up to a spliced session: TLS
+// handshake, greeting, AUTHENTICATE PLAIN with SASL-IR.
+func clientLogin(addr string, cfg *tls.Config) (*tls.Conn, *bufio.Reader, error) {
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReader(c)
+	if _, err := br.ReadString('\n'); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	io.WriteString(c, "a AUTHENTICATE PLAIN "+plainIR+"\r\n")
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		if strings.HasPrefix(l, "a ") {
+			if !strings.HasPrefix(l, "a OK") {
+				c.Close()
+				return nil, nil, fmt.Errorf("login: %q", l)
+			}
+			return c, br, nil
+		}
+	}
+}
+
+// BenchmarkLogin measures one full login: TCP connect, TLS handshake,
+// AUTHENTICATE PLAIN, static route, upstream login to an in-memory
+// backend, hand-off, and LOGOUT through the splice.
+func BenchmarkLogin(b *testing.B) {
+	be, err := membackend.Start("127.0.0.1:0", membackend.User{Name: "alice@example.test", Password: "alice-pw"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	_, addr, cfg := benchProxy(b, be.Addr())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, br, err := clientLogin(addr, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.WriteString(c, "z LOGOUT\r\n")
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil || strings.HasPrefix(l, "z ") {
+				break
+			}
+		}
+		c.Close()
+	}
+}
+
+// The idle-session benchmark needs two processes: with the clients and the
+// backend in the same process as the proxy, 5,000 sessions would hold
+// 20,000 descriptors, the machine's hard limit. The child process (this
+// test binary again) runs a minimal backend and the clients.
+const idleChildEnv = "PORTICO_IDLE_CHILD"
+
+// BenchmarkIdleSessions holds PORTICO_IDLE_SESSIONS (default 5000) idle
+// spliced TLS sessions and reports the proxy's memory per session. b.N is
+// ignored: the figure is a size, not a rate.
+func BenchmarkIdleSessions(b *testing.B) {
+	n := 5000
+	if v, err := strconv.Atoi(os.Getenv("PORTICO_IDLE_SESSIONS")); err == nil && v > 0 {
+		n = v
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleChild$")
+	cmd.Env = append(os.Environ(), idleChildEnv+"=1")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	out := bufio.NewReader(stdout)
+	expect := func(prefix string) string {
+		l, err := out.ReadString('\n')
+		if err != nil || !strings.HasPrefix(l, prefix) {
+			b.Fatalf("child said %q (%v), want %s", l, err, prefix)
+		}
+		return strings.TrimSpace(strings.TrimPrefix(l, prefix))
+	}
+	backendAddr := expect("BACKEND ")
+	_, addr, _ := benchProxy(b, backendAddr)
+
+	before := memNow()
+	fmt.Fprintf(stdin, "PROXY %s %d\n", addr, n)
+	expect("READY")
+	time.Sleep(500 * time.Millisecond) // let the last hand-offs settle
+	after := memNow()
+	fmt.Fprintln(stdin, "DONE")
+
+	rss := float64(after.rss-before.rss) / 1024 / float64(n)
+	heap := float64(after.heap-before.heap) / 1024 / float64(n)
+	stack := float64(after.stack-before.stack) / 1024 / float64(n)
+	b.ReportMetric(rss, "RSS-KiB/session")
+	b.ReportMetric(heap, "heap-KiB/session")
+	b.ReportMetric(stack, "stack-KiB/session")
+	b.ReportMetric(float64(after.goroutines-before.goroutines)/float64(n), "goroutines/session")
+	b.Logf("%d idle spliced TLS sessions: RSS %.1f KiB, heap %.1f KiB, stacks %.1f KiB per session", n, rss, heap, stack)
+}
+
+type mem struct {
+	rss, heap, stack uint64
+	goroutines       int
+}
+
+func memNow() mem {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	m := mem{heap: ms.HeapInuse, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				m.rss = kb * 1024
+			}
+		}
+	}
+	return m
+}
+
+// TestIdleChild is the child half of BenchmarkIdleSessions; run directly
+// it does nothing.
+func TestIdleChild(t *testing.T) {
+	if os.Getenv(idleChildEnv) == "" {
+		return
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go fakeBackend(ln)
+	fmt.Printf("BACKEND %s\n", ln.Addr())
+	in := bufio.NewReader(os.Stdin)
+	l, _ := in.ReadString('\n')
+	var addr string
+	var n int
+	if _, err := fmt.Sscanf(l, "PROXY %s %d", &addr, &n); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"imap"}}
+	conns := make([]net.Conn, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, br, err := clientLogin(addr, cfg)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "session %d: %v\n", i, err)
+				os.Exit(1)
+			}
+			// One command through the splice, then silence, as an IDLE
+			// client would be.
+			io.WriteString(c, "b NOOP\r\n")
+			for {
+				l, err := br.ReadString('\n')
+				if err != nil {
+					os.Exit(1)
+				}
+				if strings.HasPrefix(l, "b ") {
+					break
+				}
+			}
+			conns[i] = c
+		}()
+	}
+	wg.Wait()
+	fmt.Println("READY")
+	in.ReadString('\n')
+	for _, c := range conns {
+		c.Close()
+	}
+	os.Exit(0)
+}
+
+// fakeBackend is the smallest backend Portico can log in to: it greets,
+// accepts any AUTHENTICATE, and answers every later command with OK.
+func fakeBackend(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.WriteString(c, "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN IDLE] fake ready\r\n")
+			br := bufio.NewReaderSize(c, 512)
+			for {
+				l, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				tag, rest, _ := strings.Cut(strings.TrimSpace(l), " ")
+				if strings.HasPrefix(strings.ToUpper(rest), "AUTHENTICATE") {
+					io.WriteString(c, tag+" OK [CAPABILITY IMAP4rev1 IDLE] logged in\r\n")
+					continue
+				}
+				io.WriteString(c, tag+" OK done\r\n")
+			}
+		}()
+	}
+}

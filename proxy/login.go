@@ -1,0 +1,112 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/portico-mail/portico/proxy/upstream"
+	"github.com/portico-mail/portico/proxy/wire"
+	"github.com/portico-mail/portico/routing"
+)
+
+func (s *session) handleLogin(cmd *wire.Command) action {
+	if len(cmd.Args) != 2 {
+		return s.badCommand(cmd.Tag, "LOGIN takes a user name and a password")
+	}
+	user, ok1 := cmd.Args[0].AString()
+	pass, ok2 := cmd.Args[1].AString()
+	if !ok1 || !ok2 {
+		return s.badCommand(cmd.Tag, "LOGIN takes a user name and a password")
+	}
+	if !s.canAuth() {
+		return s.privacyRequired(cmd.Tag)
+	}
+	return s.login(cmd.Tag, "login", user, pass)
+}
+
+// privacyRequired refuses credentials sent in clear before anything, Redis
+// or a backend, is asked about them.
+func (s *session) privacyRequired(tag string) action {
+	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodePrivacyRequired, "TLS is required to log in; use STARTTLS")
+	s.authFails++
+	return s.afterAuthFailure()
+}
+
+// login is the path every mechanism ends in: normalise the user, find the
+// backend, log in there. On success the session is ready to splice.
+func (s *session) login(tag, method, rawUser, password string) action {
+	start := time.Now()
+	user, err := routing.Normalize(rawUser, s.srv.DefaultDomain)
+	if err != nil {
+		return s.authFailed(tag, start, "", "invalid user name")
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.lim.LookupTimeout)
+	b, err := s.srv.Router.Lookup(ctx, user)
+	cancel()
+	if errors.Is(err, routing.ErrNotFound) {
+		return s.authFailed(tag, start, user, "unknown user")
+	}
+	if err != nil {
+		s.srv.logger().Warn("routing lookup failed", "session", s.id, "user", user, "err", err)
+		return s.unavailable(tag)
+	}
+	res, err := s.srv.login()(s.ctx, b, user, password, s.idInfo())
+	if errors.Is(err, upstream.ErrAuthFailed) {
+		return s.authFailed(tag, start, user, "backend rejected credentials")
+	}
+	if err != nil {
+		s.srv.logger().Warn("backend login failed", "session", s.id, "user", user, "backend", b.String(), "err", err)
+		return s.unavailable(tag)
+	}
+	s.srv.logger().Debug("logged in", "session", s.id, "user", user, "backend", b.String(), "method", method)
+	s.user, s.backend, s.up, s.loginTag = user, b, res, tag
+	return actSplice
+}
+
+func (s *session) unavailable(tag string) action {
+	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodeUnavailable, "Service temporarily unavailable, try again later")
+	return actContinue
+}
+
+// authFailed answers every kind of failed login identically and no sooner
+// than AuthFailureDelay after the attempt began, so that an unknown user
+// looks exactly like a wrong password.
+func (s *session) authFailed(tag string, start time.Time, user, reason string) action {
+	s.srv.logger().Info("login failed", "session", s.id, "client", s.client.String(), "user", user, "reason", reason)
+	if d := s.lim.AuthFailureDelay - time.Since(start); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+		case <-s.srv.done:
+		}
+		t.Stop()
+	}
+	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodeAuthenticationFailed, "Authentication failed")
+	s.authFails++
+	return s.afterAuthFailure()
+}
+
+func (s *session) afterAuthFailure() action {
+	if s.authFails >= s.lim.MaxAuthFailures {
+		s.writeStatus("*", imap.StatusResponseTypeBye, "", "Too many failed logins")
+		s.outcome = "too many failed logins"
+		return actClose
+	}
+	return actContinue
+}
+
+func (s *session) idInfo() *upstream.IDInfo {
+	return &upstream.IDInfo{
+		ClientIP:      s.client.Addr().String(),
+		ClientPort:    int(s.client.Port()),
+		ConnectedIP:   s.local.Addr().String(),
+		ConnectedPort: int(s.local.Port()),
+		SessionID:     s.id,
+		TTL:           s.lim.ProxyTTL,
+		ClientFields:  s.clientID,
+	}
+}

@@ -1,0 +1,284 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/portico-mail/portico/proxy/upstream"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Mode is how a listener speaks TLS to clients.
+type Mode int
+
+const (
+	// ImplicitTLS starts TLS on the first byte (port 993).
+	ImplicitTLS Mode = iota
+	// StartTLS starts in cleartext and upgrades with STARTTLS (port 143).
+	StartTLS
+)
+
+func (m Mode) String() string {
+	if m == StartTLS {
+		return "imap"
+	}
+	return "imaps"
+}
+
+// Listener describes one accepting socket.
+type Listener struct {
+	Name string
+	Mode Mode
+	// CleartextLogin lists the networks whose clients may log in without
+	// TLS on a StartTLS listener. Empty means TLS is always required.
+	CleartextLogin []netip.Prefix
+}
+
+func (l *Listener) allowsCleartext(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range l.CleartextLogin {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Limits bound what an unauthenticated client can make Portico do. Zero
+// fields take the defaults in parentheses.
+type Limits struct {
+	MaxLine           int           // command line, without literals (8192)
+	MaxLiteral        int           // one literal before login (1024)
+	MaxAuthLine       int           // one AUTHENTICATE response line (16384)
+	PreauthTimeout    time.Duration // absolute, from accept to login (60s)
+	HandshakeTimeout  time.Duration // TLS handshake (10s)
+	MaxBadCommands    int           // then * BYE (3)
+	MaxAuthFailures   int           // per connection, then * BYE (3)
+	AuthFailureDelay  time.Duration // minimum time to answer a failed login (2s); negative means none
+	LookupTimeout     time.Duration // routing lookup (2s)
+	IdleTimeout       time.Duration // spliced session without traffic in either direction (31m)
+	ProxyTTL          int           // x-proxy-ttl sent to backends (5)
+	ShutdownByeWindow time.Duration // reserved for spreading disconnects
+}
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defd := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&l.MaxLine, 8192)
+	def(&l.MaxLiteral, 1024)
+	def(&l.MaxAuthLine, 16384)
+	def(&l.MaxBadCommands, 3)
+	def(&l.MaxAuthFailures, 3)
+	def(&l.ProxyTTL, 5)
+	defd(&l.PreauthTimeout, 60*time.Second)
+	defd(&l.HandshakeTimeout, 10*time.Second)
+	defd(&l.AuthFailureDelay, 2*time.Second)
+	defd(&l.LookupTimeout, 2*time.Second)
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = 31 * time.Minute
+	}
+	if l.IdleTimeout < 30*time.Minute {
+		// RFC 3501 §5.4: IDLE clients may stay silent for 29 minutes.
+		l.IdleTimeout = 30 * time.Minute
+	}
+	return l
+}
+
+// LoginFunc logs in to a backend on behalf of a client. It is
+// upstream.Login unless a test replaces it.
+type LoginFunc func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error)
+
+// Server accepts IMAP clients, authenticates them, finds their backend
+// through Router, logs in there and splices the two connections.
+//
+// Serve is the one place where connections are accepted and splice the one
+// place where they are joined; everything between is a session.
+type Server struct {
+	// Router finds a user's backend. Required.
+	Router routing.Router
+	// TLSConfig is used for implicit TLS and STARTTLS. Required unless
+	// every listener is a StartTLS listener used only by trusted
+	// cleartext networks.
+	TLSConfig *tls.Config
+	// DefaultDomain is appended to user names without a domain.
+	DefaultDomain string
+	Limits        Limits
+	// Logger receives one line per session end; nil means slog.Default().
+	Logger *slog.Logger
+	// Login defaults to upstream.Login.
+	Login LoginFunc
+
+	initOnce sync.Once
+	limits   Limits
+
+	mu        sync.Mutex
+	listeners map[*net.Listener]struct{}
+	sessions  map[*session]struct{}
+	closing   atomic.Bool
+	done      chan struct{} // closed when shutting down
+	wg        sync.WaitGroup
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		s.limits = s.Limits.withDefaults()
+		s.listeners = make(map[*net.Listener]struct{})
+		s.sessions = make(map[*session]struct{})
+		s.done = make(chan struct{})
+	})
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) login() LoginFunc {
+	if s.Login != nil {
+		return s.Login
+	}
+	return upstream.Login
+}
+
+// Serve accepts connections on ln until Shutdown or Close and handles each
+// in its own goroutine. Serve takes ownership of ln and closes it.
+func (s *Server) Serve(ln net.Listener, l Listener) error {
+	s.init()
+	if l.Mode == ImplicitTLS && s.TLSConfig == nil {
+		ln.Close()
+		return fmt.Errorf("proxy: listener %q: implicit TLS without a TLS config", l.Name)
+	}
+	if !s.trackListener(&ln, true) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	defer s.trackListener(&ln, false)
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of file descriptors or similar: back off, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.logger().Warn("accept failed; retrying", "listener", l.Name, "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("proxy: listener %q: accept: %w", l.Name, err)
+		}
+		delay = 0
+		sess := newSession(s, &l, c)
+		if !s.trackSession(sess, true) {
+			c.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.trackSession(sess, false)
+			sess.serve()
+		}()
+	}
+}
+
+func (s *Server) trackListener(ln *net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing.Load() {
+			return false
+		}
+		s.listeners[ln] = struct{}{}
+	} else {
+		delete(s.listeners, ln)
+	}
+	return true
+}
+
+func (s *Server) trackSession(sess *session, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing.Load() {
+			return false
+		}
+		s.sessions[sess] = struct{}{}
+	} else {
+		delete(s.sessions, sess)
+	}
+	return true
+}
+
+// Shutdown stops accepting, says `* BYE [UNAVAILABLE]` to every client that
+// has not logged in yet, and waits for spliced sessions to end by
+// themselves until ctx is done; it then closes those that remain.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mu.Lock()
+	if s.closing.CompareAndSwap(false, true) {
+		close(s.done)
+	}
+	for ln := range s.listeners {
+		(*ln).Close()
+	}
+	for sess := range s.sessions {
+		sess.interruptPreauth()
+	}
+	s.mu.Unlock()
+
+	finished := make(chan struct{})
+	go func() { s.wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+		return nil
+	case <-ctx.Done():
+	}
+	s.closeSessions()
+	<-finished
+	return ctx.Err()
+}
+
+// Close stops accepting and closes every connection at once.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := s.Shutdown(ctx)
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) closeSessions() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sess := range s.sessions {
+		sess.close()
+	}
+}

@@ -1,0 +1,443 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/portico-mail/portico/proxy/upstream"
+	"github.com/portico-mail/portico/proxy/wire"
+	"github.com/portico-mail/portico/routing"
+)
+
+// action tells the command loop what to do after a command.
+type action int
+
+const (
+	actContinue action = iota
+	actClose           // the reply is written; close the connection
+	actSplice          // logged in: hand the connection over to the backend
+)
+
+// session is one client connection from accept until it is closed. Before
+// login it owns the client connection and reads it through a pooled bufio;
+// after login it hands both connections to splice, which owns them from
+// then on.
+type session struct {
+	srv *Server
+	ln  *Listener
+	lim *Limits
+
+	raw  net.Conn // as accepted
+	conn net.Conn // raw, or the *tls.Conn over it
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	dec  *wire.Decoder
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	id       string
+	client   netip.AddrPort
+	local    netip.AddrPort
+	start    time.Time
+	deadline time.Time // absolute pre-auth deadline
+
+	tlsVersion string // "" while cleartext
+	askedCaps  bool   // the client sent CAPABILITY before login
+	clientID   [][2]string
+	bad        int
+	authFails  int
+
+	loginTag string // tag of the login command being answered
+	user     string
+	backend  *routing.Backend
+	up       *upstream.Result
+	outcome  string
+
+	mu      sync.Mutex // guards spliced against interruptPreauth
+	spliced bool
+
+	toBackend, toClient int64
+}
+
+var (
+	sessionPrefix = func() string {
+		var b [4]byte
+		rand.Read(b[:])
+		return hex.EncodeToString(b[:])
+	}()
+	sessionCounter atomic.Uint64
+
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+func newSession(srv *Server, ln *Listener, c net.Conn) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{
+		srv:    srv,
+		ln:     ln,
+		lim:    &srv.limits,
+		raw:    c,
+		conn:   c,
+		ctx:    ctx,
+		cancel: cancel,
+		id:     sessionPrefix + "-" + strconv.FormatUint(sessionCounter.Add(1), 36),
+		start:  time.Now(),
+	}
+	s.client = addrPort(c.RemoteAddr())
+	s.local = addrPort(c.LocalAddr())
+	return s
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// serve runs the session to its end and closes the client connection.
+func (s *session) serve() {
+	defer s.finish()
+	s.deadline = s.start.Add(s.lim.PreauthTimeout)
+	// An absolute deadline: bytes trickled in one at a time do not extend it.
+	s.raw.SetDeadline(s.deadline)
+
+	if s.ln.Mode == ImplicitTLS {
+		if err := s.handshake(s.raw); err != nil {
+			s.outcome = "tls handshake failed"
+			s.srv.logger().Debug("tls handshake failed", "session", s.id, "client", s.client, "err", err)
+			return
+		}
+	}
+	s.setupIO()
+	s.writeGreeting()
+	if s.flush() != nil {
+		s.outcome = "write failed"
+		return
+	}
+	for {
+		act := s.next()
+		if err := s.flush(); err != nil && act != actSplice {
+			if s.outcome == "" {
+				s.outcome = "write failed"
+			}
+			return
+		}
+		switch act {
+		case actClose:
+			return
+		case actSplice:
+			s.handOff()
+			return
+		}
+	}
+}
+
+// next reads and runs one command.
+func (s *session) next() action {
+	cmd, err := s.dec.ReadCommand()
+	if err != nil {
+		return s.readError(err)
+	}
+	switch cmd.Name {
+	case "CAPABILITY":
+		return s.handleCapability(cmd)
+	case "NOOP":
+		return s.handleNoop(cmd)
+	case "LOGOUT":
+		return s.handleLogout(cmd)
+	case "ID":
+		return s.handleID(cmd)
+	case "STARTTLS":
+		return s.handleStartTLS(cmd)
+	case "LOGIN":
+		return s.handleLogin(cmd)
+	case "AUTHENTICATE":
+		return s.handleAuthenticate(cmd)
+	}
+	if authenticatedCommands[cmd.Name] {
+		return s.badCommand(cmd.Tag, "Log in first")
+	}
+	return s.badCommand(cmd.Tag, "Unknown command")
+}
+
+// authenticatedCommands are valid only after login; naming them in the
+// answer helps a confused client without echoing anything it sent.
+var authenticatedCommands = map[string]bool{
+	"SELECT": true, "EXAMINE": true, "CREATE": true, "DELETE": true, "RENAME": true,
+	"SUBSCRIBE": true, "UNSUBSCRIBE": true, "LIST": true, "LSUB": true, "STATUS": true,
+	"APPEND": true, "CHECK": true, "CLOSE": true, "EXPUNGE": true, "SEARCH": true,
+	"FETCH": true, "STORE": true, "COPY": true, "MOVE": true, "UID": true, "IDLE": true,
+	"ENABLE": true, "COMPRESS": true, "NAMESPACE": true, "UNSELECT": true,
+	"GETQUOTA": true, "GETQUOTAROOT": true, "SETQUOTA": true, "GETACL": true,
+	"SETACL": true, "MYRIGHTS": true, "LISTRIGHTS": true, "DELETEACL": true,
+	"GETMETADATA": true, "SETMETADATA": true, "NOTIFY": true, "UNAUTHENTICATE": true,
+}
+
+// readError answers a command that could not be read. It reports whether
+// the session goes on.
+func (s *session) readError(err error) action {
+	var werr *wire.Error
+	switch {
+	case errors.As(err, &werr):
+		tag := werr.Tag
+		if tag == "" {
+			tag = "*"
+		}
+		s.writeStatus(tag, imap.StatusResponseTypeBad, imap.ResponseCode(werr.Code), werr.Text)
+		if werr.Fatal {
+			s.writeStatus("*", imap.StatusResponseTypeBye, "", "Closing connection")
+			s.outcome = "protocol error"
+			return actClose
+		}
+		return s.countBad()
+	case s.srv.closing.Load():
+		s.bye(imap.ResponseCodeUnavailable, "Server shutting down")
+		s.outcome = "shutdown"
+	case isTimeout(err):
+		s.bye("", "Timeout before login")
+		s.outcome = "preauth timeout"
+	default:
+		s.outcome = "client closed before login"
+	}
+	return actClose
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// bye says goodbye after a read deadline has expired, which needs a fresh
+// write deadline.
+func (s *session) bye(code imap.ResponseCode, text string) {
+	s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	s.writeStatus("*", imap.StatusResponseTypeBye, code, text)
+}
+
+// badCommand answers a command that is not valid here and closes the
+// connection after too many of them: a client that sends garbage is more
+// likely an attack (ALPACA) than a confused mail client.
+func (s *session) badCommand(tag, text string) action {
+	s.writeStatus(tag, imap.StatusResponseTypeBad, "", text)
+	return s.countBad()
+}
+
+func (s *session) countBad() action {
+	s.bad++
+	if s.bad >= s.lim.MaxBadCommands {
+		s.writeStatus("*", imap.StatusResponseTypeBye, "", "Too many invalid commands")
+		s.outcome = "too many invalid commands"
+		return actClose
+	}
+	return actContinue
+}
+
+// setupIO (re)creates the pre-auth reader and writer over s.conn.
+func (s *session) setupIO() {
+	s.releaseIO()
+	s.br = readerPool.Get().(*bufio.Reader)
+	s.br.Reset(s.conn)
+	s.bw = writerPool.Get().(*bufio.Writer)
+	s.bw.Reset(s.conn)
+	s.dec = &wire.Decoder{
+		MaxLine:    s.lim.MaxLine,
+		MaxLiteral: s.lim.MaxLiteral,
+		Continue: func() error {
+			s.bw.WriteString("+ Ready for literal data\r\n")
+			return s.bw.Flush()
+		},
+		AllowLiteral: func(cmd string) bool { return cmd == "LOGIN" || cmd == "ID" },
+	}
+	s.dec.Reset(s.br)
+}
+
+// releaseIO returns the pre-auth buffers to their pools; an idle spliced
+// session holds none.
+func (s *session) releaseIO() {
+	if s.br != nil {
+		s.br.Reset(nil)
+		readerPool.Put(s.br)
+		s.br = nil
+	}
+	if s.bw != nil {
+		s.bw.Reset(nil)
+		writerPool.Put(s.bw)
+		s.bw = nil
+	}
+	s.dec = nil
+}
+
+func (s *session) flush() error {
+	if s.bw == nil {
+		return nil
+	}
+	return s.bw.Flush()
+}
+
+func (s *session) writeStatus(tag string, typ imap.StatusResponseType, code imap.ResponseCode, text string) {
+	wire.WriteStatus(s.bw, tag, typ, code, text)
+}
+
+// canAuth reports whether credentials may be sent on this connection now.
+func (s *session) canAuth() bool {
+	return s.tlsVersion != "" || s.ln.allowsCleartext(s.client.Addr())
+}
+
+// caps lists what Portico offers before login: only what it implements
+// itself, since the backend's list comes with the login reply.
+func (s *session) caps() []string {
+	caps := []string{string(imap.CapIMAP4rev1), string(imap.CapLiteralMinus), string(imap.CapSASLIR), string(imap.CapID)}
+	if s.tlsVersion == "" && s.ln.Mode == StartTLS && s.srv.TLSConfig != nil {
+		caps = append(caps, string(imap.CapStartTLS))
+	}
+	if s.canAuth() {
+		caps = append(caps, "AUTH=PLAIN", "AUTH=LOGIN")
+	} else {
+		caps = append(caps, string(imap.CapLoginDisabled))
+	}
+	return caps
+}
+
+func (s *session) writeGreeting() {
+	s.writeStatus("*", imap.StatusResponseTypeOK, imap.ResponseCode("CAPABILITY "+strings.Join(s.caps(), " ")), "Portico ready")
+}
+
+// handshake runs the TLS server handshake over c within the handshake
+// timeout (never past the pre-auth deadline) and makes it the session's
+// connection.
+func (s *session) handshake(c net.Conn) error {
+	tc := tls.Server(c, s.srv.TLSConfig)
+	hd := time.Now().Add(s.lim.HandshakeTimeout)
+	if s.deadline.Before(hd) {
+		hd = s.deadline
+	}
+	c.SetDeadline(hd)
+	err := tc.HandshakeContext(s.ctx)
+	c.SetDeadline(s.deadline)
+	if err != nil {
+		return err
+	}
+	s.conn = tc
+	s.tlsVersion = tls.VersionName(tc.ConnectionState().Version)
+	return nil
+}
+
+// interruptPreauth makes a session that has not logged in yet say BYE:
+// its blocked read returns and readError sees that the server is closing.
+// Spliced sessions are left alone.
+func (s *session) interruptPreauth() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.spliced {
+		s.raw.SetReadDeadline(time.Now())
+	}
+}
+
+// close ends the session at once, whatever its state.
+func (s *session) close() {
+	s.cancel()
+	s.raw.Close()
+}
+
+// handOff answers the login, passes on the bytes each side sent past the
+// login exchange, and splices. Ownership of both connections passes to
+// splice, which closes them.
+func (s *session) handOff() {
+	up := s.up
+	s.up = nil
+	backendConn := up.Conn
+	// A client that asked CAPABILITY before login may ignore response codes
+	// (Dovecot's heuristic), so it also gets the list as an untagged line.
+	caps := strings.Join(up.Caps, " ")
+	if s.askedCaps && caps != "" {
+		s.bw.WriteString("* CAPABILITY " + caps + "\r\n")
+	}
+	var code imap.ResponseCode
+	if caps != "" {
+		code = imap.ResponseCode("CAPABILITY " + caps)
+	}
+	s.writeStatus(s.loginTag, imap.StatusResponseTypeOK, code, "Logged in")
+	// What the backend sent after its OK follows our OK, in order.
+	s.bw.Write(up.Buffered)
+	if err := s.bw.Flush(); err != nil {
+		backendConn.Close()
+		s.outcome = "client gone at login"
+		return
+	}
+	// What the client pipelined behind its login command goes to the backend.
+	if n := s.br.Buffered(); n > 0 {
+		p, _ := s.br.Peek(n)
+		backendConn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if _, err := backendConn.Write(p); err != nil {
+			backendConn.Close()
+			s.outcome = "backend gone at login"
+			return
+		}
+	}
+	s.releaseIO()
+	s.conn.SetDeadline(time.Time{})
+	backendConn.SetDeadline(time.Time{})
+
+	s.mu.Lock()
+	s.spliced = true
+	s.mu.Unlock()
+	// The session may have been asked to stop while logging in.
+	if s.srv.closing.Load() {
+		s.raw.SetReadDeadline(time.Time{})
+	}
+	s.outcome = "logged in"
+	p := &splicer{Idle: s.lim.IdleTimeout}
+	toBackend, toClient, err := p.splice(s.ctx, s.conn, backendConn)
+	s.toBackend, s.toClient = toBackend, toClient
+	switch {
+	case err == nil || errors.Is(err, io.EOF):
+		s.outcome = "logged out"
+	case s.ctx.Err() != nil:
+		s.outcome = "closed by proxy"
+	default:
+		s.outcome = "connection error"
+	}
+}
+
+// finish closes the client connection and logs the one line per session.
+func (s *session) finish() {
+	s.flush()
+	s.releaseIO()
+	s.cancel()
+	s.raw.Close()
+	if s.up != nil {
+		s.up.Conn.Close()
+	}
+	attrs := []any{
+		"session", s.id,
+		"listener", s.ln.Name,
+		"client", s.client.String(),
+		"user", s.user,
+		"backend", s.backend.String(),
+		"tls", s.tlsVersion,
+		"duration", time.Since(s.start).Round(time.Millisecond),
+		"bytes_to_backend", s.toBackend,
+		"bytes_to_client", s.toClient,
+		"outcome", s.outcome,
+	}
+	s.srv.logger().Info("session end", attrs...)
+}

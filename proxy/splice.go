@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Splicing after login. crypto/tls rules out splice(2) towards the client,
+// so bytes are copied in user space, and the copy loops are shaped for the
+// common case of thousands of idle IMAP sessions (notes: libraries.md §5):
+//
+//   - from a *net.TCPConn, the loop waits for readability inside
+//     RawConn.Read and takes a pooled 16 KiB buffer only once data is there,
+//     so an idle direction holds no buffer at all;
+//   - from a *tls.Conn (which has its own record buffer), the loop blocks on
+//     a 512-byte buffer and switches to a pooled 16 KiB one while reads come
+//     back full, so bulk transfers still move whole TLS records.
+//
+// io.Copy and io.CopyBuffer are avoided on purpose: with a *net.TCPConn on
+// either side they pick ReadFrom/WriteTo and allocate 32 KiB per direction
+// behind our back.
+
+const (
+	spliceBufSize  = 16 << 10 // the largest TLS record
+	spliceIdleBuf  = 512
+	halfCloseGrace = 30 * time.Second
+)
+
+// minIdle is the shortest idle timeout a spliced session may get: RFC 9051
+// §5.4 (autologout timer ≥ 30 min; IDLE clients stay silent up to 29 min).
+// A variable so that tests can shorten it.
+var minIdle = 30 * time.Minute
+
+var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
+
+// splice copies client<->backend until both directions are done. It owns
+// both conns and closes them before returning. There is no idle timeout.
+func splice(ctx context.Context, client, backend net.Conn) (toBackend, toClient int64, err error) {
+	var p splicer
+	return p.splice(ctx, client, backend)
+}
+
+// A splicer joins a logged-in client to its backend. The zero value works.
+type splicer struct {
+	// Idle closes the session when neither direction has carried a byte for
+	// this long. Zero means no idle timeout; shorter than 30 minutes counts
+	// as 30 minutes.
+	Idle time.Duration
+
+	toBackend, toClient atomic.Int64
+
+	client, backend net.Conn
+	idle            time.Duration
+	epoch           time.Time    // lastActive is measured from here (monotonic)
+	lastActive      atomic.Int64 // ns since epoch of the last read, either direction
+	halfClosed      atomic.Bool  // a direction has ended: deadlines are final now
+	closeOnce       sync.Once
+	errMu           sync.Mutex
+	err             error // first error that ended the session
+}
+
+// splice runs the session; see the package-level splice. Both directions
+// run until EOF: an EOF is passed on as a half-close and the other direction
+// then gets halfCloseGrace to finish. Any other error, and ctx being done,
+// close both at once. The byte counts can also be read while it runs.
+func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBackend, toClient int64, err error) {
+	p.client, p.backend = client, backend
+	if p.Idle > 0 {
+		p.idle = max(p.Idle, minIdle)
+		p.epoch = time.Now()
+		p.touch()
+		dl := time.Now().Add(p.idle)
+		client.SetReadDeadline(dl)
+		backend.SetReadDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, p.closeBoth)
+	defer stop()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.spliceToBackend()
+	}()
+	p.spliceToClient()
+	<-done
+	p.closeBoth()
+
+	err = p.err
+	if ctx.Err() != nil {
+		err = context.Cause(ctx)
+	}
+	return p.toBackend.Load(), p.toClient.Load(), err
+}
+
+// spliceToBackend and spliceToClient exist so that stack dumps say which
+// direction a goroutine copies.
+func (p *splicer) spliceToBackend() {
+	p.finish(p.backend, p.copy(p.backend, p.client, &p.toBackend))
+}
+
+func (p *splicer) spliceToClient() {
+	p.finish(p.client, p.copy(p.client, p.backend, &p.toClient))
+}
+
+func (p *splicer) copy(dst, src net.Conn, n *atomic.Int64) error {
+	if tc, ok := src.(*net.TCPConn); ok {
+		return p.copyFromTCP(dst, tc, n)
+	}
+	return p.copyBuffered(dst, src, n)
+}
+
+// finish is called when the copy into dst has ended with err (nil = EOF).
+func (p *splicer) finish(dst net.Conn, err error) {
+	if err != nil {
+		p.setErr(err)
+		p.closeBoth()
+		return
+	}
+	// Pass the EOF on. The other direction, which reads from dst, gets a
+	// bounded time to finish (say, Dovecot's BYE after a client EOF).
+	closeWrite(dst)
+	p.halfClosed.Store(true)
+	dst.SetReadDeadline(time.Now().Add(halfCloseGrace))
+}
+
+func (p *splicer) setErr(err error) {
+	p.errMu.Lock()
+	if p.err == nil {
+		p.err = err
+	}
+	p.errMu.Unlock()
+}
+
+func (p *splicer) closeBoth() {
+	p.closeOnce.Do(func() {
+		p.client.Close()
+		p.backend.Close()
+	})
+}
+
+func (p *splicer) touch() {
+	if p.idle > 0 {
+		p.lastActive.Store(int64(time.Since(p.epoch)))
+	}
+}
+
+// rearm decides, when a read deadline has passed, whether the session is
+// really idle. The deadline is set only once per idle period and direction,
+// not per read: a read just records the time, and an expired deadline is
+// pushed to lastActive+idle if the other direction moved meanwhile.
+func (p *splicer) rearm(src net.Conn, err error) bool {
+	if p.idle <= 0 || p.halfClosed.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	next := p.epoch.Add(time.Duration(p.lastActive.Load()) + p.idle)
+	if !time.Now().Before(next) {
+		return false // idle in both directions
+	}
+	src.SetReadDeadline(next)
+	// A half-close may have set its grace deadline meanwhile; keep that one.
+	if p.halfClosed.Load() {
+		src.SetReadDeadline(time.Now().Add(halfCloseGrace))
+	}
+	return true
+}
+
+// copyFromTCP copies from a plain TCP source without holding a buffer while
+// waiting: the buffer is taken from the pool only inside the readiness
+// callback, once the socket has data.
+func (p *splicer) copyFromTCP(dst net.Conn, src *net.TCPConn, count *atomic.Int64) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		var bp *[]byte
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			bp = spliceBufPool.Get().(*[]byte)
+			for {
+				n, rerr = syscall.Read(int(fd), *bp)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if rerr == syscall.EAGAIN {
+				spliceBufPool.Put(bp)
+				bp = nil
+				return false // wait for readability, bufferless
+			}
+			return true
+		})
+		if err == nil && rerr != nil {
+			err = os.NewSyscallError("read", rerr)
+		}
+		if err == nil && n == 0 {
+			err = io.EOF
+		}
+		if n > 0 {
+			p.touch()
+			wn, werr := dst.Write((*bp)[:n])
+			count.Add(int64(wn))
+			if werr != nil {
+				spliceBufPool.Put(bp)
+				return werr
+			}
+		}
+		if bp != nil {
+			spliceBufPool.Put(bp)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if p.rearm(src, err) {
+				continue
+			}
+			return err
+		}
+	}
+}
+
+// copyBuffered copies from a source with its own buffering (a *tls.Conn,
+// or any other net.Conn): it blocks on a small buffer and uses a pooled
+// 16 KiB one only while reads fill the buffer they are given.
+func (p *splicer) copyBuffered(dst net.Conn, src net.Conn, count *atomic.Int64) error {
+	small := make([]byte, spliceIdleBuf)
+	buf := small
+	var big *[]byte
+	rest := false
+	defer func() {
+		if big != nil {
+			spliceBufPool.Put(big)
+		}
+	}()
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			p.touch()
+			wn, werr := dst.Write(buf[:n])
+			count.Add(int64(wn))
+			if werr != nil {
+				return werr
+			}
+		}
+		switch {
+		case big == nil:
+			if n == len(small) { // a burst, or at least a large record
+				big = spliceBufPool.Get().(*[]byte)
+				buf = *big
+				rest = true
+			}
+		case rest && len(small)+n == len(buf):
+			// The rest of a full-size record that the small read started:
+			// bulk data, keep the big buffer.
+			rest = false
+		case rest || n < len(buf):
+			// A smaller record ended: the client is back to commands.
+			rest = false
+			spliceBufPool.Put(big)
+			big = nil
+			buf = small
+		}
+		if rerr == io.EOF {
+			return nil // TCP FIN, or TLS close_notify
+		}
+		if rerr != nil {
+			if p.rearm(src, rerr) {
+				continue
+			}
+			return rerr
+		}
+	}
+}
+
+// closeWrite half-closes c. For TLS that is close_notify followed by a TCP
+// FIN: tls.Conn.CloseWrite alone sends no FIN, so a backend or client would
+// not see EOF.
+func closeWrite(c net.Conn) {
+	type closeWriter interface{ CloseWrite() error }
+	if tc, ok := c.(*tls.Conn); ok {
+		tc.CloseWrite()
+		c = tc.NetConn()
+	}
+	switch c := c.(type) {
+	case closeWriter:
+		c.CloseWrite()
+	case interface{ TCPConn() (*net.TCPConn, error) }: // go-proxyproto's Conn
+		if tcp, err := c.TCPConn(); err == nil {
+			tcp.CloseWrite()
+		}
+	}
+}

@@ -1,0 +1,819 @@
+// Package upstream logs in to a backend IMAP server on behalf of a client and
+// hands back the raw connection, with nothing lost, ready to be spliced.
+//
+// Typical use:
+//
+//	res, err := upstream.Login(ctx, backend, user, password, &upstream.IDInfo{ClientIP: ip})
+//	switch {
+//	case errors.Is(err, upstream.ErrAuthFailed): // tag NO [AUTHENTICATIONFAILED]
+//	case err != nil:                             // tag NO [UNAVAILABLE]; try another backend
+//	default:
+//		// write "tag OK [CAPABILITY res.Caps...] Logged in" to the client,
+//		// then res.Buffered, then splice the client with res.Conn.
+//	}
+//
+// go-imap's imapclient cannot be used for this: its reader goroutine consumes
+// backend bytes past the login reply and it sends commands of its own. This
+// client reads through a small bufio.Reader that it owns, stops at the tagged
+// OK of the login (or of the CAPABILITY that follows it) and returns what was
+// read beyond it in Result.Buffered.
+package upstream
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/portico-mail/portico/routing"
+)
+
+// ErrAuthFailed means the backend rejected the credentials: a tagged NO
+// without [UNAVAILABLE]. Every other error from Login means the backend is
+// unavailable. Errors wrapping it never contain the password.
+var ErrAuthFailed = errors.New("upstream: authentication failed")
+
+const (
+	defaultConnectTimeout = 10 * time.Second
+	defaultLoginTimeout   = 30 * time.Second
+
+	readBufSize    = 4 << 10
+	maxLineLen     = 64 << 10  // one line of a response, without its literals
+	maxLiteralLen  = 1 << 20   // one literal inside an untagged response
+	maxResponseLen = 4 << 20   // a whole response, literals included
+	maxCapturedLen = 256 << 10 // untagged responses kept for the client after login
+
+	// Dovecot's limits for ID (imap-login-cmd-id.c).
+	maxIDKeyLen   = 30
+	maxIDValueLen = 1024
+	maxIDPairs    = 30
+)
+
+// IDInfo is what Login forwards in an ID command to backends with
+// Backend.ForwardID set (Dovecot honours the x-* fields from its
+// login_trusted_networks only).
+type IDInfo struct {
+	ClientIP      string // x-originating-ip: the real client
+	ClientPort    int    // x-originating-port
+	ConnectedIP   string // x-connected-ip: the proxy address the client reached
+	ConnectedPort int    // x-connected-port
+	SessionID     string // x-session-id: shows up in the backend's log lines
+	TTL           int    // x-proxy-ttl: the backend's proxy loop guard; 0 = not sent
+	// ClientFields are the client's own ID fields, forwarded after ours.
+	// Keys starting with "x-" are dropped so a client cannot spoof ours.
+	ClientFields [][2]string
+}
+
+// Result is a logged-in backend connection.
+type Result struct {
+	// Conn is a *net.TCPConn or a *tls.Conn with no deadline set. The caller
+	// owns it.
+	Conn net.Conn
+	// Buffered holds backend bytes read past the final tagged OK (and any
+	// untagged responses received while Login asked for the capabilities).
+	// Write them to the client before splicing.
+	Buffered []byte
+	// Caps are the backend's post-login capabilities, without UNAUTHENTICATE
+	// (a spliced client must not become someone else on this backend).
+	Caps []string
+	// TLS reports whether Conn is encrypted.
+	TLS bool
+}
+
+// Login connects to b, upgrades to TLS as b.TLS says, forwards id if
+// b.ForwardID is set and the backend supports ID, and logs in as user.
+//
+// b.ConnectTimeout bounds the connect (and the handshake of implicit TLS);
+// b.LoginTimeout bounds everything after it. Cancelling ctx aborts the login.
+func Login(ctx context.Context, b *routing.Backend, user, password string, id *IDInfo) (*Result, error) {
+	if b == nil {
+		return nil, errors.New("upstream: nil backend")
+	}
+	if strings.IndexByte(user, 0) >= 0 || strings.IndexByte(password, 0) >= 0 {
+		// Neither LOGIN nor PLAIN can carry a NUL, so no backend can accept it.
+		return nil, fmt.Errorf("upstream: %s: credentials contain NUL: %w", b, ErrAuthFailed)
+	}
+	connectTimeout := b.ConnectTimeout
+	if connectTimeout <= 0 {
+		connectTimeout = defaultConnectTimeout
+	}
+	loginTimeout := b.LoginTimeout
+	if loginTimeout <= 0 {
+		loginTimeout = defaultLoginTimeout
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	d := net.Dialer{}
+	nc, err := d.DialContext(cctx, "tcp", b.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %s: connect: %w", b, err)
+	}
+	raw := nc.(*net.TCPConn)
+
+	c := &conn{b: b, raw: raw, nc: raw, password: password}
+	if b.TLS == routing.ImplicitTLS {
+		tc := tls.Client(raw, c.tlsConfig())
+		if err := tc.HandshakeContext(cctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("upstream: %s: tls handshake: %w", b, err)
+		}
+		c.nc = tc
+	}
+	cancel()
+
+	// Deadlines instead of a goroutine per read; ctx moves them to the past.
+	raw.SetDeadline(time.Now().Add(loginTimeout))
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	res, err := c.login(user, password, id)
+	if !stop() && err == nil {
+		err = fmt.Errorf("upstream: %s: %w", b, context.Cause(ctx))
+	}
+	if err != nil {
+		c.nc.Close()
+		if ctx.Err() != nil && !errors.Is(err, ErrAuthFailed) {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
+		return nil, err
+	}
+	raw.SetDeadline(time.Time{})
+	return res, nil
+}
+
+// conn is one login in progress.
+type conn struct {
+	b        *routing.Backend
+	raw      *net.TCPConn
+	nc       net.Conn // raw or a *tls.Conn over it
+	br       *bufio.Reader
+	tagN     int
+	password string // only to redact backend texts that echo it
+}
+
+func (c *conn) tlsConfig() *tls.Config {
+	cfg := c.b.TLSConfig
+	if cfg == nil {
+		cfg = &tls.Config{}
+	}
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(c.b.Addr)
+		if err != nil {
+			host = c.b.Addr
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	return cfg
+}
+
+func (c *conn) errorf(format string, args ...any) error {
+	return fmt.Errorf("upstream: %s: "+format, append([]any{c.b}, args...)...)
+}
+
+func (c *conn) login(user, password string, id *IDInfo) (*Result, error) {
+	c.br = bufio.NewReaderSize(c.nc, readBufSize)
+	caps, err := c.greeting()
+	if err != nil {
+		return nil, err
+	}
+	if caps == nil {
+		if caps, err = c.capability(); err != nil {
+			return nil, err
+		}
+	}
+
+	switch c.b.TLS {
+	case routing.StartTLS:
+		if !hasCap(caps, "STARTTLS") {
+			return nil, c.errorf("STARTTLS not advertised (refusing to continue in cleartext)")
+		}
+		if err := c.startTLS(); err != nil {
+			return nil, err
+		}
+		// Capabilities from before TLS may have been tampered with.
+		if caps, err = c.capability(); err != nil {
+			return nil, err
+		}
+	case routing.Plain, routing.ImplicitTLS:
+	default:
+		return nil, c.errorf("unknown TLS mode %d", c.b.TLS)
+	}
+	if hasCap(caps, "LOGINDISABLED") {
+		return nil, c.errorf("backend advertises LOGINDISABLED (refusing to send credentials)")
+	}
+
+	if c.b.ForwardID && id != nil && hasCap(caps, "ID") {
+		if err := c.forwardID(id); err != nil {
+			return nil, err
+		}
+	}
+
+	postCaps, err := c.authenticate(caps, user, password)
+	if err != nil {
+		return nil, err
+	}
+	var captured []byte
+	if postCaps == nil {
+		if postCaps, captured, err = c.postLoginCapability(); err != nil {
+			return nil, err
+		}
+	}
+
+	buffered := captured
+	if n := c.br.Buffered(); n > 0 {
+		p, _ := c.br.Peek(n)
+		buffered = append(buffered, p...)
+	}
+	c.br = nil
+	_, isTLS := c.nc.(*tls.Conn)
+	return &Result{Conn: c.nc, Buffered: buffered, Caps: filterCaps(postCaps), TLS: isTLS}, nil
+}
+
+// greeting reads the server greeting. Dovecot may send
+// "* OK Waiting for authentication process to respond.." first; that line is
+// taken as the greeting, and as it carries no capabilities, the CAPABILITY
+// command that follows skips the real greeting as an untagged response.
+func (c *conn) greeting() (caps []string, err error) {
+	line, err := c.readResponse(nil)
+	if err != nil {
+		return nil, c.errorf("greeting: %w", err)
+	}
+	r, ok := parseResponse(line)
+	if !ok || r.tag != "*" {
+		return nil, c.errorf("greeting: not IMAP: %q", c.clean(line, 80))
+	}
+	switch r.kind {
+	case "OK":
+		return r.caps, nil
+	case "BYE":
+		return nil, c.errorf("greeting: BYE %s", c.clean(r.text, 200))
+	case "PREAUTH":
+		// Also what a MitM sends to strip STARTTLS.
+		return nil, c.errorf("greeting: unexpected PREAUTH")
+	}
+	return nil, c.errorf("greeting: not IMAP: %q", c.clean(line, 80))
+}
+
+// capability sends CAPABILITY and returns the last list received.
+func (c *conn) capability() ([]string, error) {
+	tag := c.nextTag()
+	if err := c.write(tag + " CAPABILITY\r\n"); err != nil {
+		return nil, c.errorf("capability: %w", err)
+	}
+	var caps []string
+	r, err := c.readTagged(tag, func(u response, _ []byte) {
+		if u.kind == "CAPABILITY" {
+			caps = u.caps
+		}
+	})
+	if err != nil {
+		return nil, c.errorf("capability: %w", err)
+	}
+	if r.kind != "OK" {
+		return nil, c.errorf("capability: %s %s", r.kind, c.clean(r.text, 200))
+	}
+	if r.caps != nil {
+		caps = r.caps
+	}
+	if caps == nil {
+		return nil, c.errorf("capability: no capability list")
+	}
+	return caps, nil
+}
+
+func (c *conn) startTLS() error {
+	tag := c.nextTag()
+	if err := c.write(tag + " STARTTLS\r\n"); err != nil {
+		return c.errorf("starttls: %w", err)
+	}
+	r, err := c.readTagged(tag, nil)
+	if err != nil {
+		return c.errorf("starttls: %w", err)
+	}
+	if r.kind != "OK" {
+		return c.errorf("starttls: %s %s", r.kind, c.clean(r.text, 200))
+	}
+	// Whatever was read past the OK came in cleartext and may be an
+	// injected response (CVE-2011-0411 style): drop it with the bufio.
+	tc := tls.Client(c.raw, c.tlsConfig())
+	if err := tc.Handshake(); err != nil {
+		return c.errorf("starttls: tls handshake: %w", err)
+	}
+	c.nc = tc
+	c.br = bufio.NewReaderSize(tc, readBufSize)
+	return nil
+}
+
+func (c *conn) forwardID(id *IDInfo) error {
+	tag := c.nextTag()
+	if err := c.write(tag + " ID " + idArgs(id) + "\r\n"); err != nil {
+		return c.errorf("id: %w", err)
+	}
+	// A NO or BAD to ID is not fatal: the login works, only with the
+	// proxy's address in the backend's logs.
+	if _, err := c.readTagged(tag, nil); err != nil {
+		return c.errorf("id: %w", err)
+	}
+	return nil
+}
+
+// idArgs builds the parenthesised ID list: our x-* fields first, then the
+// client's fields without x-* keys, within Dovecot's limits.
+func idArgs(id *IDInfo) string {
+	var sb strings.Builder
+	sb.WriteByte('(')
+	n := 0
+	add := func(k, v string) {
+		if n >= maxIDPairs || k == "" || len(k) > maxIDKeyLen || !safeIDString(k) {
+			return
+		}
+		v = sanitizeIDValue(v)
+		if n > 0 {
+			sb.WriteByte(' ')
+		}
+		writeQuoted(&sb, k)
+		sb.WriteByte(' ')
+		writeQuoted(&sb, v)
+		n++
+	}
+	if id.ClientIP != "" {
+		add("x-originating-ip", id.ClientIP)
+	}
+	if id.ClientPort > 0 {
+		add("x-originating-port", strconv.Itoa(id.ClientPort))
+	}
+	if id.ConnectedIP != "" {
+		add("x-connected-ip", id.ConnectedIP)
+	}
+	if id.ConnectedPort > 0 {
+		add("x-connected-port", strconv.Itoa(id.ConnectedPort))
+	}
+	if id.SessionID != "" {
+		add("x-session-id", id.SessionID)
+	}
+	if id.TTL > 0 {
+		add("x-proxy-ttl", strconv.Itoa(id.TTL))
+	}
+	for _, f := range id.ClientFields {
+		if len(f[0]) >= 2 && (f[0][0] == 'x' || f[0][0] == 'X') && f[0][1] == '-' {
+			continue
+		}
+		add(f[0], f[1])
+	}
+	if n == 0 {
+		return "NIL"
+	}
+	sb.WriteByte(')')
+	return sb.String()
+}
+
+// safeIDString reports whether s can go into a quoted string as is.
+func safeIDString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// sanitizeIDValue keeps printable ASCII (a quoted string cannot carry CR, LF
+// or NUL, and 8-bit bytes are not valid in IMAP4rev1 quoted strings) and
+// truncates to Dovecot's limit.
+func sanitizeIDValue(v string) string {
+	if len(v) > maxIDValueLen {
+		v = v[:maxIDValueLen]
+	}
+	if safeIDString(v) {
+		return v
+	}
+	b := []byte(v)
+	for i, ch := range b {
+		if ch < 0x20 || ch > 0x7e {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
+
+// writeQuoted writes s as a quoted string; s must be printable ASCII.
+func writeQuoted(w io.ByteWriter, s string) {
+	w.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			w.WriteByte('\\')
+		}
+		w.WriteByte(s[i])
+	}
+	w.WriteByte('"')
+}
+
+// authenticate logs in with AUTHENTICATE PLAIN when offered, else LOGIN. It
+// returns the capabilities from the tagged OK or from an untagged CAPABILITY
+// received before it, or nil.
+func (c *conn) authenticate(caps []string, user, password string) ([]string, error) {
+	tag := c.nextTag()
+	var postCaps []string
+	onUntagged := func(u response, _ []byte) {
+		if u.kind == "CAPABILITY" {
+			postCaps = u.caps
+		}
+	}
+	var r response
+	var err error
+	switch {
+	case hasCap(caps, "AUTH=PLAIN"):
+		r, err = c.authPlain(tag, caps, user, password, onUntagged)
+	default:
+		r, err = c.loginCmd(tag, caps, user, password, onUntagged)
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch r.kind {
+	case "OK":
+		if r.caps != nil {
+			postCaps = r.caps
+		}
+		return postCaps, nil
+	case "NO":
+		if strings.EqualFold(r.code, "UNAVAILABLE") {
+			return nil, c.errorf("login: NO [UNAVAILABLE] %s", c.clean(r.text, 200))
+		}
+		code := ""
+		if r.code != "" {
+			code = "[" + c.clean(r.code, 40) + "] "
+		}
+		return nil, fmt.Errorf("upstream: %s: login: NO %s%s: %w", c.b, code, c.clean(r.text, 200), ErrAuthFailed)
+	}
+	return nil, c.errorf("login: %s %s", r.kind, c.clean(r.text, 200))
+}
+
+func (c *conn) authPlain(tag string, caps []string, user, password string, onUntagged func(response, []byte)) (response, error) {
+	ir := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + password))
+	if hasCap(caps, "SASL-IR") || hasCap(caps, "IMAP4rev2") {
+		if err := c.write(tag + " AUTHENTICATE PLAIN " + ir + "\r\n"); err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+	} else {
+		if err := c.write(tag + " AUTHENTICATE PLAIN\r\n"); err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+		r, err := c.readTagged(tag, onUntagged)
+		if err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+		if r.kind != "+" {
+			return r, nil
+		}
+		if err := c.write(ir + "\r\n"); err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+	}
+	r, err := c.readTagged(tag, onUntagged)
+	if err != nil {
+		return response{}, c.errorf("authenticate: %w", err)
+	}
+	if r.kind == "+" {
+		// PLAIN has a single step: a further challenge is a protocol error.
+		// Cancel so the backend answers and the line stays in sync.
+		if err := c.write("*\r\n"); err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+		if _, err := c.readTagged(tag, nil); err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+		return response{}, c.errorf("authenticate: unexpected continuation")
+	}
+	return r, nil
+}
+
+// loginCmd sends LOGIN with each argument quoted when that is safe, else as a
+// literal: non-synchronizing if the backend allows it, else synchronizing
+// (waiting for "+" before the bytes). A password can never end a command
+// early, whatever bytes it holds.
+func (c *conn) loginCmd(tag string, caps []string, user, password string, onUntagged func(response, []byte)) (response, error) {
+	literalPlus := hasCap(caps, "LITERAL+")
+	literalMinus := hasCap(caps, "LITERAL-") || hasCap(caps, "IMAP4rev2")
+	var cmd bytes.Buffer
+	cmd.WriteString(tag + " LOGIN")
+	for i, arg := range [2]string{user, password} {
+		cmd.WriteByte(' ')
+		if quotable(arg) {
+			writeQuoted(&cmd, arg)
+		} else if literalPlus || (literalMinus && len(arg) <= 4096) {
+			fmt.Fprintf(&cmd, "{%d+}\r\n", len(arg))
+			cmd.WriteString(arg)
+		} else {
+			fmt.Fprintf(&cmd, "{%d}\r\n", len(arg))
+			if err := c.write(cmd.String()); err != nil {
+				return response{}, c.errorf("login: %w", err)
+			}
+			cmd.Reset()
+			r, err := c.readTagged(tag, onUntagged)
+			if err != nil {
+				return response{}, c.errorf("login: %w", err)
+			}
+			if r.kind != "+" {
+				return r, nil // the backend refused the literal
+			}
+			cmd.WriteString(arg)
+		}
+		if i == 1 {
+			cmd.WriteString("\r\n")
+		}
+	}
+	if err := c.write(cmd.String()); err != nil {
+		return response{}, c.errorf("login: %w", err)
+	}
+	r, err := c.readTagged(tag, onUntagged)
+	if err != nil {
+		return response{}, c.errorf("login: %w", err)
+	}
+	if r.kind == "+" {
+		return response{}, c.errorf("login: unexpected continuation")
+	}
+	return r, nil
+}
+
+// quotable reports whether s can be sent as a quoted string: 7-bit, no
+// control characters, and short.
+func quotable(s string) bool {
+	if len(s) > 1024 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// postLoginCapability asks for the capabilities after login. Untagged
+// responses other than CAPABILITY received meanwhile (an ALERT, EXISTS...)
+// are returned raw, to be passed on to the client.
+func (c *conn) postLoginCapability() (caps []string, captured []byte, err error) {
+	tag := c.nextTag()
+	if err := c.write(tag + " CAPABILITY\r\n"); err != nil {
+		return nil, nil, c.errorf("capability: %w", err)
+	}
+	var overflow bool
+	r, err := c.readTagged(tag, func(u response, raw []byte) {
+		if u.kind == "CAPABILITY" {
+			caps = u.caps
+			return
+		}
+		if len(captured)+len(raw) > maxCapturedLen {
+			overflow = true
+			return
+		}
+		captured = append(captured, raw...)
+	})
+	if err != nil {
+		return nil, nil, c.errorf("capability: %w", err)
+	}
+	if overflow {
+		return nil, nil, c.errorf("capability: too much unsolicited data after login")
+	}
+	if r.kind != "OK" {
+		return nil, nil, c.errorf("capability: %s %s", r.kind, c.clean(r.text, 200))
+	}
+	if r.caps != nil {
+		caps = r.caps
+	}
+	if caps == nil {
+		return nil, nil, c.errorf("capability: no capability list")
+	}
+	return caps, captured, nil
+}
+
+func (c *conn) nextTag() string {
+	c.tagN++
+	return "p" + strconv.Itoa(c.tagN)
+}
+
+func (c *conn) write(s string) error {
+	_, err := io.WriteString(c.nc, s)
+	return err
+}
+
+// readTagged reads responses until the tagged one for tag or a continuation
+// request, passing untagged ones to onUntagged (which may be nil).
+func (c *conn) readTagged(tag string, onUntagged func(response, []byte)) (response, error) {
+	var bye string
+	for {
+		raw, err := c.readResponse(nil)
+		if err != nil {
+			if bye != "" && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				return response{}, fmt.Errorf("BYE %s", c.clean(bye, 200))
+			}
+			return response{}, err
+		}
+		r, ok := parseResponse(raw)
+		if !ok {
+			return response{}, fmt.Errorf("garbage response: %q", c.clean(raw, 80))
+		}
+		switch {
+		case r.tag == "+":
+			return r, nil
+		case r.tag == "*":
+			if r.kind == "BYE" {
+				bye = r.text
+			}
+			if onUntagged != nil {
+				onUntagged(r, raw)
+			}
+		case r.tag == tag:
+			return r, nil
+		default:
+			return response{}, fmt.Errorf("response with unknown tag %q", c.clean([]byte(r.tag), 40))
+		}
+	}
+}
+
+// readResponse reads one response: a line, plus the literals announced at
+// the ends of its lines and the lines that follow them. It returns the raw
+// bytes, CRLFs included.
+func (c *conn) readResponse(dst []byte) ([]byte, error) {
+	start := len(dst)
+	for {
+		lineStart := len(dst)
+		for {
+			frag, err := c.br.ReadSlice('\n')
+			if len(dst)-lineStart+len(frag) > maxLineLen {
+				return nil, errors.New("response line too long")
+			}
+			dst = append(dst, frag...)
+			if err == nil {
+				break
+			}
+			if err != bufio.ErrBufferFull {
+				if err == io.EOF && len(dst) > start {
+					err = io.ErrUnexpectedEOF
+				}
+				return nil, err
+			}
+		}
+		n, ok := literalSize(dst[lineStart:])
+		if !ok {
+			return dst, nil
+		}
+		if n > maxLiteralLen || len(dst)-start+int(n) > maxResponseLen {
+			return nil, errors.New("literal in response too large")
+		}
+		litStart := len(dst)
+		dst = append(dst, make([]byte, n)...)
+		if _, err := io.ReadFull(c.br, dst[litStart:]); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+// literalSize parses "{n}\r\n" (or "{n+}", "~{n}") at the end of line.
+func literalSize(line []byte) (int64, bool) {
+	line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(line, '{')
+	if i < 0 {
+		return 0, false
+	}
+	digits := bytes.TrimSuffix(line[i+1:len(line)-1], []byte("+"))
+	if len(digits) == 0 || len(digits) > 10 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(digits), 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// response is the part of a response line Login cares about.
+type response struct {
+	tag  string   // "*", "+" or a command tag
+	kind string   // OK, NO, BAD, BYE, PREAUTH, CAPABILITY, ... (upper case); "+" for continuations
+	code string   // response code name, e.g. UNAVAILABLE
+	caps []string // from [CAPABILITY ...] or a CAPABILITY response
+	text string
+}
+
+// parseResponse parses the first line of a raw response.
+func parseResponse(raw []byte) (response, bool) {
+	line := raw
+	if i := bytes.IndexByte(line, '\n'); i >= 0 {
+		line = line[:i]
+	}
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	s := string(line)
+	if s == "+" || strings.HasPrefix(s, "+ ") {
+		return response{tag: "+", kind: "+", text: strings.TrimPrefix(strings.TrimPrefix(s, "+"), " ")}, true
+	}
+	tag, rest, ok := strings.Cut(s, " ")
+	if !ok || tag == "" || !isAtom(tag) && tag != "*" {
+		return response{}, false
+	}
+	r := response{tag: tag}
+	kind, rest, _ := strings.Cut(rest, " ")
+	r.kind = strings.ToUpper(kind)
+	if r.kind == "" {
+		return response{}, false
+	}
+	if tag == "*" && r.kind == "CAPABILITY" {
+		r.caps = strings.Fields(rest)
+		if r.caps == nil {
+			r.caps = []string{}
+		}
+		return r, true
+	}
+	switch r.kind {
+	case "OK", "NO", "BAD", "BYE", "PREAUTH":
+	default:
+		if tag != "*" {
+			return response{}, false // a tagged response is always a status
+		}
+		return r, true // untagged data (EXISTS, ID, ...): not parsed
+	}
+	if strings.HasPrefix(rest, "[") {
+		if end := strings.IndexByte(rest, ']'); end > 0 {
+			code := rest[1:end]
+			r.text = strings.TrimPrefix(rest[end+1:], " ")
+			name, args, _ := strings.Cut(code, " ")
+			r.code = strings.ToUpper(name)
+			if r.code == "CAPABILITY" {
+				r.caps = strings.Fields(args)
+			}
+			return r, true
+		}
+	}
+	r.text = rest
+	return r, true
+}
+
+func isAtom(s string) bool {
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if ch <= 0x20 || ch >= 0x7f || strings.IndexByte(`(){%*"\`, ch) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func hasCap(caps []string, name string) bool {
+	for _, c := range caps {
+		if strings.EqualFold(c, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func filterCaps(caps []string) []string {
+	out := make([]string, 0, len(caps))
+	for _, c := range caps {
+		if !strings.EqualFold(c, "UNAUTHENTICATE") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// clean makes backend text fit for an error message: printable ASCII only,
+// bounded, and without the password should the backend echo it.
+func (c *conn) clean(p any, max int) string {
+	var s string
+	switch v := p.(type) {
+	case string:
+		s = v
+	case []byte:
+		s = string(v)
+	}
+	if c.password != "" {
+		s = strings.ReplaceAll(s, c.password, "<redacted>")
+	}
+	s = strings.TrimRight(s, "\r\n")
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	b := []byte(s)
+	for i, ch := range b {
+		if ch < 0x20 || ch > 0x7e {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
