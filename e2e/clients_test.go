@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -287,6 +288,11 @@ func TestGoIMAPClient(t *testing.T) {
 	line := e.d1.WaitLog(t, "rip="+clientIP, 5*time.Second)
 	if !strings.Contains(line, "user=<"+aliceUser+">") {
 		t.Errorf("dovecot login line: %s", line)
+	}
+	// ...and Portico's session id, so the two logs can be joined.
+	m := regexp.MustCompile(`msg="logged in" session=(\S+) user=`+regexp.QuoteMeta(aliceUser)).FindStringSubmatch(e.logs.String())
+	if m == nil || !strings.Contains(line, "session=<"+m[1]+">") {
+		t.Errorf("dovecot login line lacks Portico's session id: %s", line)
 	}
 }
 

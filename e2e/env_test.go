@@ -82,7 +82,13 @@ func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
 	e := &env{logs: &syncBuffer{}}
 	e.redis = testsrv.StartRedis(t)
-	e.d1 = testsrv.StartDovecot(t, testsrv.DovecotOptions{Users: map[string]string{aliceUser: alicePass}})
+	// COMPRESS=DEFLATE on the first backend, to show it passes the splice.
+	e.d1 = testsrv.StartDovecot(t, testsrv.DovecotOptions{Users: map[string]string{aliceUser: alicePass}, Extra: `
+mail_plugins = $mail_plugins zlib
+protocol imap {
+  mail_plugins = $mail_plugins imap_zlib
+}
+`})
 	e.d2 = testsrv.StartDovecot(t, testsrv.DovecotOptions{Users: map[string]string{bobUser: bobPass}})
 
 	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")

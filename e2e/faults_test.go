@@ -167,3 +167,5 @@ func TestBackendDown(t *testing.T) {
 		})
 	}
 }
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -56,18 +56,17 @@ func (l *Listener) allowsCleartext(a netip.Addr) bool {
 // Limits bound what an unauthenticated client can make Portico do. Zero
 // fields take the defaults in parentheses.
 type Limits struct {
-	MaxLine           int           // command line, without literals (8192)
-	MaxLiteral        int           // one literal before login (1024)
-	MaxAuthLine       int           // one AUTHENTICATE response line (16384)
-	PreauthTimeout    time.Duration // absolute, from accept to login (60s)
-	HandshakeTimeout  time.Duration // TLS handshake (10s)
-	MaxBadCommands    int           // then * BYE (3)
-	MaxAuthFailures   int           // per connection, then * BYE (3)
-	AuthFailureDelay  time.Duration // minimum time to answer a failed login (2s); negative means none
-	LookupTimeout     time.Duration // routing lookup (2s)
-	IdleTimeout       time.Duration // spliced session without traffic in either direction (31m)
-	ProxyTTL          int           // x-proxy-ttl sent to backends (5)
-	ShutdownByeWindow time.Duration // reserved for spreading disconnects
+	MaxLine          int           // command line, without literals (8192)
+	MaxLiteral       int           // one literal before login (1024)
+	MaxAuthLine      int           // one AUTHENTICATE response line (16384)
+	PreauthTimeout   time.Duration // absolute, from accept to login (60s)
+	HandshakeTimeout time.Duration // TLS handshake (10s)
+	MaxBadCommands   int           // then * BYE (3)
+	MaxAuthFailures  int           // per connection, then * BYE (3)
+	AuthFailureDelay time.Duration // minimum time to answer a failed login (2s); negative means none
+	LookupTimeout    time.Duration // routing lookup (2s)
+	IdleTimeout      time.Duration // spliced session without traffic in either direction (31m)
+	ProxyTTL         int           // x-proxy-ttl sent to backends (5)
 }
 
 func (l Limits) withDefaults() Limits {
@@ -199,12 +198,15 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 			return ErrServerClosed
 		}
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer s.trackSession(sess, false)
-			sess.serve()
-		}()
+		go sess.serve() // the session calls s.sessionDone when it ends
+
 	}
+}
+
+// sessionDone is called once by every session that Serve started.
+func (s *Server) sessionDone(sess *session) {
+	s.trackSession(sess, false)
+	s.wg.Done()
 }
 
 func (s *Server) trackListener(ln *net.Listener, add bool) bool {

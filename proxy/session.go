@@ -113,9 +113,16 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-// serve runs the session to its end and closes the client connection.
+// serve runs the session until it ends or is handed to splice in a new
+// goroutine, whose stack starts small: the deep stack of the TLS handshake
+// and the login would otherwise stay with an idle session for its life.
 func (s *session) serve() {
-	defer s.finish()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.finish()
+		}
+	}()
 	s.deadline = s.start.Add(s.lim.PreauthTimeout)
 	// An absolute deadline: bytes trickled in one at a time do not extend it.
 	s.raw.SetDeadline(s.deadline)
@@ -145,7 +152,10 @@ func (s *session) serve() {
 		case actClose:
 			return
 		case actSplice:
-			s.handOff()
+			if backend := s.handOff(); backend != nil {
+				handedOff = true
+				go s.splice(backend)
+			}
 			return
 		}
 	}
@@ -358,10 +368,11 @@ func (s *session) close() {
 	s.raw.Close()
 }
 
-// handOff answers the login, passes on the bytes each side sent past the
-// login exchange, and splices. Ownership of both connections passes to
-// splice, which closes them.
-func (s *session) handOff() {
+// handOff answers the login and passes on the bytes each side sent past
+// the login exchange. It returns the backend connection, to be spliced, or
+// nil when either side is already gone (the backend connection is then
+// closed).
+func (s *session) handOff() net.Conn {
 	up := s.up
 	s.up = nil
 	backendConn := up.Conn
@@ -381,7 +392,7 @@ func (s *session) handOff() {
 	if err := s.bw.Flush(); err != nil {
 		backendConn.Close()
 		s.outcome = "client gone at login"
-		return
+		return nil
 	}
 	// What the client pipelined behind its login command goes to the backend.
 	if n := s.br.Buffered(); n > 0 {
@@ -390,7 +401,7 @@ func (s *session) handOff() {
 		if _, err := backendConn.Write(p); err != nil {
 			backendConn.Close()
 			s.outcome = "backend gone at login"
-			return
+			return nil
 		}
 	}
 	s.releaseIO()
@@ -405,6 +416,12 @@ func (s *session) handOff() {
 		s.raw.SetReadDeadline(time.Time{})
 	}
 	s.outcome = "logged in"
+	return backendConn
+}
+
+// splice runs a logged-in session to its end. It owns both connections.
+func (s *session) splice(backendConn net.Conn) {
+	defer s.finish()
 	p := &splicer{Idle: s.lim.IdleTimeout}
 	toBackend, toClient, err := p.splice(s.ctx, s.conn, backendConn)
 	s.toBackend, s.toClient = toBackend, toClient
@@ -420,6 +437,7 @@ func (s *session) handOff() {
 
 // finish closes the client connection and logs the one line per session.
 func (s *session) finish() {
+	defer s.srv.sessionDone(s)
 	s.flush()
 	s.releaseIO()
 	s.cancel()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -115,6 +116,7 @@ func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
 		if err != nil {
 			return nil, fmt.Errorf("backend_defaults: %w", err)
 		}
+		redis.SetLogger(redisLogger{logger})
 		rt.redis = routing.NewRedisClient(opts)
 		chain = append(chain, &routing.Redis{
 			Client:   rt.redis,
@@ -171,4 +173,12 @@ func backend(name, addr string, o config.BackendOptions) (*routing.Backend, erro
 		}
 	}
 	return b, nil
+}
+
+// redisLogger sends go-redis' own messages (failed dials and the like) to
+// slog at warning level instead of its global stderr logger.
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.WarnContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }
