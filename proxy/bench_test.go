@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -149,6 +150,12 @@ func BenchmarkIdleSessions(b *testing.B) {
 	expect("READY")
 	time.Sleep(500 * time.Millisecond) // let the last hand-offs settle
 	after := memNow()
+	if p := os.Getenv("PORTICO_IDLE_HEAPPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 	fmt.Fprintln(stdin, "DONE")
 
 	rss := float64(after.rss-before.rss) / 1024 / float64(n)

@@ -43,7 +43,7 @@ func (s *session) login(tag, method, rawUser, password string) action {
 	if err != nil {
 		return s.authFailed(tag, start, "", "invalid user name")
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.lim.LookupTimeout)
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.lim.LookupTimeout)
 	b, err := s.srv.Router.Lookup(ctx, user)
 	cancel()
 	if errors.Is(err, routing.ErrNotFound) {
@@ -53,7 +53,7 @@ func (s *session) login(tag, method, rawUser, password string) action {
 		s.srv.logger().Warn("routing lookup failed", "session", s.id, "user", user, "err", err)
 		return s.unavailable(tag)
 	}
-	res, err := s.srv.login()(s.ctx, b, user, password, s.idInfo())
+	res, err := s.srv.login()(s.srv.ctx, b, user, password, s.idInfo())
 	if errors.Is(err, upstream.ErrAuthFailed) {
 		return s.authFailed(tag, start, user, "backend rejected credentials")
 	}
@@ -80,7 +80,7 @@ func (s *session) authFailed(tag string, start time.Time, user, reason string) a
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
-		case <-s.ctx.Done():
+		case <-s.srv.ctx.Done():
 		case <-s.srv.done:
 		}
 		t.Stop()

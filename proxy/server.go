@@ -132,6 +132,10 @@ type Server struct {
 	sessions  map[*session]struct{}
 	closing   atomic.Bool
 	done      chan struct{} // closed when shutting down
+	// ctx is cancelled when the remaining sessions are closed; lookups and
+	// backend logins of every session run under it.
+	ctx    context.Context
+	cancel context.CancelFunc
 	wg        sync.WaitGroup
 }
 
@@ -144,6 +148,7 @@ func (s *Server) init() {
 		s.listeners = make(map[*net.Listener]struct{})
 		s.sessions = make(map[*session]struct{})
 		s.done = make(chan struct{})
+		s.ctx, s.cancel = context.WithCancel(context.Background())
 	})
 }
 
@@ -278,6 +283,7 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) closeSessions() {
+	s.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for sess := range s.sessions {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -47,9 +46,6 @@ type session struct {
 	bw   *bufio.Writer
 	dec  *wire.Decoder
 
-	ctx    context.Context
-	cancel context.CancelFunc
-
 	id       string
 	client   netip.AddrPort
 	local    netip.AddrPort
@@ -68,8 +64,10 @@ type session struct {
 	up       *upstream.Result
 	outcome  string
 
-	mu      sync.Mutex // guards spliced against interruptPreauth
-	spliced bool
+	mu          sync.Mutex // guards spliced and backendConn against close
+	spliced     bool
+	backendConn net.Conn // once spliced
+	closed      atomic.Bool
 
 	toBackend, toClient int64
 }
@@ -87,15 +85,12 @@ var (
 )
 
 func newSession(srv *Server, ln *Listener, c net.Conn) *session {
-	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{
 		srv:    srv,
 		ln:     ln,
 		lim:    &srv.limits,
 		raw:    c,
 		conn:   c,
-		ctx:    ctx,
-		cancel: cancel,
 		id:     sessionPrefix + "-" + strconv.FormatUint(sessionCounter.Add(1), 36),
 		start:  time.Now(),
 	}
@@ -341,7 +336,10 @@ func (s *session) handshake(c net.Conn) error {
 		hd = s.deadline
 	}
 	c.SetDeadline(hd)
-	err := tc.HandshakeContext(s.ctx)
+	// No context: a per-handshake context would leave a children map in
+	// the parent for the session's life. Shutdown and close interrupt
+	// through the connection instead.
+	err := tc.Handshake()
 	c.SetDeadline(s.deadline)
 	if err != nil {
 		return err
@@ -364,8 +362,13 @@ func (s *session) interruptPreauth() {
 
 // close ends the session at once, whatever its state.
 func (s *session) close() {
-	s.cancel()
+	s.closed.Store(true)
 	s.raw.Close()
+	s.mu.Lock()
+	if s.backendConn != nil {
+		s.backendConn.Close()
+	}
+	s.mu.Unlock()
 }
 
 // handOff answers the login and passes on the bytes each side sent past
@@ -410,7 +413,11 @@ func (s *session) handOff() net.Conn {
 
 	s.mu.Lock()
 	s.spliced = true
+	s.backendConn = backendConn
 	s.mu.Unlock()
+	if s.closed.Load() {
+		backendConn.Close()
+	}
 	// The session may have been asked to stop while logging in.
 	if s.srv.closing.Load() {
 		s.raw.SetReadDeadline(time.Time{})
@@ -423,12 +430,12 @@ func (s *session) handOff() net.Conn {
 func (s *session) splice(backendConn net.Conn) {
 	defer s.finish()
 	p := &splicer{Idle: s.lim.IdleTimeout}
-	toBackend, toClient, err := p.splice(s.ctx, s.conn, backendConn)
+	toBackend, toClient, err := p.splice(s.srv.ctx, s.conn, backendConn)
 	s.toBackend, s.toClient = toBackend, toClient
 	switch {
 	case err == nil || errors.Is(err, io.EOF):
 		s.outcome = "logged out"
-	case s.ctx.Err() != nil:
+	case s.closed.Load() || s.srv.ctx.Err() != nil:
 		s.outcome = "closed by proxy"
 	default:
 		s.outcome = "connection error"
@@ -440,7 +447,6 @@ func (s *session) finish() {
 	defer s.srv.sessionDone(s)
 	s.flush()
 	s.releaseIO()
-	s.cancel()
 	s.raw.Close()
 	if s.up != nil {
 		s.up.Conn.Close()
