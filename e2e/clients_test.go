@@ -290,7 +290,7 @@ func TestGoIMAPClient(t *testing.T) {
 		t.Errorf("dovecot login line: %s", line)
 	}
 	// ...and Portico's session id, so the two logs can be joined.
-	m := regexp.MustCompile(`msg="logged in" session=(\S+) user=`+regexp.QuoteMeta(aliceUser)).FindStringSubmatch(e.logs.String())
+	m := regexp.MustCompile(`msg="logged in" session=(\S+) user=` + regexp.QuoteMeta(aliceUser)).FindStringSubmatch(e.logs.String())
 	if m == nil || !strings.Contains(line, "session=<"+m[1]+">") {
 		t.Errorf("dovecot login line lacks Portico's session id: %s", line)
 	}

@@ -136,7 +136,7 @@ type Server struct {
 	// backend logins of every session run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg        sync.WaitGroup
+	wg     sync.WaitGroup
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.

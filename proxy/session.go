@@ -86,13 +86,13 @@ var (
 
 func newSession(srv *Server, ln *Listener, c net.Conn) *session {
 	s := &session{
-		srv:    srv,
-		ln:     ln,
-		lim:    &srv.limits,
-		raw:    c,
-		conn:   c,
-		id:     sessionPrefix + "-" + strconv.FormatUint(sessionCounter.Add(1), 36),
-		start:  time.Now(),
+		srv:   srv,
+		ln:    ln,
+		lim:   &srv.limits,
+		raw:   c,
+		conn:  c,
+		id:    sessionPrefix + "-" + strconv.FormatUint(sessionCounter.Add(1), 36),
+		start: time.Now(),
 	}
 	s.client = addrPort(c.RemoteAddr())
 	s.local = addrPort(c.LocalAddr())
