@@ -475,3 +475,87 @@ func BenchmarkDirectThroughput(b *testing.B) {
 	_, cli := spliceTLS(b)
 	benchUpload(b, addr, cli, counts)
 }
+
+// benchSource accepts connections and writes to them until they close:
+// the backend of a FETCH-heavy session.
+func benchSource(b *testing.B, useTLS bool) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	srv, _ := spliceTLS(b)
+	data := randomBytes(benchChunk, 7)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if useTLS {
+					c = tls.Server(c, srv)
+				}
+				for {
+					if _, err := c.Write(data); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func benchDownload(b *testing.B, addr string, cfg *tls.Config) {
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 32<<10)
+	b.SetBytes(benchChunk)
+	b.ResetTimer()
+	if _, err := io.CopyBuffer(io.Discard, io.LimitReader(struct{ io.Reader }{c}, int64(b.N)*benchChunk), buf); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+}
+
+// BenchmarkSpliceDownload: plain backend -> splice -> TLS client, the
+// direction of FETCH.
+func BenchmarkSpliceDownload(b *testing.B) {
+	backendAddr := benchSource(b, false)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	srv, cli := spliceTLS(b)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				be, err := net.Dial("tcp", backendAddr)
+				if err != nil {
+					c.Close()
+					return
+				}
+				splice(context.Background(), tls.Server(c, srv), be)
+			}()
+		}
+	}()
+	benchDownload(b, ln.Addr().String(), cli)
+}
+
+// BenchmarkDirectDownload: the same TLS client reading straight from a TLS
+// source.
+func BenchmarkDirectDownload(b *testing.B) {
+	addr := benchSource(b, true)
+	_, cli := spliceTLS(b)
+	benchDownload(b, addr, cli)
+}
