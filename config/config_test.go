@@ -5,8 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -216,10 +218,21 @@ func TestBaseIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// base leaves backend_defaults plain next to routing.redis.
+	if w := c.Warnings(); len(w) != 1 || !strings.HasPrefix(w[0], `backend_defaults.security: "plain": users' passwords are sent in clear`) {
+		t.Errorf("warnings: %q", w)
+	}
+	c, err = Parse([]byte(f.base("", quiet)), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if w := c.Warnings(); len(w) != 0 {
 		t.Errorf("warnings: %q", w)
 	}
 }
+
+// quiet, appended to base, silences its only warning.
+const quiet = "backend_defaults:\n  security: starttls\n"
 
 func TestUnknownKeys(t *testing.T) {
 	f := newFixture(t)
@@ -352,7 +365,13 @@ backends:
 			{Name: "imaps-:993", Address: ":993", Mode: "imaps"},
 			{Name: "imap-:143", Address: ":143", Mode: "imap"},
 		},
-		TLS: TLS{Certificates: []Certificate{{f.cert, f.key}}, MinVersion: "1.2"},
+		TLS: TLS{
+			Certificates:   []Certificate{{f.cert, f.key}},
+			MinVersion:     "1.2",
+			ReloadInterval: 30 * time.Second,
+			ExpiryWarning:  14 * 24 * time.Hour,
+			SessionTickets: SessionTickets{Rotation: 12 * time.Hour},
+		},
 		Limits: Limits{
 			MaxLineLength:     8192,
 			MaxLiteralSize:    1024,
@@ -408,6 +427,18 @@ func TestValidation(t *testing.T) {
 	const listeners = "listeners:\n  - mode: imaps\n    address: \"127.0.0.1:993\"\n  - mode: imap\n    address: \"127.0.0.1:143\"\n"
 	const backendAddr = `    address: "127.0.0.1:1143"`
 	const redisAddrs = `    addrs: ["127.0.0.1:6379"]`
+	// acme puts an acme section with these hostnames (none if "") first
+	// in tls, on line 7.
+	acme := func(hostnames, opts string) []string {
+		s := "tls:\n  acme:\n"
+		if hostnames != "" {
+			s += "    hostnames: " + hostnames + "\n"
+		} else {
+			s += "    email: pm@example.com\n"
+		}
+		return []string{"tls:\n", s + opts}
+	}
+	pin := base64.StdEncoding.EncodeToString(make([]byte, 32))
 	for _, tc := range []struct {
 		name  string
 		edits []string
@@ -430,8 +461,8 @@ func TestValidation(t *testing.T) {
 		{"cidr address", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.1/8, \"::1\", localhost]\n"}, `listeners[1].cleartext_login_networks[1]: "::1" is an address, not a network; write "::1/128"`},
 		{"cidr junk", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.1/8, \"::1\", localhost]\n"}, `listeners[1].cleartext_login_networks[2]: "localhost" is not a CIDR network`},
 		// tls
-		{"no certificates", []string{"tls:\n  certificates:\n    - cert_file: " + f.cert + "\n      key_file: " + f.key + "\n", ""}, `config: portico.yaml: tls.certificates: at least one certificate is required`},
-		{"empty certificates", []string{"    - cert_file: " + f.cert + "\n      key_file: " + f.key + "\n", "    []\n"}, `tls.certificates: at least one certificate is required`},
+		{"no certificates", []string{"tls:\n  certificates:\n    - cert_file: " + f.cert + "\n      key_file: " + f.key + "\n", ""}, `config: portico.yaml: tls.certificates: at least one certificate, or tls.acme, is required`},
+		{"empty certificates", []string{"    - cert_file: " + f.cert + "\n      key_file: " + f.key + "\n", "    []\n"}, `tls.certificates: at least one certificate, or tls.acme, is required`},
 		{"cert missing", []string{f.cert, "/nonexistent/cert.pem"}, `portico.yaml:8: tls.certificates[0].cert_file: open /nonexistent/cert.pem: no such file or directory`},
 		{"key missing", []string{f.key, "/nonexistent/key.pem"}, `portico.yaml:9: tls.certificates[0].key_file: open /nonexistent/key.pem: no such file or directory`},
 		{"key_file unset", []string{"      key_file: " + f.key + "\n", ""}, `tls.certificates[0].key_file: is required`},
@@ -439,6 +470,75 @@ func TestValidation(t *testing.T) {
 		{"not pem", []string{f.cert, notPEM}, `tls.certificates[0]: cert_file ` + notPEM},
 		{"min_version", []string{"tls:\n", "tls:\n  min_version: \"1.1\"\n"}, `portico.yaml:7: tls.min_version: must be "1.2" or "1.3", not "1.1"`},
 		{"min_version float", []string{"tls:\n", "tls:\n  min_version: 1.20\n"}, `tls.min_version: must be "1.2" or "1.3", not "1.20"`},
+		{"cipher unknown", []string{"tls:\n", "tls:\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls_ecdhe_rsa_with_aes_128_gcm_sha256]\n"}, `portico.yaml:7: tls.cipher_suites[1]: "tls_ecdhe_rsa_with_aes_128_gcm_sha256" is not a TLS 1.2 cipher suite known to Go; write the IANA name`},
+		{"cipher insecure", []string{"tls:\n", "tls:\n  cipher_suites:\n    - TLS_RSA_WITH_AES_128_GCM_SHA256\n"}, `portico.yaml:8: tls.cipher_suites[0]: TLS_RSA_WITH_AES_128_GCM_SHA256 is insecure (crypto/tls lists it in InsecureCipherSuites)`},
+		{"cipher insecure cbc", []string{"tls:\n", "tls:\n  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256]\n"}, `tls.cipher_suites[0]: TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256 is insecure`},
+		{"cipher rc4", []string{"tls:\n", "tls:\n  cipher_suites: [TLS_ECDHE_RSA_WITH_RC4_128_SHA]\n"}, `tls.cipher_suites[0]: TLS_ECDHE_RSA_WITH_RC4_128_SHA is insecure`},
+		{"cipher tls13", []string{"tls:\n", "tls:\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n"}, `tls.cipher_suites[0]: TLS_AES_128_GCM_SHA256 is a TLS 1.3 suite; TLS 1.3 suites are not configurable`},
+		{"cipher duplicate", []string{"tls:\n", "tls:\n  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\n"}, `tls.cipher_suites[1]: TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 is already listed as tls.cipher_suites[0]`},
+		{"curve unknown", []string{"tls:\n", "tls:\n  curve_preferences: [X25519, P224]\n"}, `portico.yaml:7: tls.curve_preferences[1]: must be X25519MLKEM768, X25519, P256, P384 or P521, not "P224"`},
+		{"curve duplicate alias", []string{"tls:\n", "tls:\n  curve_preferences: [p256, CurveP256]\n"}, `tls.curve_preferences[1]: "CurveP256" is already listed as tls.curve_preferences[0]`},
+		{"curve pq only", []string{"tls:\n", "tls:\n  curve_preferences: [X25519MLKEM768]\n"}, `portico.yaml:7: tls.curve_preferences: must include X25519, P256, P384 or P521`},
+		{"reload interval", []string{"tls:\n", "tls:\n  reload_interval: 500ms\n"}, `portico.yaml:7: tls.reload_interval: must be between 1s and 24h, not 500ms`},
+		{"reload interval negative", []string{"tls:\n", "tls:\n  reload_interval: -1s\n"}, `tls.reload_interval: must be between 1s and 24h, not -1s`},
+		{"expiry warning", []string{"tls:\n", "tls:\n  expiry_warning: -1h\n"}, `tls.expiry_warning: must be between 1h and 2160h, not -1h`},
+		{"expiry warning long", []string{"tls:\n", "tls:\n  expiry_warning: 2200h\n"}, `tls.expiry_warning: must be between 1h and 2160h, not 2200h`},
+		{"rotation short", []string{"tls:\n", "tls:\n  session_tickets:\n    rotation: 30m\n"}, `portico.yaml:8: tls.session_tickets.rotation: must be between 1h and 168h, not 30m`},
+		{"rotation long", []string{"tls:\n", "tls:\n  session_tickets: {rotation: 192h}\n"}, `tls.session_tickets.rotation: must be between 1h and 168h, not 192h`},
+		{"tickets redis without key", []string{"tls:\n", "tls:\n  session_tickets: {redis: true}\n"}, `tls.session_tickets.key: is required with redis: true`},
+		{"tickets redis empty key", []string{"tls:\n", "tls:\n  session_tickets: {redis: true, key: \"\"}\n"}, `tls.session_tickets.key: is required with redis: true`},
+		{"tickets redis without routing.redis", []string{"tls:\n", "tls:\n  session_tickets: {redis: true, key: k}\n", "  redis:\n" + redisAddrs + "\n", ""}, `portico.yaml:7: tls.session_tickets.redis: needs routing.redis, which is not configured`},
+		{"tickets key without redis", []string{"tls:\n", "tls:\n  session_tickets: {key: k}\n"}, `tls.session_tickets.key: is only used with redis: true`},
+		{"tickets key env", []string{"tls:\n", "tls:\n  session_tickets: {redis: true, key: {env: PORTICO_TEST_UNSET_VARIABLE}}\n"}, `portico.yaml:7: tls.session_tickets.key: environment variable PORTICO_TEST_UNSET_VARIABLE is not set`},
+		// tls.acme
+		{"acme hostnames missing", acme("", ""), `portico.yaml:7: tls.acme.hostnames: at least one name is required`},
+		{"acme wildcard", acme("[\"*.example.com\"]", ""), `portico.yaml:8: tls.acme.hostnames[0]: "*.example.com" is a wildcard: HTTP-01 and TLS-ALPN-01 cannot obtain wildcard certificates`},
+		{"acme ip", acme("[192.0.2.1]", ""), `tls.acme.hostnames[0]: "192.0.2.1" is an IP address`},
+		{"acme ipv6", acme("[\"::1\"]", ""), `tls.acme.hostnames[0]: "::1" is an IP address`},
+		{"acme single label", acme("[mail]", ""), `tls.acme.hostnames[0]: "mail" must be a fully qualified name`},
+		{"acme final dot", acme("[mail.example.com.]", ""), `tls.acme.hostnames[0]: "mail.example.com." must be written without the final dot`},
+		{"acme underscore", acme("[mail_1.example.com]", ""), `tls.acme.hostnames[0]: "mail_1.example.com" is not a valid DNS name: only letters, digits`},
+		{"acme port", acme("[\"mail.example.com:993\"]", ""), `tls.acme.hostnames[0]: "mail.example.com:993" is not a valid DNS name`},
+		{"acme empty label", acme("[mail..example.com]", ""), `tls.acme.hostnames[0]: "mail..example.com" is not a valid DNS name: each dot-separated label`},
+		{"acme hyphen", acme("[-mail.example.com]", ""), `is not a valid DNS name: each dot-separated label needs 1 to 63 characters and must not start or end with '-'`},
+		{"acme long label", acme("["+strings.Repeat("a", 64)+".example.com]", ""), `is not a valid DNS name: each dot-separated label needs 1 to 63`},
+		{"acme long name", acme("["+strings.Repeat("a.", 127)+"com]", ""), `is longer than 253 characters`},
+		{"acme numeric tld", acme("[mail.123]", ""), `tls.acme.hostnames[0]: "mail.123" is not a valid DNS name: the last label must not be all digits`},
+		{"acme unicode", acme("[mail.bücher.example]", ""), `must be ASCII: write internationalised names in punycode`},
+		{"acme duplicate", acme("[mail.example.com, imap.example.com, Mail.Example.COM]", ""), `tls.acme.hostnames[2]: "Mail.Example.COM" is already listed as tls.acme.hostnames[0] (names are compared case-insensitively)`},
+		{"acme email", acme("[mail.example.com]", "    email: postmaster\n"), `portico.yaml:9: tls.acme.email: "postmaster" is not an e-mail address such as postmaster@example.com`},
+		{"acme email name", acme("[mail.example.com]", "    email: \"Post Master <pm@example.com>\"\n"), `tls.acme.email: "Post Master <pm@example.com>" is not an e-mail address`},
+		{"acme email mailto", acme("[mail.example.com]", "    email: \"mailto:pm@example.com\"\n"), `tls.acme.email: "mailto:pm@example.com" is not an e-mail address`},
+		{"acme directory http", acme("[mail.example.com]", "    directory_url: http://acme.example.com/dir\n"), `portico.yaml:9: tls.acme.directory_url: must be an https:// URL such as https://acme-v02.api.letsencrypt.org/directory, not "http://acme.example.com/dir"`},
+		{"acme directory http loopback", acme("[mail.example.com]", "    directory_url: http://127.0.0.1:14000/dir\n"), `tls.acme.directory_url: must be an https:// URL`},
+		{"acme directory no scheme", acme("[mail.example.com]", "    directory_url: acme-v02.api.letsencrypt.org/directory\n"), `tls.acme.directory_url: must be an https:// URL`},
+		{"acme directory no host", acme("[mail.example.com]", "    directory_url: \"https:///dir\"\n"), `tls.acme.directory_url: must be an https:// URL`},
+		{"acme ca missing", acme("[mail.example.com]", "    ca_file: /nonexistent/ca.pem\n"), `portico.yaml:9: tls.acme.ca_file: open /nonexistent/ca.pem: no such file or directory`},
+		{"acme ca not pem", acme("[mail.example.com]", "    ca_file: "+notPEM+"\n"), `tls.acme.ca_file: ` + notPEM + ` contains no PEM certificate`},
+		{"acme http address", acme("[mail.example.com]", "    http_address: \"80\"\n"), `portico.yaml:9: tls.acme.http_address: "80" is not host:port (missing port in address); or "off" to disable HTTP-01`},
+		{"acme http address conflict", acme("[mail.example.com]", "    http_address: \":993\"\n"), `portico.yaml:9: tls.acme.http_address: ":993" conflicts with listeners[0].address "127.0.0.1:993"`},
+		{"acme tls-alpn address", acme("[mail.example.com]", "    tls_alpn_address: \"443\"\n"), `tls.acme.tls_alpn_address: "443" is not host:port (missing port in address); or "" for none`},
+		{"acme tls-alpn conflict", acme("[mail.example.com]", "    tls_alpn_address: \"127.0.0.1:80\"\n"), `tls.acme.tls_alpn_address: "127.0.0.1:80" conflicts with tls.acme.http_address ":80"`},
+		{"acme tls-alpn listener conflict", acme("[mail.example.com]", "    tls_alpn_address: \"[::]:143\"\n"), `tls.acme.tls_alpn_address: "[::]:143" conflicts with listeners[1].address "127.0.0.1:143"`},
+		{"acme no challenge", acme("[mail.example.com]", "    http_address: \"off\"\n    tls_alpn_address: \"off\"\n"), `portico.yaml:7: tls.acme: no challenge can be answered: http_address is "off" and tls_alpn_address is not set`},
+		{"acme cache", acme("[mail.example.com]", "    cache: s3\n"), `portico.yaml:9: tls.acme.cache: must be "dir" or "redis", not "s3"`},
+		{"acme redis cache without key", acme("[mail.example.com]", "    cache: redis\n"), `portico.yaml:7: tls.acme.cache_key: is required with cache "redis": the cache holds private keys`},
+		{"acme redis cache without redis", append(acme("[mail.example.com]", "    cache: redis\n    cache_key: k\n"), "  redis:\n"+redisAddrs+"\n", ""), `portico.yaml:9: tls.acme.cache: "redis" needs routing.redis, which is not configured`},
+		{"acme redis cache with dir", acme("[mail.example.com]", "    cache: redis\n    cache_key: k\n    cache_dir: /tmp\n"), `portico.yaml:11: tls.acme.cache_dir: is only used with cache "dir", but cache is "redis"`},
+		{"acme cache dir is a file", acme("[mail.example.com]", "    cache_dir: "+notPEM+"\n"), `tls.acme.cache_dir: ` + notPEM + ` is not a directory`},
+		{"acme empty cache key", acme("[mail.example.com]", "    cache_key: \"\"\n"), `portico.yaml:9: tls.acme.cache_key: must not be empty`},
+		{"acme cache key env", acme("[mail.example.com]", "    cache_key: {file: /nonexistent/key}\n"), `portico.yaml:9: tls.acme.cache_key: secret file: open /nonexistent/key`},
+		{"acme renew before negative", acme("[mail.example.com]", "    renew_before: -1h\n"), `portico.yaml:9: tls.acme.renew_before: must be between 0 (autocert's default: a third of the lifetime, at most 30 days) and 720h, not -1h`},
+		{"acme renew before long", acme("[mail.example.com]", "    renew_before: 1440h\n"), `tls.acme.renew_before: must be between 0 (autocert's default`},
+		{"acme and no certificates", append(acme("", ""), "  certificates:\n    - cert_file: "+f.cert+"\n      key_file: "+f.key+"\n", ""), `tls.acme.hostnames: at least one name is required`},
+		// pins
+		{"pin not base64", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {pin_sha256: [\"not base64!\"]}"}, `portico.yaml:20: backends[0].tls.pin_sha256[0]: "not base64!" is not the base64 of a SHA-256 hash (44 characters ending in '='); compute it with: openssl`},
+		{"pin hex", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {pin_sha256: [" + strings.Repeat("ab", 32) + "]}"}, `is not the base64 of a SHA-256 hash (44 characters ending in '=') (this looks like hex; pins are base64)`},
+		{"pin short", []string{backendAddr, backendAddr + "\n    security: tls\n    tls:\n      pin_sha256:\n        - " + base64.StdEncoding.EncodeToString(make([]byte, 20))}, `portico.yaml:22: backends[0].tls.pin_sha256[0]: "AAAAAAAAAAAAAAAAAAAAAAAAAAA=" is not the base64 of a SHA-256 hash`},
+		{"pin url base64", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {pin_sha256: [\"" + base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{0xfb}, 32)) + "\"]}"}, `backends[0].tls.pin_sha256[0]: "-_v7`},
+		{"pin duplicate", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {pin_sha256: [" + pin + ", " + pin + "]}"}, `backends[0].tls.pin_sha256[1]: "` + pin + `" is already listed as backends[0].tls.pin_sha256[0]`},
+		{"pin redis", []string{redisAddrs, redisAddrs + "\n    tls: {pin_sha256: [x]}"}, `routing.redis.tls.pin_sha256[0]: "x" is not the base64`},
+		{"pin defaults", []string{"", "backend_defaults:\n  security: tls\n  tls: {pin_sha256: [x]}\n"}, `backend_defaults.tls.pin_sha256[0]: "x" is not the base64`},
 		// limits
 		{"line short", []string{"", "limits:\n  max_line_length: 100\n"}, `portico.yaml:20: limits.max_line_length: must be between 1024 and 65536, not 100`},
 		{"line long", []string{"", "limits:\n  max_line_length: 100000\n"}, `limits.max_line_length: must be between 1024 and 65536, not 100000`},
@@ -509,6 +609,179 @@ func TestValidation(t *testing.T) {
 	}
 }
 
+// TestTLSOptions covers valid TLS settings: how names become crypto/tls
+// IDs, the ACME defaults and secrets.
+func TestTLSOptions(t *testing.T) {
+	f := newFixture(t)
+	t.Setenv("PORTICO_TEST_TICKET_KEY", "ticket-key-0123456789")
+	t.Setenv("PORTICO_TEST_CACHE_KEY", "cache-key-0123456789")
+	pin := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xfb}, 32))
+	yml := f.base("tls:\n", `tls:
+  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA]
+  curve_preferences: [x25519mlkem768, X25519, CurveP256, p384, P521]
+  reload_interval: 1s
+  expiry_warning: 720h
+  session_tickets: {redis: true, rotation: 1h, key: {env: PORTICO_TEST_TICKET_KEY}}
+`, `    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"
+    security: tls
+    tls: {pin_sha256: [`+pin+`]}`, "", quiet)
+	c, err := Parse([]byte(yml), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("warnings %q", w)
+	}
+	if got, want := c.TLS.CipherSuiteIDs(), []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA}; !reflect.DeepEqual(got, want) {
+		t.Errorf("CipherSuiteIDs = %v, want %v", got, want)
+	}
+	if got, want := c.TLS.CurveIDs(), []tls.CurveID{tls.X25519MLKEM768, tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}; !reflect.DeepEqual(got, want) {
+		t.Errorf("CurveIDs = %v, want %v", got, want)
+	}
+	if (TLS{}).CipherSuiteIDs() != nil || (TLS{}).CurveIDs() != nil {
+		t.Error("empty lists must give nil (Go's defaults)")
+	}
+	st := c.TLS.SessionTickets
+	if st.Rotation != time.Hour || st.Key.Value != "ticket-key-0123456789" || st.Key.Source != "env:PORTICO_TEST_TICKET_KEY" || c.TLS.ReloadInterval != time.Second || c.TLS.ExpiryWarning != 720*time.Hour {
+		t.Errorf("tls = %+v", c.TLS)
+	}
+	if p := c.Backends[0].TLS.PinSHA256; len(p) != 1 || p[0] != pin {
+		t.Errorf("pins = %q", p)
+	}
+
+	for _, tc := range []struct {
+		name, acme string
+		want       ACME
+		http, alpn string
+	}{
+		{"defaults", "{hostnames: [mail.example.com], cache_key: {env: PORTICO_TEST_CACHE_KEY}}", ACME{
+			Hostnames: []string{"mail.example.com"}, DirectoryURL: LetsEncryptProduction, HTTPAddress: ":80", Cache: "dir", CacheDir: "/var/lib/portico/acme",
+			CacheKey: Secret{Value: "cache-key-0123456789", Source: "env:PORTICO_TEST_CACHE_KEY"},
+		}, ":80", ""},
+		{"redis, http off, tls-alpn", `
+    hostnames: [mail.example.com, IMAP.example.com, xn--bcher-kva.example]
+    email: pm@example.com
+    directory_url: https://127.0.0.1:14000/dir
+    ca_file: ` + f.cert + `
+    http_address: "off"
+    tls_alpn_address: "127.0.0.1:443"
+    cache: redis
+    cache_key: {env: PORTICO_TEST_CACHE_KEY}
+    renew_before: 720h`, ACME{
+			Hostnames: []string{"mail.example.com", "IMAP.example.com", "xn--bcher-kva.example"}, Email: "pm@example.com",
+			DirectoryURL: "https://127.0.0.1:14000/dir", CAFile: f.cert, HTTPAddress: "off", TLSALPNAddress: "127.0.0.1:443", Cache: "redis",
+			CacheKey: Secret{Value: "cache-key-0123456789", Source: "env:PORTICO_TEST_CACHE_KEY"}, RenewBefore: 720 * time.Hour,
+		}, "", "127.0.0.1:443"},
+		{"tls-alpn off", "{hostnames: [mail.example.com], cache_dir: " + f.dir + ", tls_alpn_address: \"off\", http_address: \"127.0.0.1:8080\", cache_key: {env: PORTICO_TEST_CACHE_KEY}}", ACME{
+			Hostnames: []string{"mail.example.com"}, DirectoryURL: LetsEncryptProduction, HTTPAddress: "127.0.0.1:8080", TLSALPNAddress: "off", Cache: "dir", CacheDir: f.dir,
+			CacheKey: Secret{Value: "cache-key-0123456789", Source: "env:PORTICO_TEST_CACHE_KEY"},
+		}, "127.0.0.1:8080", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Without tls.certificates: ACME alone is a certificate source.
+			yml := f.base("  certificates:\n    - cert_file: "+f.cert+"\n      key_file: "+f.key+"\n", "  acme: "+tc.acme+"\n", "", quiet)
+			c, err := Parse([]byte(yml), "portico.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w := c.Warnings(); len(w) != 0 {
+				t.Errorf("warnings %q", w)
+			}
+			if !reflect.DeepEqual(*c.TLS.ACME, tc.want) {
+				t.Errorf("acme = %+v\nwant   %+v", *c.TLS.ACME, tc.want)
+			}
+			if got := c.TLS.ACME.HTTPChallengeAddress(); got != tc.http {
+				t.Errorf("HTTPChallengeAddress = %q, want %q", got, tc.http)
+			}
+			if got := c.TLS.ACME.TLSALPNChallengeAddress(); got != tc.alpn {
+				t.Errorf("TLSALPNChallengeAddress = %q, want %q", got, tc.alpn)
+			}
+			d := *c
+			d.ApplyDefaults()
+			if !reflect.DeepEqual(&d, c) {
+				t.Error("ApplyDefaults is not idempotent")
+			}
+		})
+	}
+
+	// By hand: ACME without certificates, secrets set directly.
+	h := &Config{
+		Listeners: []Listener{{Mode: "imaps", Address: "127.0.0.1:993"}},
+		TLS:       TLS{ACME: &ACME{Hostnames: []string{"mail.example.com"}, CacheDir: f.dir}},
+		Routing:   Routing{Static: []StaticRoute{{User: "a", Backend: "b"}}},
+		Backends:  []Backend{{Name: "b", Address: "127.0.0.1:143"}},
+	}
+	h.ApplyDefaults()
+	if err := h.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+	h.TLS.ACME.Cache = "redis"
+	h.TLS.ACME.CacheDir = ""
+	h.TLS.ACME.CacheKey = Secret{Value: "k"}
+	h.Routing.Redis = &Redis{Addrs: []string{"127.0.0.1:6379"}}
+	h.ApplyDefaults()
+	if err := h.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+}
+
+// TestExampleCommentedOut uncomments the optional TLS parts of the example
+// (acme, the shared ticket key and a pin) and checks that they load too.
+func TestExampleCommentedOut(t *testing.T) {
+	f := newFixture(t)
+	t.Setenv("PORTICO_ACME_CACHE_KEY", "a-long-random-cache-key")
+	t.Setenv("PORTICO_TICKET_KEY", "a-long-random-ticket-key")
+	lines := strings.SplitAfter(string(f.example(t)), "\n")
+	in := false
+	for i, l := range lines {
+		if l == "  # acme:\n" {
+			in = true
+		} else if !strings.HasPrefix(l, "  #   ") {
+			in = false
+		}
+		if in {
+			lines[i] = "  " + strings.TrimPrefix(l, "  # ")
+		}
+	}
+	s := strings.Join(lines, "")
+	for _, r := range [][2]string{
+		{"    redis: false\n    # How long", "    redis: true\n    # How long"},
+		{"    # key: {env: PORTICO_TICKET_KEY}", "    key: {env: PORTICO_TICKET_KEY}"},
+		{"      # pin_sha256:", "      pin_sha256:"},
+	} {
+		if !strings.Contains(s, r[0]) {
+			t.Fatalf("example lacks %q", r[0])
+		}
+		s = strings.Replace(s, r[0], r[1], 1)
+	}
+	if !strings.Contains(s, "\n  acme:\n") {
+		t.Fatal("acme section not found")
+	}
+	c, err := Parse([]byte(s), "portico.example.yaml")
+	if err != nil {
+		t.Fatalf("example with its commented-out parts does not load:\n%v\n%s", err, s)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("warnings: %q", w)
+	}
+	a := c.TLS.ACME
+	if a == nil || len(a.Hostnames) != 2 || a.Email == "" || a.DirectoryURL != LetsEncryptProduction || a.HTTPAddress != ":80" ||
+		a.Cache != "dir" || a.CacheDir != "/var/lib/portico/acme" || a.CacheKey.Value != "a-long-random-cache-key" || a.RenewBefore != 0 {
+		t.Errorf("acme = %+v", a)
+	}
+	if st := c.TLS.SessionTickets; !st.Redis || st.Key.Value != "a-long-random-ticket-key" {
+		t.Errorf("session tickets = %+v", st)
+	}
+	if p := c.Backends[0].TLS.PinSHA256; len(p) != 1 {
+		t.Errorf("pins = %q", p)
+	}
+	d := *c
+	d.ApplyDefaults()
+	if !reflect.DeepEqual(&d, c) {
+		t.Errorf("ApplyDefaults changed the example")
+	}
+}
+
 func TestValidationCollectsEverything(t *testing.T) {
 	f := newFixture(t)
 	_, err := Parse([]byte(f.base("mode: imap\n", "mode: pop3\n", "", "log: {level: loud}\nlimits: {idle_timeout: 1m}\n")), "portico.yaml")
@@ -535,7 +808,7 @@ func TestValidateByHand(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	want := "config: tls.certificates: at least one certificate is required"
+	want := "config: tls.certificates: at least one certificate, or tls.acme, is required"
 	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `config: routing.static[0].backend: "b" is not defined in backends (there are none)`) {
 		t.Errorf("err = %v", err)
 	}
@@ -612,17 +885,19 @@ func TestSecretUnmarshalDirect(t *testing.T) {
 func TestSecretNeverPrinted(t *testing.T) {
 	f := newFixture(t)
 	const pw = "S3cr3t-Pa55w0rd"
-	yml := f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password: "+pw)
+	yml := f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password: "+pw,
+		"tls:\n", "tls:\n  session_tickets: {redis: true, key: "+pw+"}\n  acme: {hostnames: [mail.example.com], cache: redis, cache_key: "+pw+"}\n")
 	c, err := Parse([]byte(yml), "portico.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Routing.Redis.Password.Value != pw {
-		t.Fatalf("password = %q", c.Routing.Redis.Password.Value)
+	if c.Routing.Redis.Password.Value != pw || c.TLS.ACME.CacheKey.Value != pw || c.TLS.SessionTickets.Key.Value != pw {
+		t.Fatalf("secrets not loaded: %q", c.Routing.Redis.Password.Value)
 	}
 	r := c.Routing.Redis
+	a := c.TLS.ACME
 	var outs []string
-	for _, v := range []any{c, *c, r, *r, r.Password, &r.Password} {
+	for _, v := range []any{c, *c, r, *r, r.Password, &r.Password, c.TLS, &c.TLS, a, *a, c.TLS.SessionTickets} {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%T %[1]v"} {
 			outs = append(outs, fmt.Sprintf(verb, v))
 		}
@@ -642,7 +917,7 @@ func TestSecretNeverPrinted(t *testing.T) {
 	for _, h := range []slog.Handler{slog.NewTextHandler(&buf, nil), slog.NewJSONHandler(&buf, nil)} {
 		l := slog.New(h)
 		l.Info("config", "cfg", c, "redis", r, "redisv", *r, "pw", r.Password)
-		l.Info("config", slog.Any("cfg", *c), slog.Group("g", "pw", r.Password))
+		l.Info("config", slog.Any("cfg", *c), slog.Group("g", "pw", r.Password), "tls", c.TLS, "acme", a, "acmev", *a)
 	}
 	outs = append(outs, buf.String())
 	for _, s := range outs {
@@ -674,39 +949,92 @@ func TestSecretNeverPrinted(t *testing.T) {
 
 func TestWarnings(t *testing.T) {
 	f := newFixture(t)
+	const imap = "  - mode: imap\n"
+	const backendAddr = `    address: "127.0.0.1:1143"`
+	const redisAddrs = `    addrs: ["127.0.0.1:6379"]`
+	acme := func(opts string) []string {
+		return []string{"tls:\n", "tls:\n  acme:\n    hostnames: [mail.example.com]\n" + opts}
+	}
+	t.Setenv("PORTICO_TEST_LONG_KEY", "0123456789abcdef0123456789abcdef")
 	for _, tc := range []struct {
 		name  string
 		edits []string
-		want  string // "" means no warning
+		want  []string // one per warning, in order; none means no warning
 	}{
-		{"loopback cleartext", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.0/8, \"::1/128\", 10.1.0.0/16, 192.168.0.0/24, fd00::/8]\n"}, ""},
-		{"public cleartext", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [127.0.0.0/8, 0.0.0.0/0]\n"}, `listeners[1].cleartext_login_networks[1]: "0.0.0.0/0" is not a loopback or private network`},
-		{"too wide private", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [10.0.0.0/7]\n"}, `listeners[1].cleartext_login_networks[0]: "10.0.0.0/7" is not a loopback or private network`},
-		{"mapped", []string{"  - mode: imap\n", "  - mode: imap\n    cleartext_login_networks: [\"::ffff:0.0.0.0/96\"]\n"}, `is not a loopback or private network`},
-		{"cleartext on imaps", []string{"  - mode: imaps\n", "  - mode: imaps\n    cleartext_login_networks: [127.0.0.0/8]\n"}, `listeners[0].cleartext_login_networks: has no effect on an imaps listener`},
-		{"plain remote backend", []string{`    address: "127.0.0.1:1143"`, `    address: "10.0.0.5:143"`}, `backends[0].security: "plain" sends users' passwords in cleartext to 10.0.0.5:143`},
-		{"plain localhost backend", []string{`    address: "127.0.0.1:1143"`, `    address: "localhost:143"`}, ""},
-		{"tls remote backend", []string{`    address: "127.0.0.1:1143"`, `    address: "10.0.0.5:993"` + "\n    security: tls"}, ""},
-		{"backend insecure", []string{`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:993"` + "\n    security: tls\n    tls: {insecure_skip_verify: true}"}, `backends[0].tls.insecure_skip_verify: the backend's certificate is not verified`},
-		{"defaults insecure", []string{"", "backend_defaults:\n  security: tls\n  tls: {insecure_skip_verify: true}\n"}, `backend_defaults.tls.insecure_skip_verify`},
-		{"redis insecure", []string{`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]` + "\n    tls: {insecure_skip_verify: true}"}, `routing.redis.tls.insecure_skip_verify`},
-		{"expired cert", []string{f.cert, f.expired, f.key, f.expKey}, `tls.certificates[0]: certificate ` + f.expired + ` expired on`},
-		{"expiring cert", []string{f.cert, f.expiring, f.key, f.soonKey}, `tls.certificates[0]: certificate ` + f.expiring + ` expires on`},
+		// Every cleartext network allows passwords in clear.
+		{"loopback cleartext", []string{imap, imap + "    cleartext_login_networks: [127.0.0.0/8, \"::1/128\"]\n"}, []string{
+			`listeners[1].cleartext_login_networks[0]: "127.0.0.0/8" allows passwords in clear (login without TLS) from this host; lower risk`,
+			`listeners[1].cleartext_login_networks[1]: "::1/128" allows passwords in clear (login without TLS) from this host; lower risk`,
+		}},
+		{"private cleartext", []string{imap, imap + "    cleartext_login_networks: [10.1.0.0/16, 192.168.0.0/24, fd00::/8, \"::ffff:10.0.0.0/104\"]\n"}, []string{
+			`listeners[1].cleartext_login_networks[0]: "10.1.0.0/16" allows passwords in clear (login without TLS) from a private network: anyone on the network between those clients and Portico can read them`,
+			`cleartext_login_networks[1]: "192.168.0.0/24" allows passwords in clear (login without TLS) from a private network`,
+			`cleartext_login_networks[2]: "fd00::/8" allows passwords in clear (login without TLS) from a private network`,
+			`cleartext_login_networks[3]: "::ffff:10.0.0.0/104" allows passwords in clear (login without TLS) from a private network`,
+		}},
+		{"public cleartext", []string{imap, imap + "    cleartext_login_networks: [127.0.0.0/8, 0.0.0.0/0]\n"}, []string{
+			`cleartext_login_networks[0]: "127.0.0.0/8" allows passwords in clear`,
+			`listeners[1].cleartext_login_networks[1]: "0.0.0.0/0" allows passwords in clear (login without TLS) from a network that is not loopback or private: anyone on the path can read them`,
+		}},
+		{"too wide private", []string{imap, imap + "    cleartext_login_networks: [10.0.0.0/7]\n"}, []string{`listeners[1].cleartext_login_networks[0]: "10.0.0.0/7" allows passwords in clear (login without TLS) from a network that is not loopback or private`}},
+		{"too wide loopback", []string{imap, imap + "    cleartext_login_networks: [126.0.0.0/7]\n"}, []string{`"126.0.0.0/7" allows passwords in clear (login without TLS) from a network that is not loopback or private`}},
+		{"mapped", []string{imap, imap + "    cleartext_login_networks: [\"::ffff:0.0.0.0/96\"]\n"}, []string{`from a network that is not loopback or private`}},
+		{"cleartext on imaps", []string{"  - mode: imaps\n", "  - mode: imaps\n    cleartext_login_networks: [127.0.0.0/8]\n"}, []string{`listeners[0].cleartext_login_networks: has no effect on an imaps listener`}},
+		// backends and Redis
+		{"plain remote backend", []string{backendAddr, `    address: "10.0.0.5:143"`}, []string{`backends[0].security: "plain" sends users' passwords in clear to 10.0.0.5:143`}},
+		{"plain localhost backend", []string{backendAddr, `    address: "localhost:143"`}, nil},
+		{"tls remote backend", []string{backendAddr, `    address: "10.0.0.5:993"` + "\n    security: tls"}, nil},
+		{"backend insecure", []string{backendAddr, `    address: "127.0.0.1:993"` + "\n    security: tls\n    tls: {insecure_skip_verify: true}"}, []string{`backends[0].tls.insecure_skip_verify: the backend's certificate is not verified`}},
+		{"defaults insecure", []string{"", "backend_defaults:\n  security: tls\n  tls: {insecure_skip_verify: true}\n"}, []string{`backend_defaults.tls.insecure_skip_verify`}},
+		{"defaults plain", []string{"", "backend_defaults:\n  security: plain\n"}, []string{`backend_defaults.security: "plain": users' passwords are sent in clear to every host:port backend that a Redis route record names`}},
+		{"defaults plain without redis", []string{"  redis:\n" + redisAddrs + "\n", "", "", "backend_defaults:\n  security: plain\n"}, nil},
+		{"redis insecure", []string{redisAddrs, redisAddrs + "\n    tls: {insecure_skip_verify: true}"}, []string{`routing.redis.tls.insecure_skip_verify`}},
+		{"redis password in clear", []string{redisAddrs, `    addrs: ["127.0.0.1:6379", "10.0.0.2:6379"]` + "\n    password: x"}, []string{`routing.redis.tls: is not set: the Redis password is sent in clear to 10.0.0.2:6379`}},
+		{"redis password on loopback", []string{redisAddrs, redisAddrs + "\n    password: x"}, nil},
+		{"redis password over tls", []string{redisAddrs, `    addrs: ["10.0.0.2:6379"]` + "\n    password: x\n    tls: {}"}, nil},
+		{"redis remote without password", []string{redisAddrs, `    addrs: ["10.0.0.2:6379"]`}, nil},
+		// certificates
+		{"expired cert", []string{f.cert, f.expired, f.key, f.expKey}, []string{`tls.certificates[0]: certificate ` + f.expired + ` expired on`}},
+		{"expiring cert", []string{f.cert, f.expiring, f.key, f.soonKey}, []string{`tls.certificates[0]: certificate ` + f.expiring + ` expires on`}},
+		{"expiring cert, short expiry_warning", []string{f.cert, f.expiring, f.key, f.soonKey, "tls:\n", "tls:\n  expiry_warning: 48h\n"}, nil},
+		{"long expiry_warning", []string{"tls:\n", "tls:\n  expiry_warning: 2000h\n"}, nil},
+		// TLS policy
+		{"cipher suites with TLS 1.3", []string{"tls:\n", "tls:\n  min_version: \"1.3\"\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n"}, []string{`tls.cipher_suites: has no effect with min_version "1.3"`}},
+		{"tickets disabled", []string{"tls:\n", "tls:\n  session_tickets: {disabled: true}\n"}, []string{`tls.session_tickets.disabled: every reconnecting client pays for a full handshake (slower reconnects`}},
+		{"tickets disabled with redis", []string{"tls:\n", "tls:\n  session_tickets: {disabled: true, redis: true}\n"}, []string{
+			`tls.session_tickets.disabled: every reconnecting client`,
+			`tls.session_tickets.redis: has no effect while session tickets are disabled`,
+		}},
+		{"ticket key short", []string{"tls:\n", "tls:\n  session_tickets: {redis: true, key: short}\n"}, []string{`tls.session_tickets.key: is shorter than 16 characters`}},
+		{"ticket key long", []string{"tls:\n", "tls:\n  session_tickets: {redis: true, key: {env: PORTICO_TEST_LONG_KEY}}\n"}, nil},
+		// ACME
+		{"acme production", acme("    cache_key: {env: PORTICO_TEST_LONG_KEY}\n"), nil},
+		{"acme staging", acme("    directory_url: https://acme-staging-v02.api.letsencrypt.org/directory\n    cache_key: {env: PORTICO_TEST_LONG_KEY}\n"), []string{
+			`tls.acme.directory_url: is Let's Encrypt staging: its certificates are not trusted by mail clients; switch to production (https://acme-v02.api.letsencrypt.org/directory)`,
+		}},
+		{"acme staging slash", acme("    directory_url: https://acme-staging-v02.api.letsencrypt.org/directory/\n    cache_key: {env: PORTICO_TEST_LONG_KEY}\n"), []string{`tls.acme.directory_url: is Let's Encrypt staging`}},
+		{"acme dir without key", acme(""), []string{`tls.acme.cache_key: is not set: the private keys in /var/lib/portico/acme are stored unencrypted; keep the directory owned by Portico's user with mode 0700`}},
+		{"acme short key", acme("    cache_key: tooshort\n"), []string{`tls.acme.cache_key: is shorter than 16 characters`}},
+		{"acme redis short key", acme("    cache: redis\n    cache_key: tooshort\n"), []string{`tls.acme.cache_key: is shorter than 16 characters`}},
+		{"acme redis without challenges", acme("    cache: redis\n    cache_key: {env: PORTICO_TEST_LONG_KEY}\n    http_address: \"off\"\n"), []string{`tls.acme: answers no challenge (http_address "off", no tls_alpn_address): another proxy sharing the Redis cache must answer them`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := Parse([]byte(f.base(tc.edits...)), "portico.yaml")
+			edits := tc.edits
+			if !strings.Contains(strings.Join(edits, ""), "backend_defaults") {
+				edits = append(edits[:len(edits):len(edits)], "", quiet)
+			}
+			c, err := Parse([]byte(f.base(edits...)), "portico.yaml")
 			if err != nil {
 				t.Fatal(err)
 			}
 			w := c.Warnings()
-			if tc.want == "" {
-				if len(w) != 0 {
-					t.Errorf("unexpected warnings %q", w)
-				}
-				return
+			if len(w) != len(tc.want) {
+				t.Fatalf("warnings %q, want %d: %q", w, len(tc.want), tc.want)
 			}
-			if len(w) != 1 || !strings.Contains(w[0], tc.want) {
-				t.Errorf("warnings %q, want one containing %s", w, tc.want)
+			for i, want := range tc.want {
+				if !strings.Contains(w[i], want) {
+					t.Errorf("warning %d = %q, want one containing %s", i, w[i], want)
+				}
 			}
 		})
 	}

@@ -23,6 +23,12 @@ const (
 	defaultRedisTimeout      = time.Second
 	defaultConnectTimeout    = 10 * time.Second
 	defaultLoginTimeout      = 30 * time.Second
+	defaultReloadInterval    = 30 * time.Second
+	defaultExpiryWarning     = 14 * 24 * time.Hour
+	defaultTicketRotation    = 12 * time.Hour
+	defaultACMEHTTPAddress   = ":80"
+	defaultACMECache         = "dir"
+	defaultACMECacheDir      = "/var/lib/portico/acme"
 )
 
 // ApplyDefaults replaces zero values with their defaults. Parse calls it;
@@ -49,9 +55,7 @@ func (c *Config) ApplyDefaults() {
 			l.Name = l.Mode + "-" + l.Address
 		}
 	}
-	if c.TLS.MinVersion == "" {
-		c.TLS.MinVersion = "1.2"
-	}
+	c.TLS.ApplyDefaults()
 	c.Limits.ApplyDefaults()
 	if c.Routing.LookupTimeout == 0 {
 		c.Routing.LookupTimeout = defaultLookupTimeout
@@ -68,6 +72,32 @@ func (c *Config) ApplyDefaults() {
 		c.Backends[i].BackendOptions.ApplyDefaults()
 	}
 	c.BackendDefaults.ApplyDefaults()
+}
+
+// ApplyDefaults replaces zero TLS settings with their defaults.
+func (t *TLS) ApplyDefaults() {
+	if t.MinVersion == "" {
+		t.MinVersion = "1.2"
+	}
+	setDur(&t.ReloadInterval, defaultReloadInterval)
+	setDur(&t.ExpiryWarning, defaultExpiryWarning)
+	setDur(&t.SessionTickets.Rotation, defaultTicketRotation)
+	if a := t.ACME; a != nil {
+		if a.DirectoryURL == "" {
+			a.DirectoryURL = LetsEncryptProduction
+		}
+		if a.HTTPAddress == "" {
+			a.HTTPAddress = defaultACMEHTTPAddress
+		}
+		if a.Cache == "" {
+			a.Cache = defaultACMECache
+		}
+		// A directory is only a default for the directory cache, so
+		// that cache_dir next to cache "redis" can be refused.
+		if a.Cache == "dir" && a.CacheDir == "" {
+			a.CacheDir = defaultACMECacheDir
+		}
+	}
 }
 
 // ApplyDefaults replaces zero limits with their defaults.

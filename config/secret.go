@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -100,12 +101,20 @@ func (s *Secret) resolve(path string) error {
 }
 
 func (c *Config) resolveSecrets() error {
-	if c.Routing.Redis != nil {
-		if err := c.Routing.Redis.Password.resolve("routing.redis.password"); err != nil {
-			return err
+	var errs []error
+	resolve := func(s *Secret, path string) {
+		if err := s.resolve(path); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	if c.Routing.Redis != nil {
+		resolve(&c.Routing.Redis.Password, "routing.redis.password")
+	}
+	resolve(&c.TLS.SessionTickets.Key, "tls.session_tickets.key")
+	if c.TLS.ACME != nil {
+		resolve(&c.TLS.ACME.CacheKey, "tls.acme.cache_key")
+	}
+	return errors.Join(errs...)
 }
 
 // String returns "[redacted]".
@@ -148,4 +157,14 @@ func (s Secret) MarshalYAML() (any, error) {
 		return nil, nil
 	}
 	return redacted, nil
+}
+
+// acmeFields is ACME without its methods, for ACME.Format.
+type acmeFields ACME
+
+// Format prints a as fmt would, with the cache key redacted; see
+// Redis.Format.
+func (a ACME) Format(f fmt.State, verb rune) {
+	type ACME acmeFields
+	fmt.Fprintf(f, fmt.FormatString(f, verb), ACME(a))
 }

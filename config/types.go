@@ -29,15 +29,84 @@ type Listener struct {
 	Address string `yaml:"address"` // default ":993" for imaps, ":143" for imap
 	Mode    string `yaml:"mode"`    // "imaps" (implicit TLS) or "imap" (cleartext + STARTTLS); required
 	// CleartextLoginNetworks lists CIDRs from which LOGIN/AUTHENTICATE are
-	// allowed without TLS on an "imap" listener. Empty (the default) means
-	// TLS is required for every login.
+	// allowed without TLS (passwords in clear) on an "imap" listener; every
+	// entry draws a warning. Empty (the default) means TLS is required for
+	// every login.
 	CleartextLoginNetworks []string `yaml:"cleartext_login_networks"`
 }
 
-// TLS holds the certificates clients see.
+// TLS holds the certificates clients see and how they are negotiated.
 type TLS struct {
+	// Certificates are PEM files; the first is served to clients whose SNI
+	// matches nothing (or who send none) unless ACME's default name applies.
 	Certificates []Certificate `yaml:"certificates"`
 	MinVersion   string        `yaml:"min_version"` // "1.2" (default) or "1.3"
+	// CipherSuites restricts TLS 1.2 suites by their Go/IANA names, e.g.
+	// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256; empty means Go's defaults
+	// (AEAD with forward secrecy only). TLS 1.3 suites are not configurable;
+	// suites in tls.InsecureCipherSuites are refused. See TLS.CipherSuiteIDs.
+	CipherSuites []string `yaml:"cipher_suites"`
+	// CurvePreferences restricts key exchanges to these names
+	// (case-insensitive): X25519MLKEM768, X25519, P256, P384, P521;
+	// crypto/tls ignores their order. Empty means Go's default, which
+	// includes post-quantum hybrids. See TLS.CurveIDs.
+	CurvePreferences []string `yaml:"curve_preferences"`
+	// ReloadInterval is how often certificate files are checked for
+	// changes; SIGHUP reloads at once. Default 30s.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
+	// ExpiryWarning logs a warning for certificates that expire within
+	// this long. Default 336h (14 days).
+	ExpiryWarning time.Duration `yaml:"expiry_warning"`
+	// SessionTickets configures TLS session resumption.
+	SessionTickets SessionTickets `yaml:"session_tickets"`
+	// ACME obtains and renews certificates automatically (Let's Encrypt).
+	ACME *ACME `yaml:"acme"`
+}
+
+// SessionTickets configures resumption tickets. With Redis, every proxy
+// of a fleet uses the same rotating keys, so a client resumes anywhere.
+type SessionTickets struct {
+	Disabled bool `yaml:"disabled"` // default false: tickets on
+	// Redis shares the ticket keys through routing.redis. Default false
+	// (each process has its own keys, rotated by crypto/tls).
+	Redis bool `yaml:"redis"`
+	// Rotation is how long one key encrypts new tickets; tickets stay
+	// valid for two more periods. Default 12h.
+	Rotation time.Duration `yaml:"rotation"`
+	// Key encrypts the shared keys at rest in Redis (any string, hashed to
+	// 256 bits); required with redis.
+	Key Secret `yaml:"key"`
+}
+
+// ACME configures automatic certificates through golang.org/x/crypto's
+// autocert.
+type ACME struct {
+	// Hostnames are the names certificates are obtained for; the first is
+	// the default for clients that send no SNI. Required.
+	Hostnames []string `yaml:"hostnames"`
+	Email     string   `yaml:"email"` // contact for the CA, optional
+	// DirectoryURL defaults to Let's Encrypt production; staging is
+	// https://acme-staging-v02.api.letsencrypt.org/directory.
+	DirectoryURL string `yaml:"directory_url"`
+	// CAFile trusts a private ACME server (tests, internal CAs).
+	CAFile string `yaml:"ca_file"`
+	// HTTPAddress serves HTTP-01 challenges (only the challenge path).
+	// Default ":80"; "off" disables it.
+	HTTPAddress string `yaml:"http_address"`
+	// TLSALPNAddress serves TLS-ALPN-01 challenges, for deployments where
+	// port 443 reaches Portico. Default none ("" or "off").
+	TLSALPNAddress string `yaml:"tls_alpn_address"`
+	// Cache is "dir" (default) or "redis" (shared by a fleet, through
+	// routing.redis).
+	Cache    string `yaml:"cache"`
+	CacheDir string `yaml:"cache_dir"` // default /var/lib/portico/acme
+	// CacheKey encrypts cached keys and certificates at rest; required
+	// for the redis cache, optional for dir.
+	CacheKey Secret `yaml:"cache_key"`
+	// RenewBefore renews this long before expiry, at most 720h (autocert
+	// caps it at 30 days); 0 means autocert's default (a third of the
+	// lifetime, at most 30 days).
+	RenewBefore time.Duration `yaml:"renew_before"`
 }
 
 // Certificate is a PEM certificate chain and its key (ECDSA, RSA or Ed25519).
@@ -115,6 +184,9 @@ type ClientTLS struct {
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 	CertFile           string `yaml:"cert_file"` // client certificate (mutual TLS), optional
 	KeyFile            string `yaml:"key_file"`
+	// PinSHA256 lists base64 SHA-256 hashes of acceptable SubjectPublicKeyInfo;
+	// when set, the server's leaf key must match one (on top of verification).
+	PinSHA256 []string `yaml:"pin_sha256"`
 }
 
 // Backend is a named backend IMAP server.

@@ -2,7 +2,6 @@ package config
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -22,13 +21,17 @@ func (c *Config) Validate() error {
 	v := &validator{}
 	c.validateLog(v)
 	c.validateListeners(v)
+	c.validateTLS(v)
 	c.validateLimits(v)
 	c.validateRouting(v)
 	c.validateBackends(v)
 	return errors.Join(v.errs...)
 }
 
-type validator struct{ errs []error }
+type validator struct {
+	errs  []error
+	bound []boundAddr // listening addresses seen so far
+}
 
 func (v *validator) add(path, format string, args ...any) {
 	v.errs = append(v.errs, &fieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
@@ -56,7 +59,6 @@ func (c *Config) validateListeners(v *validator) {
 	if len(c.Listeners) == 0 {
 		v.add("listeners", `at least one listener is required (mode "imaps" or "imap")`)
 	}
-	var bound []boundAddr
 	names := make(map[string]string)
 	needCert := false
 	for i, l := range c.Listeners {
@@ -77,19 +79,7 @@ func (c *Config) validateListeners(v *validator) {
 			}
 		}
 		if l.Address != "" {
-			host, port, err := splitHostPort(l.Address, true)
-			if err != nil {
-				v.add(p+".address", "%v", err)
-			} else {
-				host = canonicalHost(host)
-				for _, b := range bound {
-					if b.port == port && port != 0 && (b.host == host || b.host == "" || host == "") {
-						v.add(p+".address", "%q conflicts with %s.address %q", l.Address, b.path, b.addr)
-						break
-					}
-				}
-				bound = append(bound, boundAddr{p, l.Address, host, port})
-			}
+			v.bind(p+".address", l.Address, "")
 		} else if l.Mode == "imaps" || l.Mode == "imap" {
 			v.add(p+".address", "is required (host:port)")
 		}
@@ -100,17 +90,32 @@ func (c *Config) validateListeners(v *validator) {
 		}
 	}
 
-	if needCert && len(c.TLS.Certificates) == 0 {
-		v.add("tls.certificates", "at least one certificate is required: imaps listeners need it for TLS and imap listeners for STARTTLS")
+	if needCert && len(c.TLS.Certificates) == 0 && c.TLS.ACME == nil {
+		v.add("tls.certificates", "at least one certificate, or tls.acme, is required: imaps listeners need one for TLS and imap listeners for STARTTLS")
 	}
-	for i, cert := range c.TLS.Certificates {
-		checkKeyPair(v, fmt.Sprintf("tls.certificates[%d]", i), cert.CertFile, cert.KeyFile, true)
+}
+
+// bind records a listening address and reports a malformed one or one
+// that conflicts with an address bound before. Hint follows the
+// format error, for addresses with a special value.
+func (v *validator) bind(path, addr, hint string) {
+	host, port, err := splitHostPort(addr, true)
+	if err != nil {
+		if hint != "" {
+			v.add(path, "%v; %s", err, hint)
+		} else {
+			v.add(path, "%v", err)
+		}
+		return
 	}
-	switch c.TLS.MinVersion {
-	case "1.2", "1.3":
-	default:
-		v.add("tls.min_version", `must be "1.2" or "1.3", not %q`, c.TLS.MinVersion)
+	host = canonicalHost(host)
+	for _, b := range v.bound {
+		if b.port == port && port != 0 && (b.host == host || b.host == "" || host == "") {
+			v.add(path, "%q conflicts with %s %q", addr, b.path, b.addr)
+			return
+		}
 	}
+	v.bound = append(v.bound, boundAddr{path, addr, host, port})
 }
 
 // parseNetwork parses a CIDR network and refuses host bits beyond the
@@ -391,13 +396,7 @@ func checkClientTLS(v *validator, p string, t *ClientTLS) {
 	if t == nil {
 		return
 	}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			v.add(p+".ca_file", "%v", err)
-		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			v.add(p+".ca_file", "%s contains no PEM certificate", t.CAFile)
-		}
-	}
+	checkCAFile(v, p+".ca_file", t.CAFile)
+	checkPins(v, p+".pin_sha256", t.PinSHA256)
 	checkKeyPair(v, p, t.CertFile, t.KeyFile, false)
 }

@@ -5,22 +5,28 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 )
 
-// trustedNets are the networks from which cleartext logins are no worse
-// than the rest of the local network: loopback and private ranges.
-var trustedNets = []netip.Prefix{
-	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("10.0.0.0/8"),
-	netip.MustParsePrefix("172.16.0.0/12"),
-	netip.MustParsePrefix("192.168.0.0/16"),
-	netip.MustParsePrefix("::1/128"),
-	netip.MustParsePrefix("fc00::/7"),
-}
+// privateNets are the networks where a password sent in clear is read
+// only by those on the local network; loopbackNets keep it on this host.
+var (
+	loopbackNets = []netip.Prefix{
+		netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("::1/128"),
+	}
+	privateNets = []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16"),
+		netip.MustParsePrefix("fc00::/7"),
+	}
+)
 
-// certExpiryWarning is how early Warnings mentions an expiring certificate.
-const certExpiryWarning = 14 * 24 * time.Hour
+// minKeyLength is the length below which a configured encryption key is
+// probably a word rather than a random string.
+const minKeyLength = 16
 
 // Warnings lists settings that are valid but risky, each starting with
 // the field path. Call it on a configuration that passed Validate.
@@ -37,36 +43,43 @@ func (c *Config) Warnings() []string {
 		}
 		for j, s := range l.CleartextLoginNetworks {
 			pfx, err := parseNetwork(s)
-			if err == nil && !trusted(pfx) {
-				add(fmt.Sprintf("%s[%d]", p, j), "%q is not a loopback or private network: clients there may send passwords without TLS, readable by anyone on the path", s)
+			if err != nil {
+				continue // Validate reports it
+			}
+			jp := fmt.Sprintf("%s[%d]", p, j)
+			switch {
+			case within(pfx, loopbackNets):
+				add(jp, "%q allows passwords in clear (login without TLS) from this host; lower risk, as they stay on the host, but a local tunnel or forwarder (ssh -L, stunnel, a sidecar) makes remote clients look local", s)
+			case within(pfx, privateNets):
+				add(jp, "%q allows passwords in clear (login without TLS) from a private network: anyone on the network between those clients and Portico can read them", s)
+			default:
+				add(jp, "%q allows passwords in clear (login without TLS) from a network that is not loopback or private: anyone on the path can read them", s)
 			}
 		}
 	}
-	now := time.Now()
-	for i, cert := range c.TLS.Certificates {
-		kp, err := tls.LoadX509KeyPair(cert.CertFile, cert.KeyFile)
-		if err != nil || kp.Leaf == nil {
-			continue // Validate reports it
-		}
-		p := fmt.Sprintf("tls.certificates[%d]", i)
-		switch end := kp.Leaf.NotAfter; {
-		case now.After(end):
-			add(p, "certificate %s expired on %s", cert.CertFile, end.UTC().Format(time.DateOnly))
-		case end.Sub(now) < certExpiryWarning:
-			add(p, "certificate %s expires on %s", cert.CertFile, end.UTC().Format(time.DateOnly))
-		}
-	}
+	c.tlsWarnings(add)
 	if r := c.Routing.Redis; r != nil && r.TLS != nil && r.TLS.InsecureSkipVerify {
 		add("routing.redis.tls.insecure_skip_verify", "the Redis server's certificate is not verified: anyone on the path can impersonate it and choose users' backends")
 	}
 	for i, b := range c.Backends {
 		p := fmt.Sprintf("backends[%d]", i)
 		if b.Security == "plain" && !loopbackHost(b.Address) {
-			add(p+".security", `"plain" sends users' passwords in cleartext to %s; use "starttls" or "tls" unless that network is trusted`, b.Address)
+			add(p+".security", `"plain" sends users' passwords in clear to %s; use "starttls" or "tls" unless that network is trusted`, b.Address)
 		}
 		if b.TLS != nil && b.TLS.InsecureSkipVerify {
 			add(p+".tls.insecure_skip_verify", "the backend's certificate is not verified: anyone on the path can impersonate it and collect users' passwords")
 		}
+	}
+	if r := c.Routing.Redis; r != nil && r.TLS == nil && r.Password.Value != "" {
+		for _, a := range r.Addrs {
+			if !loopbackHost(a) {
+				add("routing.redis.tls", "is not set: the Redis password is sent in clear to %s", a)
+				break
+			}
+		}
+	}
+	if c.Routing.Redis != nil && c.BackendDefaults.Security == "plain" {
+		add("backend_defaults.security", `"plain": users' passwords are sent in clear to every host:port backend that a Redis route record names; use "starttls" or "tls", or make route records name configured backends only`)
 	}
 	if t := c.BackendDefaults.TLS; t != nil && t.InsecureSkipVerify {
 		add("backend_defaults.tls.insecure_skip_verify", "backends' certificates are not verified: anyone on the path can impersonate them and collect users' passwords")
@@ -74,9 +87,10 @@ func (c *Config) Warnings() []string {
 	return w
 }
 
-func trusted(p netip.Prefix) bool {
+// within reports whether every address of p is in one of nets.
+func within(p netip.Prefix, nets []netip.Prefix) bool {
 	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p.Addr()))
-	for _, t := range trustedNets {
+	for _, t := range nets {
 		if t.Bits() <= p.Bits() && t.Contains(p.Addr()) {
 			return true
 		}
@@ -103,4 +117,55 @@ func loopbackHost(addr string) bool {
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.Unmap().IsLoopback()
+}
+
+func (c *Config) tlsWarnings(add func(path, format string, args ...any)) {
+	t := &c.TLS
+	soon := t.ExpiryWarning
+	if soon <= 0 {
+		soon = defaultExpiryWarning
+	}
+	now := time.Now()
+	for i, cert := range t.Certificates {
+		kp, err := tls.LoadX509KeyPair(cert.CertFile, cert.KeyFile)
+		if err != nil || kp.Leaf == nil {
+			continue // Validate reports it
+		}
+		p := fmt.Sprintf("tls.certificates[%d]", i)
+		switch end := kp.Leaf.NotAfter; {
+		case now.After(end):
+			add(p, "certificate %s expired on %s", cert.CertFile, end.UTC().Format(time.DateOnly))
+		case end.Sub(now) < soon:
+			add(p, "certificate %s expires on %s", cert.CertFile, end.UTC().Format(time.DateOnly))
+		}
+	}
+	if len(t.CipherSuites) > 0 && t.MinVersion == "1.3" {
+		add("tls.cipher_suites", `has no effect with min_version "1.3": TLS 1.3 suites are not configurable`)
+	}
+	st := &t.SessionTickets
+	switch {
+	case st.Disabled:
+		add("tls.session_tickets.disabled", "every reconnecting client pays for a full handshake (slower reconnects, more CPU); mobile clients reconnect often")
+		if st.Redis {
+			add("tls.session_tickets.redis", "has no effect while session tickets are disabled")
+		}
+	case st.Redis && st.Key.Value != "" && len(st.Key.Value) < minKeyLength:
+		add("tls.session_tickets.key", "is shorter than %d characters; use a long random string (openssl rand -base64 32)", minKeyLength)
+	}
+	a := t.ACME
+	if a == nil {
+		return
+	}
+	if strings.TrimRight(a.DirectoryURL, "/") == LetsEncryptStaging {
+		add("tls.acme.directory_url", "is Let's Encrypt staging: its certificates are not trusted by mail clients; switch to production (%s) once issuance works, and empty the cache, which would otherwise keep serving the staging certificates", LetsEncryptProduction)
+	}
+	switch {
+	case a.Cache == "dir" && !secretSet(a.CacheKey):
+		add("tls.acme.cache_key", "is not set: the private keys in %s are stored unencrypted; keep the directory owned by Portico's user with mode 0700 (autocert creates it so) and its files 0600, or set cache_key", a.CacheDir)
+	case a.CacheKey.Value != "" && len(a.CacheKey.Value) < minKeyLength:
+		add("tls.acme.cache_key", "is shorter than %d characters; use a long random string (openssl rand -base64 32)", minKeyLength)
+	}
+	if a.Cache == "redis" && a.HTTPChallengeAddress() == "" && a.TLSALPNChallengeAddress() == "" {
+		add("tls.acme", `answers no challenge (http_address "off", no tls_alpn_address): another proxy sharing the Redis cache must answer them`)
+	}
 }
