@@ -101,6 +101,10 @@ func (s *session) challenge(tag, b64 string) ([]byte, action) {
 	}
 	line, err := s.dec.ReadLine(s.lim.MaxAuthLine)
 	if err != nil {
+		var werr *wire.Error
+		if errors.As(err, &werr) && werr.Tag == "" {
+			werr.Tag = tag // AUTHENTICATE ends with a tagged answer (RFC 3501 §6.2.2)
+		}
 		return nil, s.readError(err)
 	}
 	if string(line) == "*" {

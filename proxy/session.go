@@ -120,7 +120,7 @@ func (s *session) serve() {
 	}()
 	s.deadline = s.start.Add(s.lim.PreauthTimeout)
 	// An absolute deadline: bytes trickled in one at a time do not extend it.
-	s.raw.SetDeadline(s.deadline)
+	s.setDeadline(s.deadline)
 
 	if s.ln.Mode == ImplicitTLS {
 		if err := s.handshake(s.raw); err != nil {
@@ -335,18 +335,28 @@ func (s *session) handshake(c net.Conn) error {
 	if s.deadline.Before(hd) {
 		hd = s.deadline
 	}
-	c.SetDeadline(hd)
+	s.setDeadline(hd)
 	// No context: a per-handshake context would leave a children map in
 	// the parent for the session's life. Shutdown and close interrupt
 	// through the connection instead.
 	err := tc.Handshake()
-	c.SetDeadline(s.deadline)
+	s.setDeadline(s.deadline)
 	if err != nil {
 		return err
 	}
 	s.conn = tc
 	s.tlsVersion = tls.VersionName(tc.ConnectionState().Version)
 	return nil
+}
+
+// setDeadline sets the deadline of the client connection. Once the server
+// is shutting down, reads fail at once instead: this call may have undone
+// the read deadline interruptPreauth set a moment earlier.
+func (s *session) setDeadline(t time.Time) {
+	s.raw.SetDeadline(t)
+	if s.srv.closing.Load() {
+		s.raw.SetReadDeadline(time.Now())
+	}
 }
 
 // interruptPreauth makes a session that has not logged in yet say BYE:
