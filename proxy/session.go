@@ -352,12 +352,19 @@ func (s *session) handshake(c net.Conn) error {
 // setDeadline sets the deadline of the client connection. Once the server
 // is shutting down, reads fail at once instead: this call may have undone
 // the read deadline interruptPreauth set a moment earlier.
+//
+// Writes get a little longer than reads, so that a command read just
+// before the deadline is still answered (or the BYE still sent).
 func (s *session) setDeadline(t time.Time) {
-	s.raw.SetDeadline(t)
+	s.raw.SetReadDeadline(t)
+	s.raw.SetWriteDeadline(t.Add(writeGrace))
 	if s.srv.closing.Load() {
 		s.raw.SetReadDeadline(time.Now())
 	}
 }
+
+// writeGrace is how much longer than reads writes may take before login.
+const writeGrace = 5 * time.Second
 
 // interruptPreauth makes a session that has not logged in yet say BYE:
 // its blocked read returns and readError sees that the server is closing.
