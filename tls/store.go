@@ -11,6 +11,14 @@
 //	for _, w := range store.Warnings(14 * 24 * time.Hour) { logger.Warn(w) }
 //	ln = stdtls.NewListener(ln, tls.ServerConfig(store, 0))
 //
+// A Reloader keeps the store in step with the files (and reloads on
+// SIGHUP); TicketKeys shares session ticket keys across a fleet:
+//
+//	r := &tls.Reloader{Store: store, Pairs: pairs, Logger: logger}
+//	go r.Run(ctx)
+//	cfg := tls.NewServerConfig(tls.ServerOptions{Store: store, Curves: curves})
+//	go (&tls.TicketKeys{Client: rdb, Secret: key, Logger: logger}).Run(ctx, cfg)
+//
 // and on the client side:
 //
 //	cfg, err := tls.ClientConfig(tls.ClientOptions{CAFile: "/etc/portico/backend-ca.pem"})

@@ -124,7 +124,7 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 		tc := tls.Client(raw, c.tlsConfig())
 		if err := tc.HandshakeContext(cctx); err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("upstream: %s: tls handshake: %w", b, err)
+			return nil, fmt.Errorf("upstream: %s: tls handshake: %s%w", b, tlsReason(err), err)
 		}
 		c.nc = tc
 	}
@@ -244,7 +244,9 @@ func (c *conn) login(user, password string, id *IDInfo) (*Result, error) {
 func (c *conn) greeting() (caps []string, err error) {
 	line, err := c.readResponse(nil)
 	if err != nil {
-		return nil, c.errorf("greeting: %w", err)
+		// With TLS 1.3 a backend checks a client certificate after our
+		// side of the handshake is done: its refusal arrives here.
+		return nil, c.errorf("greeting: %s%w", tlsReason(err), err)
 	}
 	r, ok := parseResponse(line)
 	if !ok || r.tag != "*" {
@@ -305,7 +307,7 @@ func (c *conn) startTLS() error {
 	// injected response (CVE-2011-0411 style): drop it with the bufio.
 	tc := tls.Client(c.raw, c.tlsConfig())
 	if err := tc.Handshake(); err != nil {
-		return c.errorf("starttls: tls handshake: %w", err)
+		return c.errorf("starttls: tls handshake: %s%w", tlsReason(err), err)
 	}
 	c.nc = tc
 	c.br = bufio.NewReaderSize(tc, readBufSize)
