@@ -10,15 +10,28 @@
 //	case err != nil:                          // NO [UNAVAILABLE], the client may retry
 //	}
 //
-// A Router is the only thing the proxy knows about routing, so pools,
-// balancing, health and caches can be layered behind it later. Static holds
-// routes from the config file, Redis reads them from a Redis server, and
-// Chain asks several routers in order:
+// A Router is the only thing the proxy knows about routing. Static holds
+// routes from the config file, Redis reads them from a Redis server, Chain
+// asks several routers in order, and Guard applies health and drains to
+// another router's answers:
 //
+//	health := &routing.Health{}                // active and passive checks
+//	go health.Run(ctx, allBackends...)
+//	fleet := &routing.Fleet{Client: rdb}       // drains and weights, fleet-wide
+//	cache := &routing.Cache{}                  // records in memory
+//	go (&routing.Invalidator{Client: rdb, Cache: cache, Fleet: fleet}).Run(ctx)
 //	router := routing.Chain{
-//		routing.NewStatic(staticRoutes),
-//		&routing.Redis{Client: routing.NewRedisClient(opts), Backends: named, Defaults: defaults},
+//		&routing.Guard{Next: routing.NewStatic(staticRoutes), Health: health, Fleet: fleet},
+//		&routing.Redis{Client: rdb, Backends: named, Defaults: defaults,
+//			Pools: pools, DomainPools: byDomain, DefaultPool: def,
+//			Health: health, Fleet: fleet, Cache: cache},
 //	}
+//
+// The proxy reports failed connects and greetings with
+// health.ReportFailure, and successful ones with ReportSuccess. Tools (the
+// portico CLI) use Redis.SetRoute, GetRoute, DeleteRoute and Explain, and
+// Fleet.Drain, Undrain, SetWeight and List; every change is published, and
+// every proxy's Invalidator applies it within milliseconds.
 //
 // # User names
 //
@@ -28,33 +41,107 @@
 // (control characters, spaces, "\*?[]{}%()). Refused names must get the
 // same answer as a wrong password.
 //
+// # Pools and assignment
+//
+// A pool is a named group of backends with weights. A route may name a
+// backend, a pool or a literal address:
+//
+//   - a backend is fixed: the user always goes there;
+//   - a pool means "any member": the member is chosen on each lookup by
+//     weighted rendezvous hashing of the user name over the members that
+//     are up and not drained, and is never written down. This suits
+//     backends that share storage; when a member fails or returns, its
+//     users move.
+//   - a literal address is reached with the backend_defaults settings.
+//
+// A user without a route belongs to the pool of its domain (DomainPools),
+// or else to DefaultPool. With PolicyReject, or without a pool, it gets
+// ErrNotFound. With PolicyAssign, the proxy chooses a member by weighted
+// rendezvous hashing over the members that are up and not drained and
+// writes it as the user's backend with a Lua script that writes only if
+// the route does not exist (first writer wins). A proxy that loses the race
+// uses the stored route, so all proxies agree, and the user stays on that
+// backend even when the pool changes later. The weighted score of a member
+// is -weight/ln(u), with u in (0,1) from a 64-bit hash of user and member
+// name; the highest score wins, so each member receives a share of new
+// users proportional to its weight, and adding or removing a member only
+// moves users to or from that member.
+//
+// # Health, drains and fallbacks
+//
+// Health marks a backend down after Fall failed checks in a row (active
+// probes or passive reports) and up again after Rise good checks. Fleet
+// holds the drain flag and weight override of each backend. A login whose
+// route names a backend that is down fails at once with ErrBackendDown,
+// and one whose backend is drained with ErrDrained (a drained backend takes
+// no new logins, not even of users already routed there; the operator
+// moves them), unless the route's fallback backend, or else the backend's
+// own Backend.Fallback, is up and not drained. Pools skip members that are
+// down or drained, and new users are never assigned to them. Both errors
+// mean NO [UNAVAILABLE] for the client.
+//
+// # Route cache
+//
+// Cache keeps route records (found for PositiveTTL, missing for
+// NegativeTTL) in memory. Health, drains and pool choices are applied after
+// the cache, on every lookup, so they take effect without waiting for a
+// TTL. Every writer publishes on the invalidation channel, and each
+// proxy's Invalidator drops the user's entry; on every (re)subscription it
+// flushes the whole cache and reloads the fleet state, since messages sent
+// while it was disconnected are lost.
+//
 // # Redis schema
 //
-// Each user's route is a hash at key <prefix>route:<user>, where <prefix>
-// defaults to "portico:" and <user> is the output of Normalize:
+// <prefix> defaults to "portico:"; <user> is the output of Normalize.
+//
+// Routes: one hash per user at <prefix>route:<user>.
 //
 //	HSET portico:route:alice@example.com backend mx1
+//	HSET portico:route:carol@example.com pool replicated fallback mx9
 //	HSET portico:route:bob@example.com addr 10.0.0.7:993 security tls server_name imap7.example.com
 //
-// Fields:
+//	backend        name of a backend in the config file; wins over pool
+//	               and addr
+//	pool           name of a pool in the config file; wins over addr
+//	addr           literal host:port of the backend, reached with the
+//	               backend_defaults settings
+//	security       optional, for addr: "plain", "starttls" or "tls"
+//	               (overrides backend_defaults)
+//	server_name    optional, for addr: the name to verify in the backend's
+//	               TLS certificate (default: the host of addr)
+//	fallback       optional: name of a configured backend that takes the
+//	               user's logins while the route's backend is down or
+//	               drained, or no pool member is usable
+//	assigned_pool  written by assignment, for operators: the pool the
+//	               backend was chosen from
+//	assigned_at    written by assignment: unix seconds
 //
-//	backend      name of a backend in the config file; when present, the
-//	             other fields are ignored
-//	addr         literal host:port of the backend, reached with the
-//	             backend_defaults settings
-//	security     optional, for addr: "plain", "starttls" or "tls"
-//	             (overrides backend_defaults)
-//	server_name  optional, for addr: the name to verify in the backend's
-//	             TLS certificate (default: the host of addr)
+// Other fields are ignored. A missing key means the user has no route:
+// ErrNotFound (the client is told its login failed, exactly as for a wrong
+// password) or an assignment, as above. A record naming an unknown backend,
+// pool or fallback, or with a bad addr or security, is a data error: the
+// client gets NO [UNAVAILABLE] and the error is logged. So does any Redis
+// failure or a lookup slower than the lookup timeout.
 //
-// Other fields are ignored. A missing key means the user does not exist
-// (the client is told its login failed, exactly as for a wrong password).
-// A record naming an unknown backend, or with a bad addr or security, is a
-// data error: the client gets NO [UNAVAILABLE] and the error is logged. So
-// does any Redis failure or a lookup slower than the lookup timeout.
+// Fleet state: one hash at <prefix>backends.
 //
-// Portico only reads the key, with a single HGETALL; the user name travels
-// as one RESP argument and is never part of a pattern.
+//	HSET portico:backends drained:mx1 1767225600   (unix seconds of the drain)
+//	HSET portico:backends weight:mx2 5             (overrides the configured weight)
+//
+// Invalidation: pub/sub channel <prefix>invalidate. A message is a user
+// name (drop that user's cached record), "*" (flush every cache) or
+// "*backends" (reload the fleet state). Normalize refuses '*', so neither
+// can be a user name. SetRoute and DeleteRoute publish in the same
+// MULTI/EXEC as their change, the assignment script publishes when it
+// writes, and Fleet publishes "*backends".
+//
+// Redis Cluster: each script and transaction touches a single key (one
+// route, or the fleet hash), so no hash tags are needed, and route keys
+// deliberately have none, so that users spread over all slots. PUBLISH
+// takes a channel, not a key, and is broadcast to the whole cluster.
+//
+// Portico reads a route with a single HGETALL; the user name travels as one
+// RESP argument and is never part of a pattern.
 package routing
 
 import (
@@ -67,6 +154,17 @@ import (
 // ErrNotFound means the router has no backend for the user. The proxy must
 // answer it exactly like a wrong password, so that users cannot be enumerated.
 var ErrNotFound = errors.New("routing: no route for user")
+
+// ErrBackendDown means the user's backend is known to be down (Health) and
+// there is no usable fallback, or a pool has no healthy member left. The
+// proxy answers NO [UNAVAILABLE] at once instead of waiting for a connect
+// timeout.
+var ErrBackendDown = errors.New("routing: backend is down")
+
+// ErrDrained means the user's backend is drained (Fleet.Drain): it takes no
+// new logins, and there is no usable fallback. The proxy answers
+// NO [UNAVAILABLE]; the operator is expected to move the user.
+var ErrDrained = errors.New("routing: backend is drained")
 
 // Router maps a normalised user name to the backend that holds the mailbox.
 // Any error other than one wrapping ErrNotFound is a temporary failure.
@@ -129,6 +227,36 @@ type Backend struct {
 	// LoginTimeout bounds everything from the greeting to the login reply;
 	// zero means 30s (Dovecot delays a failed login by about 2s).
 	LoginTimeout time.Duration
+	// ProxyProtocol says the backend expects a PROXY protocol v2 header as
+	// the first bytes of every connection (Dovecot's haproxy = yes), used
+	// instead of ForwardID to pass on the client address. Health probes
+	// send a LOCAL header to such backends.
+	ProxyProtocol bool
+	// Weight is the backend's share of new users in a pool, relative to
+	// the other members; zero means 1. Fleet.SetWeight overrides it for
+	// the whole fleet.
+	Weight int
+	// Fallback, when not nil, receives the logins of users routed to this
+	// backend while it is down or drained. Only one level is followed: the
+	// fallback's own Fallback is ignored, so fallbacks cannot loop.
+	Fallback *Backend
+}
+
+// weight is Weight with its default applied.
+func (b *Backend) weight() int {
+	if b.Weight <= 0 {
+		return 1
+	}
+	return b.Weight
+}
+
+// key names the backend in health and fleet state: its configured name,
+// or its address for a literal one.
+func (b *Backend) key() string {
+	if b.Name != "" {
+		return b.Name
+	}
+	return b.Addr
 }
 
 // String names the backend for log lines.
