@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,10 +20,19 @@ import (
 
 // app is what a config turns into: everything but the sockets.
 type app struct {
-	server    *proxy.Server
-	listeners []listenerSpec
-	store     *ptls.Store
-	redis     redis.UniversalClient // nil without Redis
+	server      *proxy.Server
+	listeners   []listenerSpec
+	redis       redis.UniversalClient // nil without Redis
+	redisPrefix string
+
+	// TLS towards clients; see tlsbuild.go.
+	tlsConfig *tls.Config
+	store     *ptls.Store // file certificates, nil without
+	pairs     []ptls.Pair
+	acme      *ptls.ACME // nil without ACME
+	acmeCfg   *config.ACME
+	tickets   *ptls.TicketKeys
+	tlsCfg    config.TLS
 }
 
 type listenerSpec struct {
@@ -68,18 +78,27 @@ func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
 			IdleTimeout:      cfg.Limits.IdleTimeout,
 		},
 	}
-	if len(cfg.TLS.Certificates) > 0 {
-		pairs := make([]ptls.Pair, len(cfg.TLS.Certificates))
-		for i, c := range cfg.TLS.Certificates {
-			pairs[i] = ptls.Pair{CertFile: c.CertFile, KeyFile: c.KeyFile}
+	if rc := cfg.Routing.Redis; rc != nil {
+		opts := routing.RedisOptions{
+			Addrs: rc.Addrs, MasterName: rc.MasterName, Username: rc.Username,
+			Password: rc.Password.Value, DB: rc.DB, DialTimeout: rc.DialTimeout,
+			ReadTimeout: rc.ReadTimeout, WriteTimeout: rc.WriteTimeout, PoolSize: rc.PoolSize,
 		}
-		store, err := ptls.LoadStore(pairs)
-		if err != nil {
-			return nil, err
+		if rc.TLS != nil {
+			c, err := ptls.ClientConfig(clientOptions(rc.TLS))
+			if err != nil {
+				return nil, fmt.Errorf("routing.redis.tls: %w", err)
+			}
+			opts.TLSConfig = c
 		}
-		rt.store = store
-		srv.TLSConfig = ptls.ServerConfig(store, cfg.TLS.MinTLSVersion())
+		redis.SetLogger(redisLogger{logger})
+		rt.redis = routing.NewRedisClient(opts)
+		rt.redisPrefix = rc.KeyPrefix
 	}
+	if err := rt.buildTLS(cfg, logger); err != nil {
+		return nil, err
+	}
+	srv.TLSConfig = rt.tlsConfig
 
 	backends := make(map[string]*routing.Backend, len(cfg.Backends))
 	for _, b := range cfg.Backends {
@@ -98,29 +117,14 @@ func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
 		static[user] = backends[r.Backend]
 	}
 	chain := routing.Chain{routing.NewStatic(static)}
-	if rc := cfg.Routing.Redis; rc != nil {
-		var tc = rc.TLS
-		opts := routing.RedisOptions{
-			Addrs: rc.Addrs, MasterName: rc.MasterName, Username: rc.Username,
-			Password: rc.Password.Value, DB: rc.DB, DialTimeout: rc.DialTimeout,
-			ReadTimeout: rc.ReadTimeout, WriteTimeout: rc.WriteTimeout, PoolSize: rc.PoolSize,
-		}
-		if tc != nil {
-			c, err := ptls.ClientConfig(clientOptions(tc))
-			if err != nil {
-				return nil, fmt.Errorf("routing.redis.tls: %w", err)
-			}
-			opts.TLSConfig = c
-		}
+	if rt.redis != nil {
 		defaults, err := backend("", "", cfg.BackendDefaults)
 		if err != nil {
 			return nil, fmt.Errorf("backend_defaults: %w", err)
 		}
-		redis.SetLogger(redisLogger{logger})
-		rt.redis = routing.NewRedisClient(opts)
 		chain = append(chain, &routing.Redis{
 			Client:   rt.redis,
-			Prefix:   rc.KeyPrefix,
+			Prefix:   rt.redisPrefix,
 			Backends: backends,
 			Defaults: *defaults,
 			Timeout:  cfg.Routing.LookupTimeout,
@@ -149,7 +153,7 @@ func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
 func clientOptions(c *config.ClientTLS) ptls.ClientOptions {
 	return ptls.ClientOptions{
 		CAFile: c.CAFile, ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify,
-		CertFile: c.CertFile, KeyFile: c.KeyFile,
+		CertFile: c.CertFile, KeyFile: c.KeyFile, PinSHA256: c.PinSHA256,
 	}
 }
 

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/portico-mail/portico/internal/membackend"
@@ -78,5 +81,7 @@ Try (-k accepts the self-signed certificate):
 
 Press Ctrl-C to stop.
 `, b1.Addr(), b2.Addr(), *imapsAddr, *imapsAddr, *imapAddr, *imapsAddr)
-	return serveUntilSignal(rt, 5*time.Second, logger)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serveUntilSignal(ctx, rt, 5*time.Second, logger)
 }

@@ -3,6 +3,7 @@
 //	portico serve -config /etc/portico/portico.yaml
 //	portico demo
 //	portico check-config /etc/portico/portico.yaml
+//	portico certs -config /etc/portico/portico.yaml
 //	portico version
 package main
 
@@ -23,6 +24,7 @@ var commands = []command{
 	{"serve", "run the proxy from a config file", runServe},
 	{"demo", "run a self-contained demo with in-memory backends", runDemo},
 	{"check-config", "validate a config file and print warnings", runCheckConfig},
+	{"certs", "list the certificates in service (files and ACME cache)", runCerts},
 	{"version", "print the version", runVersion},
 }
 

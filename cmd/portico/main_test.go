@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -273,4 +275,77 @@ backends:
 		t.Fatal("a password reached the log")
 	}
 	_ = net.IPv4len
+}
+
+// TestServeSIGHUP: a new certificate written over the old files is served
+// after SIGHUP, without restarting and without dropping a spliced session.
+func TestServeSIGHUP(t *testing.T) {
+	bin := binary(t)
+	be, err := membackend.Start("127.0.0.1:0", membackend.User{Name: "carol@example.test", Password: "carol-pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	old, _ := ptls.SelfSigned("old.example.test")
+	ptls.WritePEM(old, certFile, keyFile)
+	imaps := freeAddr(t)
+	cfg := `
+listeners:
+  - {name: imaps, mode: imaps, address: "` + imaps + `"}
+tls:
+  certificates:
+    - {cert_file: ` + certFile + `, key_file: ` + keyFile + `}
+  reload_interval: 1h
+routing:
+  static:
+    - {user: carol@example.test, backend: mem}
+backends:
+  - {name: mem, address: "` + be.Addr() + `"}
+`
+	p := filepath.Join(dir, "portico.yaml")
+	os.WriteFile(p, []byte(cfg), 0o600)
+	cmd, stderr, _ := startBinary(t, bin, "serve", "-config", p)
+	if err := testsrv.WaitDial(imaps, 10*time.Second); err != nil {
+		t.Fatalf("serve did not listen: %v\n%s", err, stderr)
+	}
+	served := func() string {
+		c, err := tls.Dial("tcp", imaps, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"imap"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].DNSNames[0]
+	}
+	if got := served(); got != "old.example.test" {
+		t.Fatalf("served %s", got)
+	}
+	// A session spliced before the reload survives it.
+	sess, err := tls.Dial("tcp", imaps, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"imap"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	br := bufio.NewReader(sess)
+	br.ReadString('\n')
+	io.WriteString(sess, "a LOGIN carol@example.test carol-pw\r\n")
+	if l, _ := br.ReadString('\n'); !strings.HasPrefix(l, "a OK") {
+		t.Fatalf("login: %q", l)
+	}
+
+	fresh, _ := ptls.SelfSigned("new.example.test")
+	ptls.WritePEM(fresh, certFile, keyFile)
+	cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for served() != "new.example.test" {
+		if time.Now().After(deadline) {
+			t.Fatalf("new certificate not served after SIGHUP\n%s", stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	io.WriteString(sess, "b NOOP\r\n")
+	if l, _ := br.ReadString('\n'); !strings.HasPrefix(l, "b OK") {
+		t.Fatalf("session after reload: %q", l)
+	}
 }

@@ -38,16 +38,33 @@ func runServe(args []string) error {
 		for _, c := range rt.store.Certificates() {
 			logger.Info("certificate loaded", "cert", c)
 		}
-		for _, w := range rt.store.Warnings(14 * 24 * time.Hour) {
-			logger.Warn(w)
-		}
 	}
-	return serveUntilSignal(rt, cfg.Limits.ShutdownTimeout, logger)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Certificates first: ACME issuance happens before any listener opens.
+	reload, err := rt.startTLS(ctx, logger)
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				reload()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return serveUntilSignal(ctx, rt, cfg.Limits.ShutdownTimeout, logger)
 }
 
-// serveUntilSignal opens every listener (all or none), serves until SIGINT
-// or SIGTERM, then shuts down gracefully within timeout.
-func serveUntilSignal(rt *app, timeout time.Duration, logger *slog.Logger) error {
+// serveUntilSignal opens every listener (all or none), serves until ctx
+// ends (SIGINT or SIGTERM), then shuts down gracefully within timeout.
+func serveUntilSignal(ctx context.Context, rt *app, timeout time.Duration, logger *slog.Logger) error {
 	lns := make([]net.Listener, 0, len(rt.listeners))
 	for _, spec := range rt.listeners {
 		ln, err := net.Listen("tcp", spec.addr)
@@ -59,8 +76,6 @@ func serveUntilSignal(rt *app, timeout time.Duration, logger *slog.Logger) error
 		}
 		lns = append(lns, ln)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	errc := make(chan error, len(lns))
 	for i, ln := range lns {
 		spec := rt.listeners[i]

@@ -52,6 +52,9 @@ type Pebble struct {
 	HTTPPort      int
 	TLSPort       int
 	Dir           string // scratch directory with config, certificates and logs
+	// CAFile is a PEM file trusting pebble's own HTTPS listeners, for
+	// clients configured with a CA file (Portico's tls.acme.ca_file).
+	CAFile string
 
 	ca    *x509.CertPool // trusts pebble's own HTTPS listeners (not what it issues)
 	procs []*pebbleProc
@@ -96,6 +99,8 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	}
 	p.ca = x509.NewCertPool()
 	p.ca.AppendCertsFromPEM(caPEM)
+	p.CAFile = filepath.Join(dir, "ca.pem")
+	writePebbleFile(t, p.CAFile, caPEM)
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	writePebbleFile(t, certFile, certPEM)
 	writePebbleFile(t, keyFile, keyPEM)

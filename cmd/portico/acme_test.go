@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testsrv"
+)
+
+// TestServeACME runs `portico serve` with only an ACME certificate source
+// against Debian's pebble: the certificate for mail.test is obtained
+// before the listener opens, through HTTP-01 and, separately, TLS-ALPN-01;
+// an IMAP client trusting pebble's root then logs in through to a backend,
+// and `portico certs` lists the certificate from the encrypted cache.
+func TestServeACME(t *testing.T) {
+	bin := binary(t)
+	for _, challenge := range []string{"http-01", "tls-alpn-01"} {
+		t.Run(challenge, func(t *testing.T) {
+			pebble := testsrv.StartPebble(t, testsrv.PebbleOptions{})
+			be, err := membackend.Start("127.0.0.1:0", membackend.User{Name: "carol@mail.test", Password: "carol-pw", Messages: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer be.Close()
+			dir := t.TempDir()
+			imaps := freeAddr(t)
+			httpAddr, alpnAddr := fmt.Sprintf("127.0.0.1:%d", pebble.HTTPPort), "off"
+			if challenge == "tls-alpn-01" {
+				httpAddr, alpnAddr = "off", fmt.Sprintf("127.0.0.1:%d", pebble.TLSPort)
+			}
+			cfg := `
+listeners:
+  - {name: imaps, mode: imaps, address: "` + imaps + `"}
+tls:
+  acme:
+    hostnames: [mail.test]
+    email: ops@mail.test
+    directory_url: "` + pebble.DirectoryURL + `"
+    ca_file: ` + pebble.CAFile + `
+    http_address: "` + httpAddr + `"
+    tls_alpn_address: "` + alpnAddr + `"
+    cache_dir: ` + filepath.Join(dir, "acme") + `
+    cache_key: "a test cache key of some length"
+routing:
+  static:
+    - {user: carol@mail.test, backend: mem}
+backends:
+  - {name: mem, address: "` + be.Addr() + `"}
+`
+			p := filepath.Join(dir, "portico.yaml")
+			os.WriteFile(p, []byte(cfg), 0o600)
+			_, stderr, _ := startBinary(t, bin, "serve", "-config", p)
+			if err := testsrv.WaitDial(imaps, 60*time.Second); err != nil {
+				t.Fatalf("serve did not listen: %v\n%s", err, stderr)
+			}
+			roots := pebble.Roots(t)
+			for _, sni := range []string{"mail.test", ""} {
+				c, err := tls.Dial("tcp", imaps, &tls.Config{RootCAs: roots, ServerName: sni, NextProtos: []string{"imap"},
+					// Without SNI the name to verify still is mail.test.
+					InsecureSkipVerify: sni == "", VerifyConnection: verifyAs(roots, "mail.test")})
+				if err != nil {
+					t.Fatalf("TLS with SNI %q: %v\n%s", sni, err, stderr)
+				}
+				br := bufio.NewReader(c)
+				br.ReadString('\n')
+				ir := base64.StdEncoding.EncodeToString([]byte("\x00carol@mail.test\x00carol-pw"))
+				fmt.Fprintf(c, "a AUTHENTICATE PLAIN %s\r\nb SELECT INBOX\r\n", ir)
+				var got []string
+				for len(got) == 0 || !strings.HasPrefix(got[len(got)-1], "b ") {
+					l, err := br.ReadString('\n')
+					if err != nil {
+						t.Fatalf("read: %v (%q)", err, got)
+					}
+					got = append(got, l)
+				}
+				if !strings.HasPrefix(got[0], "a OK") || !strings.HasPrefix(got[len(got)-1], "b OK") {
+					t.Fatalf("login through ACME certificate: %q", got)
+				}
+				c.Close()
+			}
+			out, code := run(t, bin, nil, "certs", "-config", p)
+			if code != 0 || !strings.Contains(out, "mail.test") || !strings.Contains(strings.ToLower(out), "pebble") {
+				t.Fatalf("portico certs: exit %d\n%s", code, out)
+			}
+			// The cache holds no private key in clear.
+			filepath.Walk(filepath.Join(dir, "acme"), func(path string, info os.FileInfo, err error) error {
+				if err == nil && !info.IsDir() {
+					b, _ := os.ReadFile(path)
+					if strings.Contains(string(b), "PRIVATE KEY") {
+						t.Errorf("%s holds a private key in clear", path)
+					}
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// verifyAs checks the chain against roots for name, for a client that sent
+// no SNI (crypto/tls then has no name to verify).
+func verifyAs(roots *x509.CertPool, name string) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: name})
+		return err
+	}
+}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/crypto/acme/autocert"
+
+	"github.com/portico-mail/portico/config"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+// buildTLS loads file certificates, prepares ACME (without network access)
+// and builds the one tls.Config every client listener uses.
+func (rt *app) buildTLS(cfg *config.Config, logger *slog.Logger) error {
+	rt.tlsCfg = cfg.TLS
+	if len(cfg.TLS.Certificates) > 0 {
+		rt.pairs = make([]ptls.Pair, len(cfg.TLS.Certificates))
+		for i, c := range cfg.TLS.Certificates {
+			rt.pairs[i] = ptls.Pair{CertFile: c.CertFile, KeyFile: c.KeyFile}
+		}
+		store, err := ptls.LoadStore(rt.pairs)
+		if err != nil {
+			return err
+		}
+		rt.store = store
+	}
+	if a := cfg.TLS.ACME; a != nil {
+		m, err := rt.buildACME(a, logger)
+		if err != nil {
+			return fmt.Errorf("tls.acme: %w", err)
+		}
+		rt.acme, rt.acmeCfg = m, a
+	}
+	if rt.store == nil && rt.acme == nil {
+		return nil // no TLS listener can work; config validation says so
+	}
+	rt.tlsConfig = ptls.NewServerConfig(ptls.ServerOptions{
+		Store:                  rt.store,
+		GetCertificate:         rt.getCertificate,
+		MinVersion:             cfg.TLS.MinTLSVersion(),
+		CipherSuites:           cfg.TLS.CipherSuiteIDs(),
+		Curves:                 cfg.TLS.CurveIDs(),
+		SessionTicketsDisabled: cfg.TLS.SessionTickets.Disabled,
+	})
+	if st := cfg.TLS.SessionTickets; st.Redis && !st.Disabled && rt.redis != nil {
+		rt.tickets = &ptls.TicketKeys{
+			Client: rt.redis, Prefix: rt.redisPrefix, Secret: []byte(st.Key.Value),
+			Rotation: st.Rotation, Logger: logger,
+		}
+	}
+	return nil
+}
+
+// getCertificate serves ACME's names (and clients without SNI, which get
+// ACME's default name) from ACME, everything else from the files.
+func (rt *app) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if rt.acme != nil {
+		c, err := rt.acme.GetCertificate(hello)
+		if err == nil || rt.store == nil || !errors.Is(err, ptls.ErrNotManaged) {
+			return c, err
+		}
+	}
+	return rt.store.GetCertificate(hello)
+}
+
+// acmeTag separates cache entries by ACME directory, so that certificates
+// from the staging CA are never served after a switch to production.
+func acmeTag(directoryURL string) string {
+	h := sha256.Sum256([]byte(directoryURL))
+	return hex.EncodeToString(h[:4])
+}
+
+func (rt *app) buildACME(a *config.ACME, logger *slog.Logger) (*ptls.ACME, error) {
+	opts := ptls.ACMEOptions{
+		Hostnames:    a.Hostnames,
+		Email:        a.Email,
+		DirectoryURL: a.DirectoryURL,
+		RenewBefore:  a.RenewBefore,
+		Logger:       logger,
+	}
+	if a.CAFile != "" {
+		pem, err := os.ReadFile(a.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s: no certificates", a.CAFile)
+		}
+		opts.HTTPClient = &http.Client{
+			Timeout:   time.Minute,
+			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+		}
+	}
+	tag := acmeTag(a.DirectoryURL)
+	var key []byte
+	if a.CacheKey.Value != "" {
+		key = []byte(a.CacheKey.Value)
+	}
+	switch a.Cache {
+	case "redis":
+		if rt.redis == nil {
+			return nil, errors.New("cache redis needs routing.redis")
+		}
+		prefix := rt.redisPrefix + tag + ":"
+		opts.Cache = &ptls.RedisCache{Client: rt.redis, Prefix: prefix, Key: key, Logger: logger}
+		opts.Lock = &ptls.RedisLocker{Client: rt.redis, Prefix: prefix}
+	default:
+		var c autocert.Cache = autocert.DirCache(filepath.Join(a.CacheDir, tag))
+		if key != nil {
+			c = &ptls.EncryptedCache{Cache: c, Key: key, Logger: logger}
+		}
+		opts.Cache = c
+	}
+	return ptls.NewACME(opts)
+}
+
+// startTLS runs what keeps certificates and keys current until ctx ends:
+// the ACME challenge listeners and first issuance (before any client
+// listener opens), file reloads and shared ticket keys. It returns the
+// reload function for SIGHUP.
+func (rt *app) startTLS(ctx context.Context, logger *slog.Logger) (reload func(), err error) {
+	reload = func() {}
+	if rt.acme != nil {
+		if err := rt.startACME(ctx, logger); err != nil {
+			return nil, err
+		}
+	}
+	if rt.store != nil {
+		r := &ptls.Reloader{
+			Store: rt.store, Pairs: rt.pairs, Interval: rt.tlsCfg.ReloadInterval,
+			ExpiryWarning: rt.tlsCfg.ExpiryWarning, Logger: logger,
+		}
+		go r.Run(ctx)
+		reload = func() {
+			if err := r.Reload(); err != nil {
+				logger.Error("tls: reload failed; the previous certificates stay in service", "err", err)
+				return
+			}
+			logger.Info("tls: certificates reloaded on SIGHUP")
+		}
+	}
+	if rt.tickets != nil {
+		go rt.tickets.Run(ctx, rt.tlsConfig)
+	}
+	return reload, nil
+}
+
+func (rt *app) startACME(ctx context.Context, logger *slog.Logger) error {
+	if addr := rt.acmeCfg.HTTPChallengeAddress(); addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("tls.acme.http_address: %w", err)
+		}
+		srv := &http.Server{Handler: rt.acme.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		context.AfterFunc(ctx, func() { srv.Close() })
+		logger.Info("acme: HTTP-01 challenges", "addr", ln.Addr().String())
+	}
+	if addr := rt.acmeCfg.TLSALPNChallengeAddress(); addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("tls.acme.tls_alpn_address: %w", err)
+		}
+		go serveALPNChallenges(tls.NewListener(ln, rt.acme.TLSALPNConfig()))
+		context.AfterFunc(ctx, func() { ln.Close() })
+		logger.Info("acme: TLS-ALPN-01 challenges", "addr", ln.Addr().String())
+	}
+	octx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := rt.acme.Obtain(octx); err != nil {
+		return fmt.Errorf("acme: obtaining certificates for %v: %w", rt.acme.Hostnames(), err)
+	}
+	for _, c := range rt.acme.Certificates() {
+		logger.Info("acme: certificate in service", "cert", c, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// serveALPNChallenges completes TLS-ALPN-01 handshakes; the validation is
+// the handshake itself, so each connection is closed right after it.
+func serveALPNChallenges(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.(*tls.Conn).Handshake()
+		}()
+	}
+}
