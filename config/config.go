@@ -211,15 +211,7 @@ func (p *keyChecker) walk(n *yaml.Node, t reflect.Type, path string, depth int) 
 		fields := yamlFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
-			if k.Kind == yaml.ScalarNode && k.Value == "<<" && (k.Tag == "" || k.ShortTag() == "!!merge") {
-				// Merge keys bring in keys of other mappings at this level.
-				if v.Kind == yaml.SequenceNode {
-					for _, m := range v.Content {
-						p.walk(m, t, path, depth+1)
-					}
-				} else {
-					p.walk(v, t, path, depth+1)
-				}
+			if p.merge(k, v, t, path, depth) {
 				continue
 			}
 			ft, ok := fields[k.Value]
@@ -231,6 +223,21 @@ func (p *keyChecker) walk(n *yaml.Node, t reflect.Type, path string, depth int) 
 			p.record(sub, k.Line)
 			p.walk(v, ft, sub, depth+1)
 		}
+	case reflect.Map:
+		// Map keys are data (domain names), not schema: they are only
+		// recorded, as path["key"], so that their errors get a line.
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if p.merge(k, v, t, path, depth) {
+				continue
+			}
+			sub := path + "[" + strconv.Quote(k.Value) + "]"
+			p.record(sub, k.Line)
+			p.walk(v, t.Elem(), sub, depth+1)
+		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			return
@@ -241,6 +248,22 @@ func (p *keyChecker) walk(n *yaml.Node, t reflect.Type, path string, depth int) 
 			p.walk(item, t.Elem(), sub, depth+1)
 		}
 	}
+}
+
+// merge walks the mappings that a merge key ("<<") brings in at this
+// level, and reports whether k was one.
+func (p *keyChecker) merge(k, v *yaml.Node, t reflect.Type, path string, depth int) bool {
+	if k.Kind != yaml.ScalarNode || k.Value != "<<" || (k.Tag != "" && k.ShortTag() != "!!merge") {
+		return false
+	}
+	if v.Kind == yaml.SequenceNode {
+		for _, m := range v.Content {
+			p.walk(m, t, path, depth+1)
+		}
+	} else {
+		p.walk(v, t, path, depth+1)
+	}
+	return true
 }
 
 func where(path string) string {

@@ -120,6 +120,18 @@ func TestExample(t *testing.T) {
 	if len(c.Routing.Static) != 1 || c.Routing.Static[0].Backend != "dovecot1" {
 		t.Errorf("static = %+v", c.Routing.Static)
 	}
+	if b := c.Backends; b[0].Weight != 1 || b[1].Weight != 2 || b[0].Fallback != "" || b[0].ProxyProtocol {
+		t.Errorf("backends = %+v", b)
+	}
+	if p := c.Routing.Pools; !reflect.DeepEqual(p, []Pool{{Name: "main", Backends: []string{"dovecot1", "dovecot2"}, Policy: "assign"}}) {
+		t.Errorf("pools = %+v", p)
+	}
+	if dp := c.Routing.DomainPools; !reflect.DeepEqual(dp, map[string]string{"example.com": "main"}) || c.Routing.DefaultPool != "" {
+		t.Errorf("domain_pools = %v, default_pool = %q", dp, c.Routing.DefaultPool)
+	}
+	if c.Fleet.ProxyID != "" || c.Fleet.DrainWindow != 5*time.Minute || c.Routing.Health.Fall != 3 || c.Routing.Cache.MaxEntries != 100000 {
+		t.Errorf("fleet = %+v, health = %+v, cache = %+v", c.Fleet, c.Routing.Health, c.Routing.Cache)
+	}
 	// The example shows the defaults: filling them in must change nothing.
 	d := *c
 	d.ApplyDefaults()
@@ -247,7 +259,7 @@ func TestUnknownKeys(t *testing.T) {
 		{"deep list item", f.base("      backend: b1", "      backend: b1\n      backed: b1"), []string{`portico.yaml:14: unknown key "backed" in routing.static[0]`}},
 		{"inline options", f.base(`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"`+"\n    securty: tls"), []string{`portico.yaml:19: unknown key "securty" in backends[0]; did you mean "security"?`}},
 		{"nested tls", f.base(`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"`+"\n    security: tls\n    tls:\n      ca_fil: x"), []string{`portico.yaml:21: unknown key "ca_fil" in backends[0].tls; did you mean "ca_file"?`}},
-		{"no close key", f.base("", "zzzzzz: 1\n"), []string{`unknown key "zzzzzz" at top level; known keys: backend_defaults, backends, limits, listeners, log, routing, tls`}},
+		{"no close key", f.base("", "zzzzzz: 1\n"), []string{`unknown key "zzzzzz" at top level; known keys: backend_defaults, backends, fleet, limits, listeners, log, routing, tls`}},
 		{"secret", f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password: {envv: X}"), []string{`portico.yaml:16: unknown key "envv" in routing.redis.password`}},
 		{"secret block", f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password:\n      fiel: /x"), []string{`portico.yaml:17: unknown key "fiel" in routing.redis.password`}},
 		{"merge key", f.base("", "x: &opts\n  security: plain\n"), []string{`portico.yaml:19: unknown key "x" at top level`}},
@@ -393,11 +405,14 @@ backends:
 				ReadTimeout:  time.Second,
 				WriteTimeout: time.Second,
 			},
+			Cache:  RouteCache{PositiveTTL: 30 * time.Second, NegativeTTL: 5 * time.Second, MaxEntries: 100000},
+			Health: Health{Interval: 5 * time.Second, Timeout: 3 * time.Second, Rise: 2, Fall: 3},
 		},
-		Backends: []Backend{{Name: "b1", Address: "127.0.0.1:1143", BackendOptions: BackendOptions{
+		Backends: []Backend{{Name: "b1", Address: "127.0.0.1:1143", Weight: 1, BackendOptions: BackendOptions{
 			Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second,
 		}}},
 		BackendDefaults: BackendOptions{Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second},
+		Fleet:           Fleet{Heartbeat: 10 * time.Second, MoveHold: 30 * time.Second, DrainWindow: 5 * time.Minute},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		got, _ := json.MarshalIndent(c, "", " ")
@@ -748,6 +763,9 @@ func TestExampleCommentedOut(t *testing.T) {
 		{"    redis: false\n    # How long", "    redis: true\n    # How long"},
 		{"    # key: {env: PORTICO_TICKET_KEY}", "    key: {env: PORTICO_TICKET_KEY}"},
 		{"      # pin_sha256:", "      pin_sha256:"},
+		{"    # fallback: dovecot2", "    fallback: dovecot2"},
+		{"  # default_pool: main", "  default_pool: main"},
+		{"  # proxy_id: imap1.example.com", "  proxy_id: imap1.example.com"},
 	} {
 		if !strings.Contains(s, r[0]) {
 			t.Fatalf("example lacks %q", r[0])
@@ -774,6 +792,9 @@ func TestExampleCommentedOut(t *testing.T) {
 	}
 	if p := c.Backends[0].TLS.PinSHA256; len(p) != 1 {
 		t.Errorf("pins = %q", p)
+	}
+	if c.Backends[0].Fallback != "dovecot2" || c.Routing.DefaultPool != "main" || c.Fleet.ProxyID != "imap1.example.com" {
+		t.Errorf("fallback %q, default_pool %q, proxy_id %q", c.Backends[0].Fallback, c.Routing.DefaultPool, c.Fleet.ProxyID)
 	}
 	d := *c
 	d.ApplyDefaults()
@@ -1045,5 +1066,265 @@ func TestErrorsAreJoined(t *testing.T) {
 	var j interface{ Unwrap() []error }
 	if !errors.As(err, &j) || len(j.Unwrap()) < 2 {
 		t.Errorf("err = %#v", err)
+	}
+}
+
+// pools returns base with routing lines (indented by two) added at the
+// start of routing (line 11 on), a second backend b2, and quiet unless
+// edits set backend_defaults.
+func (f *fixture) pools(routing string, edits ...string) string {
+	all := []string{
+		"routing:\n", "routing:\n" + routing,
+		`    address: "127.0.0.1:1143"` + "\n", `    address: "127.0.0.1:1143"` + "\n  - name: b2\n    address: \"127.0.0.1:2143\"\n",
+	}
+	all = append(all, edits...)
+	if !strings.Contains(strings.Join(edits, ""), "backend_defaults") {
+		all = append(all, "", quiet)
+	}
+	return f.base(all...)
+}
+
+func TestPools(t *testing.T) {
+	f := newFixture(t)
+	yml := f.pools(`  pools:
+    - name: main
+      backends: [b1, b2]
+      policy: assign
+    - name: Closed
+      backends: [b2]
+  domain_pools: {example.com: main, "bücher.example": main, closed.example: Closed, localhost: main}
+  default_pool: main
+  cache: {positive_ttl: 1m, negative_ttl: 1m, max_entries: 100}
+  health: {interval: 1s, timeout: 999ms, rise: 1, fall: 100}
+`, `    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"
+    weight: 1000
+    fallback: b2
+    proxy_protocol: true`, "", "fleet: {proxy_id: \"imap1.example.com:4711\", heartbeat: 1s, move_hold: 10m, drain_window: 24h}\n")
+	c, err := Parse([]byte(yml), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b1 speaks PROXY protocol and b2 gets ID: a mixed pool is fine.
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("warnings %q", w)
+	}
+	r := c.Routing
+	wantPools := []Pool{{Name: "main", Backends: []string{"b1", "b2"}, Policy: "assign"}, {Name: "Closed", Backends: []string{"b2"}, Policy: "reject"}}
+	if !reflect.DeepEqual(r.Pools, wantPools) {
+		t.Errorf("pools = %+v", r.Pools)
+	}
+	wantDomains := map[string]string{"example.com": "main", "bücher.example": "main", "closed.example": "Closed", "localhost": "main"}
+	if !reflect.DeepEqual(r.DomainPools, wantDomains) || r.DefaultPool != "main" {
+		t.Errorf("domain_pools = %v, default_pool %q", r.DomainPools, r.DefaultPool)
+	}
+	if want := (RouteCache{PositiveTTL: time.Minute, NegativeTTL: time.Minute, MaxEntries: 100}); r.Cache != want {
+		t.Errorf("cache = %+v", r.Cache)
+	}
+	if want := (Health{Interval: time.Second, Timeout: 999 * time.Millisecond, Rise: 1, Fall: 100}); r.Health != want {
+		t.Errorf("health = %+v", r.Health)
+	}
+	if want := (Fleet{ProxyID: "imap1.example.com:4711", Heartbeat: time.Second, MoveHold: 10 * time.Minute, DrainWindow: 24 * time.Hour}); c.Fleet != want {
+		t.Errorf("fleet = %+v", c.Fleet)
+	}
+	b := c.Backends
+	if b[0].Weight != 1000 || b[0].Fallback != "b2" || !b[0].ProxyProtocol || b[0].ForwardID || b[1].Weight != 1 || b[1].Fallback != "" {
+		t.Errorf("backends = %+v", b)
+	}
+	d := *c
+	d.ApplyDefaults()
+	if !reflect.DeepEqual(&d, c) {
+		t.Error("ApplyDefaults is not idempotent")
+	}
+
+	// By hand: defaults and validation without a file.
+	h := &Config{
+		Listeners: []Listener{{Mode: "imaps", Address: "127.0.0.1:993"}},
+		TLS:       TLS{Certificates: []Certificate{{f.cert, f.key}}},
+		Routing: Routing{
+			Redis:       &Redis{Addrs: []string{"127.0.0.1:6379"}},
+			Pools:       []Pool{{Name: "p", Backends: []string{"b"}}},
+			DomainPools: map[string]string{"example.com": "p"},
+		},
+		Backends: []Backend{{Name: "b", Address: "127.0.0.1:143"}},
+	}
+	h.ApplyDefaults()
+	if err := h.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	if h.Routing.Pools[0].Policy != "reject" || h.Backends[0].Weight != 1 || h.Fleet.ProxyID != "" || h.Fleet.Heartbeat != 10*time.Second {
+		t.Errorf("defaults not applied: %+v %+v %+v", h.Routing.Pools, h.Backends, h.Fleet)
+	}
+	// A bad positive_ttl or interval is reported once, not again through
+	// negative_ttl or timeout.
+	h.Routing.Cache.PositiveTTL = -time.Second
+	h.Routing.Health.Interval = 2 * time.Hour
+	err = h.Validate()
+	if err == nil || strings.Count(err.Error(), "\n") != 1 || !strings.Contains(err.Error(), "routing.cache.positive_ttl") || !strings.Contains(err.Error(), "routing.health.interval") {
+		t.Errorf("err = %v", err)
+	}
+	h.Routing.Cache.PositiveTTL = 30 * time.Second
+	h.Routing.Health.Interval = 5 * time.Second
+	// Problems with map keys come out in a stable order.
+	h.Routing.DomainPools = map[string]string{"z.example": "nope", "A.example": "p", "m.example": "p", "b..example": "p"}
+	for range 3 {
+		err := h.Validate()
+		if err == nil {
+			t.Fatal("no error")
+		}
+		want := []string{
+			`config: routing.domain_pools["A.example"]: "A.example" must be written in lower case, "a.example": user names are lower-cased before the lookup`,
+			`config: routing.domain_pools["b..example"]: "b..example" is not a valid domain: each dot-separated label needs 1 to 63 characters`,
+			`config: routing.domain_pools["z.example"]: "nope" is not defined in routing.pools (defined: p)`,
+		}
+		lines := strings.Split(err.Error(), "\n")
+		if len(lines) != len(want) {
+			t.Fatalf("err =\n%v", err)
+		}
+		for i, w := range want {
+			if !strings.HasPrefix(lines[i], w) {
+				t.Errorf("line %d = %q, want %s", i, lines[i], w)
+			}
+		}
+	}
+}
+
+func TestPoolValidation(t *testing.T) {
+	f := newFixture(t)
+	const redis = "  redis:\n    addrs: [\"127.0.0.1:6379\"]\n"
+	const b1 = `    address: "127.0.0.1:1143"`
+	pool := func(lines string) string { return "  pools:\n" + lines }
+	for _, tc := range []struct {
+		name    string
+		routing string   // added at the start of routing, line 11 on
+		edits   []string // applied after
+		want    string
+	}{
+		// backends: weight, fallback, proxy_protocol
+		{"weight negative", "", []string{b1, b1 + "\n    weight: -1"}, `portico.yaml:19: backends[0].weight: must be between 1 and 1000, not -1`},
+		{"weight large", "", []string{b1, b1 + "\n    weight: 1001"}, `backends[0].weight: must be between 1 and 1000, not 1001`},
+		{"fallback self", "", []string{b1, b1 + "\n    fallback: b1"}, `portico.yaml:19: backends[0].fallback: "b1" is this backend itself`},
+		{"fallback unknown", "", []string{b1, b1 + "\n    fallback: b9"}, `backends[0].fallback: "b9" is not defined in backends (defined: b1, b2)`},
+		{"fallback case", "", []string{b1, b1 + "\n    fallback: B2"}, `backends[0].fallback: "B2" is not defined in backends (defined: b1, b2)`},
+		{"proxy protocol and id", "", []string{b1, b1 + "\n    forward_id: true\n    proxy_protocol: true"}, `portico.yaml:20: backends[0].proxy_protocol: and forward_id are exclusive: a backend learns the client's address from one mechanism`},
+		{"defaults proxy protocol and id", "", []string{"", "backend_defaults: {forward_id: true, proxy_protocol: true}\n"}, `backend_defaults.proxy_protocol: and forward_id are exclusive`},
+		// pools
+		{"pool name missing", pool("    - backends: [b1]\n"), nil, `portico.yaml:12: routing.pools[0].name: is required`},
+		{"pool name chars", pool("    - name: \"my pool\"\n      backends: [b1]\n"), nil, `routing.pools[0].name: "my pool" must contain only letters, digits, '.', '_' and '-'`},
+		{"pool duplicate", pool("    - {name: main, backends: [b1]}\n    - {name: Main, backends: [b2]}\n"), nil, `portico.yaml:13: routing.pools[1].name: "Main" is already the name of routing.pools[0] (names are compared case-insensitively)`},
+		{"pool named like backend", pool("    - {name: b1, backends: [b1]}\n  default_pool: b2\n"), nil, `routing.default_pool: "b2" is not defined in routing.pools (defined: b1)`},
+		{"pool without backends", pool("    - name: main\n"), nil, `portico.yaml:12: routing.pools[0].backends: at least one backend is required`},
+		{"pool empty backends", pool("    - name: main\n      backends: []\n"), nil, `portico.yaml:13: routing.pools[0].backends: at least one backend is required`},
+		{"pool unknown member", pool("    - name: main\n      backends:\n        - b1\n        - b3\n"), nil, `portico.yaml:15: routing.pools[0].backends[1]: "b3" is not defined in backends (defined: b1, b2)`},
+		{"pool empty member", pool("    - name: main\n      backends: [b1, \"\"]\n"), nil, `routing.pools[0].backends[1]: must name an entry in backends`},
+		{"pool duplicate member", pool("    - name: main\n      backends: [b1, b2, b1]\n"), nil, `routing.pools[0].backends[2]: "b1" is already listed as routing.pools[0].backends[0]; use weight`},
+		{"pool policy", pool("    - name: main\n      backends: [b1]\n      policy: random\n"), nil, `portico.yaml:14: routing.pools[0].policy: must be "reject" or "assign", not "random"`},
+		{"pool policy case", pool("    - {name: main, backends: [b1], policy: Assign}\n"), nil, `routing.pools[0].policy: must be "reject" or "assign", not "Assign"`},
+		{"assign without redis", pool("    - name: main\n      backends: [b1]\n      policy: assign\n"), []string{redis, ""}, `portico.yaml:14: routing.pools[0].policy: "assign" needs routing.redis, where assignments are written, which is not configured`},
+		// domain_pools and default_pool
+		{"domain upper case", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools:\n    Example.COM: main\n", nil, `portico.yaml:14: routing.domain_pools["Example.COM"]: "Example.COM" must be written in lower case, "example.com": user names are lower-cased before the lookup`},
+		{"domain at", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {\"@example.com\": main}\n", nil, `portico.yaml:13: routing.domain_pools["@example.com"]: "@example.com" must be a domain such as example.com, without "@"`},
+		{"domain wildcard", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {\"*.example.com\": main}\n", nil, `routing.domain_pools["*.example.com"]: "*.example.com" is a wildcard; list each domain`},
+		{"domain final dot", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {example.com.: main}\n", nil, `"example.com." must be written without a leading or final dot`},
+		{"domain empty", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {\"\": main}\n", nil, `routing.domain_pools[""]: "" must be a domain such as example.com`},
+		{"domain space", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {\"exa mple.com\": main}\n", nil, `"exa mple.com" is not a valid domain: only letters, digits, '-' and '.' are allowed`},
+		{"domain port", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {\"example.com:993\": main}\n", nil, `"example.com:993" is not a valid domain: only letters`},
+		{"domain hyphen", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {-x.example: main}\n", nil, `"-x.example" is not a valid domain: each dot-separated label needs 1 to 63 characters and must not start or end with '-'`},
+		{"domain long label", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {" + strings.Repeat("a", 64) + ".example: main}\n", nil, `is not a valid domain: each dot-separated label`},
+		{"domain long", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools: {" + strings.Repeat("a.", 127) + "com: main}\n", nil, `is longer than 253 characters`},
+		{"domain unknown pool", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools:\n    example.com: mian\n", nil, `portico.yaml:14: routing.domain_pools["example.com"]: "mian" is not defined in routing.pools (defined: main)`},
+		{"domain empty pool", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools:\n    example.com: \"\"\n", nil, `routing.domain_pools["example.com"]: must name an entry in routing.pools`},
+		{"domain no pools", "  domain_pools:\n    example.com: main\n", nil, `routing.domain_pools["example.com"]: "main" is not defined in routing.pools (there are none)`},
+		{"domain duplicate", pool("    - {name: main, backends: [b1]}\n") + "  domain_pools:\n    example.com: main\n    example.com: main\n", nil, `portico.yaml:15: routing.domain_pools["example.com"]: mapping key "example.com" already defined at line 14`},
+		{"domain not a map", "  domain_pools: [example.com]\n", nil, `portico.yaml:11: routing.domain_pools: cannot unmarshal`},
+		{"default pool unknown", pool("    - {name: main, backends: [b1]}\n") + "  default_pool: other\n", nil, `portico.yaml:13: routing.default_pool: "other" is not defined in routing.pools (defined: main)`},
+		// cache
+		{"positive ttl long", "  cache: {positive_ttl: 2h}\n", nil, `portico.yaml:11: routing.cache.positive_ttl: must be between 1ms and 1h, not 2h`},
+		{"positive ttl negative", "  cache:\n    positive_ttl: -1s\n", nil, `portico.yaml:12: routing.cache.positive_ttl: must be between 1ms and 1h, not -1s`},
+		{"negative ttl above positive", "  cache: {positive_ttl: 10s, negative_ttl: 11s}\n", nil, `routing.cache.negative_ttl: must be between 1ms and positive_ttl (10s), not 11s`},
+		{"negative ttl above default positive", "  cache: {negative_ttl: 1m}\n", nil, `routing.cache.negative_ttl: must be between 1ms and positive_ttl (30s), not 1m`},
+		{"negative ttl negative", "  cache: {negative_ttl: -5s}\n", nil, `routing.cache.negative_ttl: must be between 1ms and positive_ttl (30s), not -5s`},
+		{"max entries small", "  cache: {max_entries: 99}\n", nil, `routing.cache.max_entries: must be between 100 and 10000000, not 99`},
+		{"max entries large", "  cache: {max_entries: 10000001}\n", nil, `routing.cache.max_entries: must be between 100 and 10000000, not 10000001`},
+		{"disabled cache still checked", "  cache: {disabled: true, max_entries: -1}\n", nil, `routing.cache.max_entries: must be between 100 and 10000000, not -1`},
+		// health
+		{"interval short", "  health:\n    interval: 500ms\n", nil, `portico.yaml:12: routing.health.interval: must be between 1s and 1h, not 500ms`},
+		{"interval long", "  health: {interval: 2h}\n", nil, `routing.health.interval: must be between 1s and 1h, not 2h`},
+		{"timeout equals interval", "  health: {interval: 3s}\n", nil, `routing.health.timeout: must be at least 1ms and less than interval (3s), not 3s`},
+		{"timeout above interval", "  health: {timeout: 10s}\n", nil, `routing.health.timeout: must be at least 1ms and less than interval (5s), not 10s`},
+		{"timeout negative", "  health: {timeout: -1s}\n", nil, `routing.health.timeout: must be at least 1ms and less than interval (5s), not -1s`},
+		{"rise", "  health: {rise: -1}\n", nil, `routing.health.rise: must be between 1 and 100, not -1`},
+		{"fall", "  health: {fall: 101}\n", nil, `routing.health.fall: must be between 1 and 100, not 101`},
+		// fleet
+		{"heartbeat short", "", []string{"", "fleet:\n  heartbeat: 500ms\n"}, `portico.yaml:22: fleet.heartbeat: must be between 1s and 5m, not 500ms`},
+		{"heartbeat long", "", []string{"", "fleet: {heartbeat: 6m}\n"}, `fleet.heartbeat: must be between 1s and 5m, not 6m`},
+		{"move hold", "", []string{"", "fleet: {move_hold: 11m}\n"}, `fleet.move_hold: must be between 1s and 10m, not 11m`},
+		{"move hold short", "", []string{"", "fleet: {move_hold: 100ms}\n"}, `fleet.move_hold: must be between 1s and 10m, not 100ms`},
+		{"drain window negative", "", []string{"", "fleet: {drain_window: -1s}\n"}, `fleet.drain_window: must be between 0 (the default, 5m) and 24h, not -1s`},
+		{"drain window long", "", []string{"", "fleet: {drain_window: 25h}\n"}, `fleet.drain_window: must be between 0 (the default, 5m) and 24h, not 25h`},
+		{"proxy id space", "", []string{"", "fleet:\n  proxy_id: \"imap 1\"\n"}, `portico.yaml:22: fleet.proxy_id: "imap 1" must be at most 128 characters: letters, digits, '.', '_', '-' and ':'`},
+		{"proxy id braces", "", []string{"", "fleet: {proxy_id: \"{imap1}\"}\n"}, `fleet.proxy_id: "{imap1}" must be at most 128 characters`},
+		{"proxy id long", "", []string{"", "fleet: {proxy_id: " + strings.Repeat("a", 129) + "}\n"}, `must be at most 128 characters`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			yml := f.pools(tc.routing, tc.edits...)
+			_, err := Parse([]byte(yml), "portico.yaml")
+			if err == nil {
+				t.Fatalf("no error, want %s\n%s", tc.want, yml)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error\n%v\ndoes not contain\n%s", err, tc.want)
+			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "config: portico.yaml") {
+					t.Errorf("line %q does not start with the file name", line)
+				}
+			}
+		})
+	}
+}
+
+func TestPoolWarnings(t *testing.T) {
+	f := newFixture(t)
+	const redis = "  redis:\n    addrs: [\"127.0.0.1:6379\"]\n"
+	const b1 = `    address: "127.0.0.1:1143"`
+	for _, tc := range []struct {
+		name    string
+		routing string
+		edits   []string
+		want    []string
+	}{
+		{"mixed pool", "  pools: [{name: main, backends: [b1, b2], policy: assign}]\n", []string{b1, b1 + "\n    proxy_protocol: true\n  - name: b3\n    address: \"127.0.0.1:3143\"\n    forward_id: true"}, nil},
+		{"health disabled", "  health: {disabled: true}\n", nil, []string{`routing.health.disabled: logins to a dead backend wait for the connect timeout`}},
+		{"cache disabled", "  cache: {disabled: true}\n", nil, []string{`routing.cache.disabled: every login that static routes do not answer costs a Redis round trip`}},
+		{"cache disabled without redis", "  cache: {disabled: true}\n", []string{redis, ""}, nil},
+		{"pools without redis", "  pools: [{name: main, backends: [b1]}]\n  domain_pools: {example.com: main}\n  default_pool: main\n", []string{redis, ""}, []string{
+			`routing.pools: has no effect without routing.redis`,
+			`routing.domain_pools: has no effect without routing.redis`,
+			`routing.default_pool: has no effect without routing.redis`,
+		}},
+		{"fleet without redis", "", []string{redis, "", "", "fleet: {proxy_id: imap1, heartbeat: 5s, move_hold: 1m, drain_window: 1h}\n"}, []string{
+			`fleet.proxy_id: has no effect without routing.redis`,
+			`fleet.heartbeat: has no effect`,
+			`fleet.move_hold: has no effect`,
+			`fleet.drain_window: has no effect`,
+		}},
+		{"fleet defaults without redis", "", []string{redis, "", "", "fleet: {heartbeat: 10s, move_hold: 30s, drain_window: 5m}\n"}, nil},
+		{"fleet with redis", "", []string{"", "fleet: {proxy_id: imap1, heartbeat: 5s}\n"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(f.pools(tc.routing, tc.edits...)), "portico.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := c.Warnings()
+			if len(w) != len(tc.want) {
+				t.Fatalf("warnings %q, want %d: %q", w, len(tc.want), tc.want)
+			}
+			for i, want := range tc.want {
+				if !strings.Contains(w[i], want) {
+					t.Errorf("warning %d = %q, want one containing %s", i, w[i], want)
+				}
+			}
+		})
 	}
 }

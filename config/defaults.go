@@ -29,6 +29,18 @@ const (
 	defaultACMEHTTPAddress   = ":80"
 	defaultACMECache         = "dir"
 	defaultACMECacheDir      = "/var/lib/portico/acme"
+	defaultWeight            = 1
+	defaultPoolPolicy        = "reject"
+	defaultPositiveTTL       = 30 * time.Second
+	defaultNegativeTTL       = 5 * time.Second
+	defaultCacheEntries      = 100_000
+	defaultHealthInterval    = 5 * time.Second
+	defaultHealthTimeout     = 3 * time.Second
+	defaultHealthRise        = 2
+	defaultHealthFall        = 3
+	defaultHeartbeat         = 10 * time.Second
+	defaultMoveHold          = 30 * time.Second
+	defaultDrainWindow       = 5 * time.Minute
 )
 
 // ApplyDefaults replaces zero values with their defaults. Parse calls it;
@@ -68,10 +80,31 @@ func (c *Config) ApplyDefaults() {
 		setDur(&r.ReadTimeout, defaultRedisTimeout)
 		setDur(&r.WriteTimeout, defaultRedisTimeout)
 	}
+	for i := range c.Routing.Pools {
+		if c.Routing.Pools[i].Policy == "" {
+			c.Routing.Pools[i].Policy = defaultPoolPolicy
+		}
+	}
+	rc := &c.Routing.Cache
+	setDur(&rc.PositiveTTL, defaultPositiveTTL)
+	setDur(&rc.NegativeTTL, defaultNegativeTTL)
+	setInt(&rc.MaxEntries, defaultCacheEntries)
+	h := &c.Routing.Health
+	setDur(&h.Interval, defaultHealthInterval)
+	setDur(&h.Timeout, defaultHealthTimeout)
+	setInt(&h.Rise, defaultHealthRise)
+	setInt(&h.Fall, defaultHealthFall)
 	for i := range c.Backends {
+		setInt(&c.Backends[i].Weight, defaultWeight)
 		c.Backends[i].BackendOptions.ApplyDefaults()
 	}
 	c.BackendDefaults.ApplyDefaults()
+	// ProxyID stays empty: the binary fills in hostname:pid, which a
+	// config file shared by a fleet cannot know.
+	f := &c.Fleet
+	setDur(&f.Heartbeat, defaultHeartbeat)
+	setDur(&f.MoveHold, defaultMoveHold)
+	setDur(&f.DrainWindow, defaultDrainWindow)
 }
 
 // ApplyDefaults replaces zero TLS settings with their defaults.

@@ -15,6 +15,9 @@ type Config struct {
 	// BackendDefaults apply to literal backend addresses found in Redis
 	// route records (those that do not name a configured backend).
 	BackendDefaults BackendOptions `yaml:"backend_defaults"`
+	// Fleet: session registry, kick, move and drain across proxies
+	// (needs routing.redis).
+	Fleet Fleet `yaml:"fleet"`
 }
 
 // Log configures log/slog.
@@ -138,6 +141,63 @@ type Routing struct {
 	Static []StaticRoute `yaml:"static"`
 	// Redis is optional; without it only static routes exist.
 	Redis *Redis `yaml:"redis"`
+	// Pools group backends; a Redis route may name a pool, and users
+	// without a route can be assigned to a pool's members.
+	Pools []Pool `yaml:"pools"`
+	// DomainPools maps a user's domain, in lower case, to the pool that
+	// takes users of that domain without a route; DefaultPool takes the
+	// rest. Both are used only with Redis.
+	DomainPools map[string]string `yaml:"domain_pools"`
+	DefaultPool string            `yaml:"default_pool"`
+	// Cache keeps route records in process; invalidated fleet-wide.
+	Cache RouteCache `yaml:"cache"`
+	// Health checks backends actively and passively.
+	Health Health `yaml:"health"`
+}
+
+// Pool is a named group of backends.
+type Pool struct {
+	Name     string   `yaml:"name"`     // required, unique; a namespace apart from backends
+	Backends []string `yaml:"backends"` // names of configured backends; at least one
+	// Policy for users without a route: "reject" (default; answered like a
+	// wrong password) or "assign" (weighted rendezvous hashing over the
+	// healthy members, written to Redis, which it needs; the user stays
+	// there).
+	Policy string `yaml:"policy"`
+}
+
+// RouteCache configures the in-process route cache.
+type RouteCache struct {
+	Disabled    bool          `yaml:"disabled"`
+	PositiveTTL time.Duration `yaml:"positive_ttl"` // default 30s
+	NegativeTTL time.Duration `yaml:"negative_ttl"` // default 5s
+	MaxEntries  int           `yaml:"max_entries"`  // default 100000
+}
+
+// Health configures backend health checks.
+type Health struct {
+	Disabled bool          `yaml:"disabled"`
+	Interval time.Duration `yaml:"interval"` // default 5s
+	Timeout  time.Duration `yaml:"timeout"`  // default 3s
+	Rise     int           `yaml:"rise"`     // good checks to come back; default 2
+	Fall     int           `yaml:"fall"`     // failures to go down; default 3
+}
+
+// Fleet configures how proxies share live session state through Redis.
+type Fleet struct {
+	// ProxyID names this proxy in session listings. Empty (the default)
+	// means hostname:pid, which the binary fills in.
+	ProxyID string `yaml:"proxy_id"`
+	// Heartbeat refreshes this proxy's session registry; entries expire
+	// after three missed heartbeats. Default 10s.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// MoveHold is how long `portico move` holds a user's new logins at
+	// most while the old sessions end. Default 30s.
+	MoveHold time.Duration `yaml:"move_hold"`
+	// DrainWindow spreads the sessions ended by a drain deadline over
+	// this long, so clients do not reconnect all at once. At most 24h;
+	// zero means the default, 5m.
+	DrainWindow time.Duration `yaml:"drain_window"`
 }
 
 // StaticRoute sends one user to one configured backend.
@@ -191,8 +251,14 @@ type ClientTLS struct {
 
 // Backend is a named backend IMAP server.
 type Backend struct {
-	Name           string `yaml:"name"`    // required, unique
-	Address        string `yaml:"address"` // required, host:port
+	Name    string `yaml:"name"`    // required, unique
+	Address string `yaml:"address"` // required, host:port
+	// Weight is its share of a pool's new users, relative to the other
+	// members; 1..1000, default 1.
+	Weight int `yaml:"weight"`
+	// Fallback names another backend that takes this one's logins while
+	// it is down or drained (it must reach the same mailboxes); optional.
+	Fallback       string `yaml:"fallback"`
 	BackendOptions `yaml:",inline"`
 }
 
@@ -208,4 +274,9 @@ type BackendOptions struct {
 	ForwardID      bool          `yaml:"forward_id"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"` // default 10s
 	LoginTimeout   time.Duration `yaml:"login_timeout"`   // default 30s
+	// ProxyProtocol sends a PROXY protocol v2 header with the client's
+	// address instead of ID forwarding (one mechanism per backend: not
+	// with ForwardID; the backend's listener must expect it, e.g. Dovecot
+	// haproxy = yes). Default false.
+	ProxyProtocol bool `yaml:"proxy_protocol"`
 }

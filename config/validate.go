@@ -25,6 +25,8 @@ func (c *Config) Validate() error {
 	c.validateLimits(v)
 	c.validateRouting(v)
 	c.validateBackends(v)
+	c.validatePools(v)
+	c.validateFleet(v)
 	return errors.Join(v.errs...)
 }
 
@@ -359,6 +361,7 @@ func (c *Config) validateBackends(v *validator) {
 		} else if _, _, err := splitHostPort(b.Address, false); err != nil {
 			v.add(p+".address", "%v", err)
 		}
+		c.validateBackendPool(v, p, &b)
 		checkBackendOptions(v, p, &b.BackendOptions)
 	}
 	checkBackendOptions(v, "backend_defaults", &c.BackendDefaults)
@@ -386,6 +389,9 @@ func checkBackendOptions(v *validator, p string, o *BackendOptions) {
 	case "starttls", "tls":
 	default:
 		v.add(p+".security", `must be "plain", "starttls" or "tls", not %q`, o.Security)
+	}
+	if o.ProxyProtocol && o.ForwardID {
+		v.add(p+".proxy_protocol", "and forward_id are exclusive: a backend learns the client's address from one mechanism, the PROXY header or ID; choose one")
 	}
 	checkDur(v, p+".connect_timeout", o.ConnectTimeout, time.Millisecond, 5*time.Minute)
 	checkDur(v, p+".login_timeout", o.LoginTimeout, time.Millisecond, 5*time.Minute)

@@ -84,6 +84,7 @@ func (c *Config) Warnings() []string {
 	if t := c.BackendDefaults.TLS; t != nil && t.InsecureSkipVerify {
 		add("backend_defaults.tls.insecure_skip_verify", "backends' certificates are not verified: anyone on the path can impersonate them and collect users' passwords")
 	}
+	c.poolWarnings(add)
 	return w
 }
 
