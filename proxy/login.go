@@ -43,6 +43,26 @@ func (s *session) login(tag, method, rawUser, password string) action {
 	if err != nil {
 		return s.authFailed(tag, start, "", "invalid user name")
 	}
+	if gate := s.srv.LoginGate; gate != nil {
+		ctx, cancel := context.WithTimeout(s.srv.stopping, s.lim.LoginGateTimeout)
+		err := gate(ctx, user)
+		cancel()
+		if err != nil {
+			s.srv.logger().Info("login held back", "session", s.id, "user", user, "err", err)
+			return s.unavailable(tag)
+		}
+	}
+	// From here on a kick of the user reaches this login: it is refused
+	// rather than spliced to a backend the user may be leaving.
+	s.srv.beginLogin(s, user)
+	act := s.loginTo(tag, method, user, password, start)
+	if act != actSplice {
+		s.srv.unregister(s)
+	}
+	return act
+}
+
+func (s *session) loginTo(tag, method, user, password string, start time.Time) action {
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.lim.LookupTimeout)
 	b, err := s.srv.Router.Lookup(ctx, user)
 	cancel()
@@ -61,8 +81,14 @@ func (s *session) login(tag, method, rawUser, password string) action {
 		s.srv.logger().Warn("backend login failed", "session", s.id, "user", user, "backend", b.String(), "err", err)
 		return s.unavailable(tag)
 	}
+	s.user, s.backend = user, b
+	if !s.srv.commitLogin(s) {
+		res.Conn.Close()
+		s.srv.logger().Info("login refused: user kicked", "session", s.id, "user", user, "backend", b.String())
+		return s.unavailable(tag)
+	}
 	s.srv.logger().Debug("logged in", "session", s.id, "user", user, "backend", b.String(), "method", method)
-	s.user, s.backend, s.up, s.loginTag = user, b, res, tag
+	s.up, s.loginTag = res, tag
 	return actSplice
 }
 

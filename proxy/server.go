@@ -67,6 +67,8 @@ type Limits struct {
 	LookupTimeout    time.Duration // routing lookup (2s)
 	IdleTimeout      time.Duration // spliced session without traffic in either direction (31m)
 	ProxyTTL         int           // x-proxy-ttl sent to backends (5)
+	KickTimeout      time.Duration // a kicked session's wait for a response boundary, then it is closed (10s)
+	LoginGateTimeout time.Duration // longest wait in Server.LoginGate (15s)
 }
 
 func (l Limits) withDefaults() Limits {
@@ -90,6 +92,12 @@ func (l Limits) withDefaults() Limits {
 	defd(&l.HandshakeTimeout, 10*time.Second)
 	defd(&l.AuthFailureDelay, 2*time.Second)
 	defd(&l.LookupTimeout, 2*time.Second)
+	if l.KickTimeout <= 0 {
+		l.KickTimeout = 10 * time.Second
+	}
+	if l.LoginGateTimeout <= 0 {
+		l.LoginGateTimeout = 15 * time.Second
+	}
 	if l.IdleTimeout <= 0 {
 		l.IdleTimeout = 31 * time.Minute
 	}
@@ -124,19 +132,39 @@ type Server struct {
 	// Login defaults to upstream.Login.
 	Login LoginFunc
 
+	// LoginGate, if set, is asked before every login, after the user name
+	// is normalised and before routing. It may wait, for instance to hold a
+	// user's new logins while the user is moved to another backend, until
+	// ctx is done (Limits.LoginGateTimeout, or shutdown). A non-nil error
+	// answers the login with NO [UNAVAILABLE]; the client may retry.
+	LoginGate func(ctx context.Context, user string) error
+
+	// OnSplice is called when a session is logged in and spliced, and
+	// OnEnd when that session has ended, once each per session and in that
+	// order. They run on the session's goroutine and must not block: a
+	// registry that writes to Redis should queue the update.
+	OnSplice func(SessionInfo)
+	OnEnd    func(SessionInfo)
+
 	initOnce sync.Once
 	limits   Limits
 
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
 	sessions  map[*session]struct{}
+	spliced   map[*session]struct{}            // logged-in sessions
+	byUser    map[string]map[*session]struct{} // the same, by user
 	closing   atomic.Bool
 	done      chan struct{} // closed when shutting down
 	// ctx is cancelled when the remaining sessions are closed; lookups and
 	// backend logins of every session run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// stopping is cancelled as soon as shutdown begins: waits that only
+	// delay a login (LoginGate) end then.
+	stopping context.Context
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -147,8 +175,11 @@ func (s *Server) init() {
 		s.limits = s.Limits.withDefaults()
 		s.listeners = make(map[*net.Listener]struct{})
 		s.sessions = make(map[*session]struct{})
+		s.spliced = make(map[*session]struct{})
+		s.byUser = make(map[string]map[*session]struct{})
 		s.done = make(chan struct{})
 		s.ctx, s.cancel = context.WithCancel(context.Background())
+		s.stopping, s.stop = context.WithCancel(s.ctx)
 	})
 }
 
@@ -250,6 +281,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closing.CompareAndSwap(false, true) {
 		close(s.done)
+		s.stop()
 	}
 	for ln := range s.listeners {
 		(*ln).Close()

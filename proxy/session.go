@@ -69,6 +69,15 @@ type session struct {
 	backendConn net.Conn // once spliced
 	closed      atomic.Bool
 
+	sp    *splicer  // created at hand-off
+	since time.Time // when the splice began
+
+	// Guarded by Server.mu; see sessions.go.
+	reg        regState
+	regUser    string      // the user this session is registered under
+	pendingBye []byte      // a kick that came before the splice ran
+	kickTimer  *time.Timer // a scheduled kick (KickBackend)
+
 	toBackend, toClient int64
 }
 
@@ -409,6 +418,11 @@ func (s *session) handOff() net.Conn {
 	s.writeStatus(s.loginTag, imap.StatusResponseTypeOK, code, "Logged in")
 	// What the backend sent after its OK follows our OK, in order.
 	s.bw.Write(up.Buffered)
+	// The framers start at the boundary after the login exchange and
+	// follow what each side sent past it.
+	s.sp = &splicer{Idle: s.lim.IdleTimeout}
+	s.sp.up.heads = true
+	s.sp.down.feed(up.Buffered)
 	if err := s.bw.Flush(); err != nil {
 		backendConn.Close()
 		s.outcome = "client gone at login"
@@ -417,6 +431,10 @@ func (s *session) handOff() net.Conn {
 	// What the client pipelined behind its login command goes to the backend.
 	if n := s.br.Buffered(); n > 0 {
 		p, _ := s.br.Peek(n)
+		s.sp.up.feed(p)
+		if s.sp.up.compress {
+			s.sp.compressed.Store(true)
+		}
 		backendConn.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		if _, err := backendConn.Write(p); err != nil {
 			backendConn.Close()
@@ -446,10 +464,23 @@ func (s *session) handOff() net.Conn {
 // splice runs a logged-in session to its end. It owns both connections.
 func (s *session) splice(backendConn net.Conn) {
 	defer s.finish()
-	p := &splicer{Idle: s.lim.IdleTimeout}
+	p := s.sp
+	p.client, p.backend = s.conn, backendConn
+	s.since = time.Now()
+	bye := s.srv.startSplice(s)
+	if f := s.srv.OnSplice; f != nil {
+		f(s.info())
+	}
+	if bye != nil {
+		// Kicked between its login and now; the login reply is out.
+		p.kick(bye, s.lim.KickTimeout)
+	}
 	toBackend, toClient, err := p.splice(s.srv.ctx, s.conn, backendConn)
+	s.srv.unregister(s)
 	s.toBackend, s.toClient = toBackend, toClient
 	switch {
+	case p.kicked():
+		s.outcome = "kicked"
 	case err == nil || errors.Is(err, io.EOF):
 		s.outcome = "logged out"
 	case s.closed.Load() || s.srv.ctx.Err() != nil:
@@ -457,11 +488,15 @@ func (s *session) splice(backendConn net.Conn) {
 	default:
 		s.outcome = "connection error"
 	}
+	if f := s.srv.OnEnd; f != nil {
+		f(s.info())
+	}
 }
 
 // finish closes the client connection and logs the one line per session.
 func (s *session) finish() {
 	defer s.srv.sessionDone(s)
+	s.srv.unregister(s)
 	s.flush()
 	s.releaseIO()
 	s.raw.Close()

@@ -113,6 +113,13 @@ type harness struct {
 
 func newHarness(t *testing.T, tune func(*proxy.Limits)) *harness {
 	t.Helper()
+	return newHarnessWith(t, tune, nil)
+}
+
+// newHarnessWith is newHarness with a chance to set the server's hooks
+// before it serves.
+func newHarnessWith(t *testing.T, tune func(*proxy.Limits), setup func(*proxy.Server)) *harness {
+	t.Helper()
 	baseline := runtime.NumGoroutine()
 	// Registered first, so it runs last: after the server, the backends
 	// and every client are gone, no goroutine may be left.
@@ -165,6 +172,9 @@ func newHarness(t *testing.T, tune func(*proxy.Limits)) *harness {
 		DefaultDomain: "example.test",
 		Limits:        lim,
 		Logger:        slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	if setup != nil {
+		setup(h.srv)
 	}
 	h.imaps = h.serve(proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS})
 	h.imap = h.serve(proxy.Listener{Name: "imap", Mode: proxy.StartTLS})

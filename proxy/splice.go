@@ -70,6 +70,18 @@ type splicer struct {
 	closeOnce       sync.Once
 	errMu           sync.Mutex
 	err             error // first error that ended the session
+
+	// Framing, for kicks (kick.go). downMu is held around every write to
+	// the client by the backend->client direction and by a kick, so that
+	// down always describes exactly what the client has received and a BYE
+	// never lands inside a response.
+	downMu     sync.Mutex
+	down       framer // backend->client; guarded by downMu
+	up         framer // client->backend; owned by that direction
+	compressed atomic.Bool
+	kickMsg    atomic.Pointer[[]byte] // the BYE line of a pending kick
+	kickEnded  bool                   // the kick has ended the session; guarded by downMu
+	kickTimer  atomic.Pointer[time.Timer]
 }
 
 // splice runs the session; see the package-level splice. Both directions
@@ -77,7 +89,10 @@ type splicer struct {
 // then gets halfCloseGrace to finish. Any other error, and ctx being done,
 // close both at once. The byte counts can also be read while it runs.
 func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBackend, toClient int64, err error) {
-	p.client, p.backend = client, backend
+	if p.client == nil {
+		// Not set by the session already (a kick may be reading them).
+		p.client, p.backend = client, backend
+	}
 	if p.Idle > 0 {
 		p.idle = max(p.Idle, minIdle)
 		p.epoch = time.Now()
@@ -88,6 +103,11 @@ func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBacke
 	}
 	stop := context.AfterFunc(ctx, p.closeBoth)
 	defer stop()
+	defer func() {
+		if t := p.kickTimer.Load(); t != nil {
+			t.Stop()
+		}
+	}()
 
 	done := make(chan struct{})
 	go func() {
@@ -108,14 +128,18 @@ func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBacke
 // spliceToBackend and spliceToClient exist so that stack dumps say which
 // direction a goroutine copies.
 func (p *splicer) spliceToBackend() {
-	p.finish(p.backend, p.copy(p.backend, p.client, &p.toBackend))
+	p.finish(p.backend, p.copy(p.writeBackend, p.client, &p.toBackend))
 }
 
 func (p *splicer) spliceToClient() {
-	p.finish(p.client, p.copy(p.client, p.backend, &p.toClient))
+	p.finish(p.client, p.copy(p.writeClient, p.backend, &p.toClient))
 }
 
-func (p *splicer) copy(dst, src net.Conn, n *atomic.Int64) error {
+// A chunkWriter passes one chunk on to the other side: writeBackend or
+// writeClient, which follow the frames on the way.
+type chunkWriter func([]byte) (int, error)
+
+func (p *splicer) copy(dst chunkWriter, src net.Conn, n *atomic.Int64) error {
 	if tc, ok := src.(*net.TCPConn); ok {
 		return p.copyFromTCP(dst, tc, n)
 	}
@@ -180,7 +204,7 @@ func (p *splicer) rearm(src net.Conn, err error) bool {
 // copyFromTCP copies from a plain TCP source without holding a buffer while
 // waiting: the buffer is taken from the pool only inside the readiness
 // callback, once the socket has data.
-func (p *splicer) copyFromTCP(dst net.Conn, src *net.TCPConn, count *atomic.Int64) error {
+func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.Int64) error {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return err
@@ -212,7 +236,7 @@ func (p *splicer) copyFromTCP(dst net.Conn, src *net.TCPConn, count *atomic.Int6
 		}
 		if n > 0 {
 			p.touch()
-			wn, werr := dst.Write((*bp)[:n])
+			wn, werr := dst((*bp)[:n])
 			count.Add(int64(wn))
 			if werr != nil {
 				tcpBufPool.Put(bp)
@@ -237,7 +261,7 @@ func (p *splicer) copyFromTCP(dst net.Conn, src *net.TCPConn, count *atomic.Int6
 // copyBuffered copies from a source with its own buffering (a *tls.Conn,
 // or any other net.Conn): it blocks on a small buffer and uses a pooled
 // 16 KiB one only while reads fill the buffer they are given.
-func (p *splicer) copyBuffered(dst net.Conn, src net.Conn, count *atomic.Int64) error {
+func (p *splicer) copyBuffered(dst chunkWriter, src net.Conn, count *atomic.Int64) error {
 	small := make([]byte, spliceIdleBuf)
 	buf := small
 	var big *[]byte
@@ -251,7 +275,7 @@ func (p *splicer) copyBuffered(dst net.Conn, src net.Conn, count *atomic.Int64) 
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			p.touch()
-			wn, werr := dst.Write(buf[:n])
+			wn, werr := dst(buf[:n])
 			count.Add(int64(wn))
 			if werr != nil {
 				return werr

@@ -59,7 +59,9 @@ const (
 
 // IDInfo is what Login forwards in an ID command to backends with
 // Backend.ForwardID set (Dovecot honours the x-* fields from its
-// login_trusted_networks only).
+// login_trusted_networks only). To backends with Backend.ProxyProtocol set,
+// the client and connected addresses go in a PROXY protocol v2 header
+// instead, and no ID is sent.
 type IDInfo struct {
 	ClientIP      string // x-originating-ip: the real client
 	ClientPort    int    // x-originating-port
@@ -88,8 +90,10 @@ type Result struct {
 	TLS bool
 }
 
-// Login connects to b, upgrades to TLS as b.TLS says, forwards id if
-// b.ForwardID is set and the backend supports ID, and logs in as user.
+// Login connects to b, sends a PROXY protocol v2 header if
+// b.ProxyProtocol is set, upgrades to TLS as b.TLS says, forwards id if
+// b.ForwardID is set (and b.ProxyProtocol is not) and the backend supports
+// ID, and logs in as user.
 //
 // b.ConnectTimeout bounds the connect (and the handshake of implicit TLS);
 // b.LoginTimeout bounds everything after it. Cancelling ctx aborts the login.
@@ -118,6 +122,15 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 		return nil, fmt.Errorf("upstream: %s: connect: %w", b, err)
 	}
 	raw := nc.(*net.TCPConn)
+	if b.ProxyProtocol {
+		// The header comes first, before TLS and before the greeting.
+		raw.SetWriteDeadline(time.Now().Add(connectTimeout))
+		src, dst := id.addrs()
+		if err := writeProxyHeader(raw, src, dst); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("upstream: %s: proxy protocol header: %w", b, err)
+		}
+	}
 
 	c := &conn{b: b, raw: raw, nc: raw, password: password}
 	if b.TLS == routing.ImplicitTLS {
@@ -210,7 +223,9 @@ func (c *conn) login(user, password string, id *IDInfo) (*Result, error) {
 		return nil, c.errorf("backend advertises LOGINDISABLED (refusing to send credentials)")
 	}
 
-	if c.b.ForwardID && id != nil && hasCap(caps, "ID") {
+	// One way of passing the client's address per backend: with a PROXY
+	// header, the ID fields would only be a second, weaker claim.
+	if c.b.ForwardID && !c.b.ProxyProtocol && id != nil && hasCap(caps, "ID") {
 		if err := c.forwardID(id); err != nil {
 			return nil, err
 		}
