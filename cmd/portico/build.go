@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/fleet"
 	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
@@ -33,6 +34,15 @@ type app struct {
 	acmeCfg   *config.ACME
 	tickets   *ptls.TicketKeys
 	tlsCfg    config.TLS
+
+	// Routing; see routebuild.go.
+	router      routing.Router
+	redisRouter *routing.Redis // nil without Redis
+	backends    []*routing.Backend
+	health      *routing.Health // nil when disabled
+	fleetState  *routing.Fleet  // nil without Redis
+	routeCache  *routing.Cache  // nil when disabled or without Redis
+	fleet       *fleet.Fleet    // nil without Redis
 }
 
 type listenerSpec struct {
@@ -100,37 +110,12 @@ func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
 	}
 	srv.TLSConfig = rt.tlsConfig
 
-	backends := make(map[string]*routing.Backend, len(cfg.Backends))
-	for _, b := range cfg.Backends {
-		rb, err := backend(b.Name, b.Address, b.BackendOptions)
-		if err != nil {
-			return nil, fmt.Errorf("backends %q: %w", b.Name, err)
-		}
-		backends[b.Name] = rb
+	if err := rt.buildRouting(cfg, logger); err != nil {
+		return nil, err
 	}
-	static := make(map[string]*routing.Backend, len(cfg.Routing.Static))
-	for _, r := range cfg.Routing.Static {
-		user, err := routing.Normalize(r.User, cfg.Routing.DefaultDomain)
-		if err != nil {
-			return nil, fmt.Errorf("routing.static user %q: %w", r.User, err)
-		}
-		static[user] = backends[r.Backend]
-	}
-	chain := routing.Chain{routing.NewStatic(static)}
-	if rt.redis != nil {
-		defaults, err := backend("", "", cfg.BackendDefaults)
-		if err != nil {
-			return nil, fmt.Errorf("backend_defaults: %w", err)
-		}
-		chain = append(chain, &routing.Redis{
-			Client:   rt.redis,
-			Prefix:   rt.redisPrefix,
-			Backends: backends,
-			Defaults: *defaults,
-			Timeout:  cfg.Routing.LookupTimeout,
-		})
-	}
-	srv.Router = chain
+	srv.Router = rt.router
+	srv.Login = rt.loginWithHealth(srv.Login)
+	rt.buildFleet(cfg, srv, logger)
 
 	for _, l := range cfg.Listeners {
 		pl := proxy.Listener{Name: l.Name, Mode: proxy.ImplicitTLS}
@@ -164,7 +149,7 @@ func backend(name, addr string, o config.BackendOptions) (*routing.Backend, erro
 		return nil, err
 	}
 	b := &routing.Backend{
-		Name: name, Addr: addr, TLS: mode, ForwardID: o.ForwardID,
+		Name: name, Addr: addr, TLS: mode, ForwardID: o.ForwardID, ProxyProtocol: o.ProxyProtocol,
 		ConnectTimeout: o.ConnectTimeout, LoginTimeout: o.LoginTimeout,
 	}
 	if mode != routing.Plain {

@@ -4,6 +4,8 @@
 //	portico demo
 //	portico check-config /etc/portico/portico.yaml
 //	portico certs -config /etc/portico/portico.yaml
+//	portico route explain alice@example.com
+//	portico move alice@example.com dovecot2
 //	portico version
 package main
 
@@ -25,6 +27,11 @@ var commands = []command{
 	{"demo", "run a self-contained demo with in-memory backends", runDemo},
 	{"check-config", "validate a config file and print warnings", runCheckConfig},
 	{"certs", "list the certificates in service (files and ACME cache)", runCerts},
+	{"route", "get, set, delete or explain a user's route (Redis)", runRoute},
+	{"backend", "list, drain, undrain or weight backends fleet-wide", runBackend},
+	{"kick", "end a user's sessions on every proxy", runKick},
+	{"move", "route a user to another backend and move its sessions", runMove},
+	{"sessions", "list live sessions fleet-wide", runSessions},
 	{"version", "print the version", runVersion},
 }
 

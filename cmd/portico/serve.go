@@ -46,6 +46,7 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
+	rt.startRouting(ctx, logger)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

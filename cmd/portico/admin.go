@@ -1,0 +1,352 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/routing"
+)
+
+// The admin subcommands change or read fleet-wide state in Redis; every
+// proxy of the fleet reacts through pub/sub. They load the same config
+// file as serve, for the Redis address and the backend names.
+
+// adminApp loads the config and builds everything but the listeners.
+func adminApp(path string) (*app, *config.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	rt, err := build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, nil, err
+	}
+	if rt.redis == nil {
+		rt.Close()
+		return nil, nil, errors.New("routing.redis is not configured: fleet-wide state lives in Redis")
+	}
+	return rt, cfg, nil
+}
+
+func adminContext() (context.Context, context.CancelFunc) {
+	return adminContextFor(30 * time.Second)
+}
+
+func adminContextFor(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+// subcommand dispatches `portico NAME ACTION [flags] ARGS`.
+func subcommand(name string, args []string, actions map[string]func([]string) error, usage string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+		fmt.Fprintf(os.Stderr, "Usage: portico %s %s\n", name, usage)
+		if len(args) == 0 {
+			return errUsage
+		}
+		return nil
+	}
+	run, ok := actions[args[0]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "portico %s: unknown action %q\nUsage: portico %s %s\n", name, args[0], name, usage)
+		return errUsage
+	}
+	return run(args[1:])
+}
+
+func runRoute(args []string) error {
+	return subcommand("route", args, map[string]func([]string) error{
+		"get":     routeGet,
+		"set":     routeSet,
+		"delete":  routeDelete,
+		"explain": routeExplain,
+	}, "get|set|delete|explain [-config FILE] [flags] USER")
+}
+
+// userAction parses the flags of an action taking one USER argument.
+func userAction(action string, args []string, extra func(*flag.FlagSet)) (*flag.FlagSet, string, string, bool, error) {
+	fs := newFlagSet(action, "[-config FILE] USER")
+	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	if extra != nil {
+		extra(fs)
+	}
+	if help, err := parseFlags(fs, args); help || err != nil {
+		return fs, "", "", help, err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return fs, "", "", false, errUsage
+	}
+	return fs, *path, fs.Arg(0), false, nil
+}
+
+func normalizeUser(cfg *config.Config, user string) (string, error) {
+	u, err := routing.Normalize(user, cfg.Routing.DefaultDomain)
+	if err != nil {
+		return "", fmt.Errorf("user name %q: %w", user, err)
+	}
+	return u, nil
+}
+
+func routeGet(args []string) error {
+	_, path, user, help, err := userAction("route get", args, nil)
+	if help || err != nil {
+		return err
+	}
+	rt, cfg, err := adminApp(path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	if user, err = normalizeUser(cfg, user); err != nil {
+		return err
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	rec, err := rt.redisRouter.GetRoute(ctx, user)
+	if errors.Is(err, routing.ErrNotFound) {
+		return fmt.Errorf("%s: no route", user)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: %s\n", user, rec)
+	return nil
+}
+
+func routeSet(args []string) error {
+	var rec routing.Record
+	_, path, user, help, err := userAction("route set", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&rec.Backend, "backend", "", "configured backend `name`")
+		fs.StringVar(&rec.Pool, "pool", "", "configured pool `name` (any healthy member, chosen by hash)")
+		fs.StringVar(&rec.Addr, "addr", "", "literal backend `host:port`")
+		fs.StringVar(&rec.Security, "security", "", "for -addr: plain, starttls or tls")
+		fs.StringVar(&rec.ServerName, "server-name", "", "for -addr: TLS `name` to verify")
+		fs.StringVar(&rec.Fallback, "fallback", "", "configured backend `name` used while the route's backend is down")
+	})
+	if help || err != nil {
+		return err
+	}
+	if btoi(rec.Backend != "")+btoi(rec.Pool != "")+btoi(rec.Addr != "") != 1 {
+		return errors.New("give exactly one of -backend, -pool or -addr")
+	}
+	rt, cfg, err := adminApp(path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	if user, err = normalizeUser(cfg, user); err != nil {
+		return err
+	}
+	if rec.Backend != "" && rt.redisRouter.Backends[rec.Backend] == nil {
+		return fmt.Errorf("no backend %q in the config", rec.Backend)
+	}
+	if rec.Pool != "" && rt.redisRouter.Pools[rec.Pool] == nil {
+		return fmt.Errorf("no pool %q in the config", rec.Pool)
+	}
+	if rec.Fallback != "" && rt.redisRouter.Backends[rec.Fallback] == nil {
+		return fmt.Errorf("no backend %q in the config", rec.Fallback)
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	if err := rt.redisRouter.SetRoute(ctx, user, rec); err != nil {
+		return err
+	}
+	fmt.Printf("%s: %s\n", user, rec)
+	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func routeDelete(args []string) error {
+	_, path, user, help, err := userAction("route delete", args, nil)
+	if help || err != nil {
+		return err
+	}
+	rt, cfg, err := adminApp(path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	if user, err = normalizeUser(cfg, user); err != nil {
+		return err
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	if err := rt.redisRouter.DeleteRoute(ctx, user); err != nil {
+		return err
+	}
+	fmt.Printf("%s: route deleted\n", user)
+	return nil
+}
+
+// routeExplain prints the decision path without side effects. Health is
+// not probed from here: the explanation assumes every backend is up
+// unless the fleet state says drained.
+func routeExplain(args []string) error {
+	_, path, user, help, err := userAction("route explain", args, nil)
+	if help || err != nil {
+		return err
+	}
+	rt, cfg, err := adminApp(path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	if user, err = normalizeUser(cfg, user); err != nil {
+		return err
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	if err := rt.fleetState.Load(ctx); err != nil {
+		return err
+	}
+	if static := staticRoute(cfg, user); static != "" {
+		fmt.Printf("%s: static route to %s (config file); Redis is not consulted\n", user, static)
+		return nil
+	}
+	rt.redisRouter.Health = nil // no probes from the CLI
+	ex, err := rt.redisRouter.Explain(ctx, user)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("user %s\n", ex.User)
+	for _, s := range ex.Steps {
+		fmt.Printf("  %s\n", s)
+	}
+	if len(ex.Candidates) > 0 {
+		fmt.Println("  candidates:")
+		for _, c := range ex.Candidates {
+			fmt.Printf("    %s\n", c)
+		}
+	}
+	switch {
+	case ex.Err != nil:
+		fmt.Printf("result: %v\n", ex.Err)
+	default:
+		fmt.Printf("result: %s\n", ex.Backend)
+	}
+	return nil
+}
+
+func staticRoute(cfg *config.Config, user string) string {
+	for _, r := range cfg.Routing.Static {
+		if u, err := routing.Normalize(r.User, cfg.Routing.DefaultDomain); err == nil && u == user {
+			return r.Backend
+		}
+	}
+	return ""
+}
+
+func runBackend(args []string) error {
+	return subcommand("backend", args, map[string]func([]string) error{
+		"list":    backendList,
+		"drain":   func(a []string) error { return backendDrain(a, true) },
+		"undrain": func(a []string) error { return backendDrain(a, false) },
+		"weight":  backendWeight,
+	}, "list|drain|undrain|weight [-config FILE] [NAME [WEIGHT]]")
+}
+
+func backendList(args []string) error {
+	fs := newFlagSet("backend list", "[-config FILE]")
+	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	if help, err := parseFlags(fs, args); help || err != nil {
+		return err
+	}
+	rt, _, err := adminApp(*path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	ctx, cancel := adminContext()
+	defer cancel()
+	states, err := rt.fleetState.List(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tSECURITY\tWEIGHT\tSTATE")
+	names := make([]string, 0, len(rt.redisRouter.Backends))
+	for n := range rt.redisRouter.Backends {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		b := rt.redisRouter.Backends[n]
+		st := states[n]
+		weight := strconv.Itoa(max(b.Weight, 1))
+		if st.Weight > 0 {
+			weight = fmt.Sprintf("%d (config %d)", st.Weight, max(b.Weight, 1))
+		}
+		state := "active"
+		if st.Drained {
+			state = "drained since " + st.DrainedSince.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, b.Addr, b.TLS, weight, state)
+	}
+	return tw.Flush()
+}
+
+// nameAction parses an action taking a backend NAME and n-1 more args.
+func nameAction(action, synopsis string, args []string, n int, extra func(*flag.FlagSet)) (string, []string, bool, error) {
+	fs := newFlagSet(action, synopsis)
+	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	if extra != nil {
+		extra(fs)
+	}
+	if help, err := parseFlags(fs, args); help || err != nil {
+		return "", nil, help, err
+	}
+	if fs.NArg() != n {
+		fs.Usage()
+		return "", nil, false, errUsage
+	}
+	return *path, fs.Args(), false, nil
+}
+
+func checkBackend(rt *app, name string) error {
+	if rt.redisRouter.Backends[name] == nil {
+		return fmt.Errorf("no backend %q in the config", name)
+	}
+	return nil
+}
+
+func backendWeight(args []string) error {
+	path, rest, help, err := nameAction("backend weight", "[-config FILE] NAME WEIGHT (0 restores the configured weight)", args, 2, nil)
+	if help || err != nil {
+		return err
+	}
+	w, err := strconv.Atoi(rest[1])
+	if err != nil || w < 0 || w > routing.MaxWeight {
+		return fmt.Errorf("weight must be 0..%d", routing.MaxWeight)
+	}
+	rt, _, err := adminApp(path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	if err := checkBackend(rt, rest[0]); err != nil {
+		return err
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	if err := rt.fleetState.SetWeight(ctx, rest[0], w); err != nil {
+		return err
+	}
+	fmt.Printf("%s: weight %d\n", rest[0], w)
+	return nil
+}

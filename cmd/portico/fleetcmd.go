@@ -1,0 +1,167 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/portico-mail/portico/fleet"
+)
+
+// backendDrain drains (no new logins; with -deadline, the remaining
+// sessions are ended after it, spread over -window) or undrains a backend.
+func backendDrain(args []string, drain bool) error {
+	var deadline, window time.Duration
+	action := "backend undrain"
+	extra := func(*flag.FlagSet) {}
+	if drain {
+		action = "backend drain"
+		extra = func(fs *flag.FlagSet) {
+			fs.DurationVar(&deadline, "deadline", 0, "end the remaining sessions after this `duration` (0: let them end by themselves)")
+			fs.DurationVar(&window, "window", 0, "spread those ends over this `duration` (default fleet.drain_window)")
+		}
+	}
+	path, rest, help, err := nameAction(action, "[-config FILE] [flags] NAME", args, 1, extra)
+	if help || err != nil {
+		return err
+	}
+	rt, cfg, err := adminApp(path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	name := rest[0]
+	if err := checkBackend(rt, name); err != nil {
+		return err
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	if !drain {
+		if err := rt.fleetState.Undrain(ctx, name); err != nil {
+			return err
+		}
+		if err := fleet.CancelDrainKick(ctx, rt.redis, rt.redisPrefix, name); err != nil {
+			return err
+		}
+		fmt.Printf("%s: undrained\n", name)
+		return nil
+	}
+	if err := rt.fleetState.Drain(ctx, name); err != nil {
+		return err
+	}
+	fmt.Printf("%s: drained: no new logins\n", name)
+	if deadline > 0 {
+		if window <= 0 {
+			window = cfg.Fleet.DrainWindow
+		}
+		at := time.Now().Add(deadline)
+		if err := fleet.DrainKick(ctx, rt.redis, rt.redisPrefix, name, at, window); err != nil {
+			return err
+		}
+		fmt.Printf("%s: remaining sessions end from %s, spread over %s\n", name, at.UTC().Format(time.RFC3339), window)
+	}
+	return nil
+}
+
+func runKick(args []string) error {
+	_, path, user, help, err := userAction("kick", args, nil)
+	if help || err != nil {
+		return err
+	}
+	rt, cfg, err := adminApp(path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	if user, err = normalizeUser(cfg, user); err != nil {
+		return err
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	n, err := fleet.CountSessions(ctx, rt.redis, rt.redisPrefix, user)
+	if err != nil {
+		return err
+	}
+	if err := fleet.Kick(ctx, rt.redis, rt.redisPrefix, user); err != nil {
+		return err
+	}
+	fmt.Printf("%s: kick sent to every proxy (%d session(s) open)\n", user, n)
+	return nil
+}
+
+func runMove(args []string) error {
+	var hold time.Duration
+	fs := newFlagSet("move", "[-config FILE] [-hold DURATION] USER BACKEND\n\nRoutes USER to BACKEND, holds the user's new logins until the old sessions are gone, then lets them through to the new backend.")
+	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	fs.DurationVar(&hold, "hold", 0, "hold new logins at most this `long` (default fleet.move_hold)")
+	if help, err := parseFlags(fs, args); help || err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		fs.Usage()
+		return errUsage
+	}
+	rt, cfg, err := adminApp(*path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	user, err := normalizeUser(cfg, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	backend := fs.Arg(1)
+	if err := checkBackend(rt, backend); err != nil {
+		return err
+	}
+	if hold <= 0 {
+		hold = cfg.Fleet.MoveHold
+	}
+	ctx, cancel := adminContextFor(hold + 10*time.Second)
+	defer cancel()
+	if err := fleet.Move(ctx, rt.redis, rt.redisPrefix, rt.redisRouter, user, backend, fleet.MoveOptions{Hold: hold}); err != nil {
+		return err
+	}
+	fmt.Printf("%s: moved to %s\n", user, backend)
+	return nil
+}
+
+func runSessions(args []string) error {
+	fs := newFlagSet("sessions", "[-config FILE] [USER]\n\nLists live sessions across the fleet.")
+	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	if help, err := parseFlags(fs, args); help || err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		fs.Usage()
+		return errUsage
+	}
+	rt, cfg, err := adminApp(*path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	var user string
+	if fs.NArg() == 1 {
+		if user, err = normalizeUser(cfg, fs.Arg(0)); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	recs, err := fleet.ListSessions(ctx, rt.redis, rt.redisPrefix, user)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "USER\tPROXY\tCLIENT\tBACKEND\tSINCE\tTO BACKEND\tTO CLIENT")
+	for _, r := range recs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.User, r.Proxy, r.Client, r.Backend,
+			r.Since.UTC().Format(time.RFC3339), r.BytesToBackend, r.BytesToClient)
+	}
+	tw.Flush()
+	fmt.Printf("%d session(s)\n", len(recs))
+	return nil
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/fleet"
+	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/proxy/upstream"
+	"github.com/portico-mail/portico/routing"
+)
+
+// buildRouting turns backends, pools, static routes and Redis into the
+// router chain: static routes first (guarded by health and drain state),
+// then Redis with its pools, cache, health and fleet state.
+func (rt *app) buildRouting(cfg *config.Config, logger *slog.Logger) error {
+	named := make(map[string]*routing.Backend, len(cfg.Backends))
+	for _, b := range cfg.Backends {
+		rb, err := backend(b.Name, b.Address, b.BackendOptions)
+		if err != nil {
+			return fmt.Errorf("backends %q: %w", b.Name, err)
+		}
+		rb.Weight = b.Weight
+		named[b.Name] = rb
+		rt.backends = append(rt.backends, rb)
+	}
+	for _, b := range cfg.Backends {
+		if b.Fallback != "" {
+			named[b.Name].Fallback = named[b.Fallback]
+		}
+	}
+	if h := cfg.Routing.Health; !h.Disabled {
+		rt.health = &routing.Health{Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall, Logger: logger}
+	}
+	if rt.redis != nil {
+		rt.fleetState = &routing.Fleet{Client: rt.redis, Prefix: rt.redisPrefix}
+	}
+
+	static := make(map[string]*routing.Backend, len(cfg.Routing.Static))
+	for _, r := range cfg.Routing.Static {
+		user, err := routing.Normalize(r.User, cfg.Routing.DefaultDomain)
+		if err != nil {
+			return fmt.Errorf("routing.static user %q: %w", r.User, err)
+		}
+		static[user] = named[r.Backend]
+	}
+	chain := routing.Chain{&routing.Guard{Next: routing.NewStatic(static), Health: rt.health, Fleet: rt.fleetState}}
+
+	if rt.redis != nil {
+		defaults, err := backend("", "", cfg.BackendDefaults)
+		if err != nil {
+			return fmt.Errorf("backend_defaults: %w", err)
+		}
+		pools := make(map[string]*routing.Pool, len(cfg.Routing.Pools))
+		for _, p := range cfg.Routing.Pools {
+			policy, err := routing.ParsePolicy(p.Policy)
+			if err != nil {
+				return fmt.Errorf("routing.pools %q: %w", p.Name, err)
+			}
+			rp := &routing.Pool{Name: p.Name, Policy: policy}
+			for _, m := range p.Backends {
+				rp.Members = append(rp.Members, named[m])
+			}
+			pools[p.Name] = rp
+		}
+		domainPools := make(map[string]*routing.Pool, len(cfg.Routing.DomainPools))
+		for d, p := range cfg.Routing.DomainPools {
+			domainPools[d] = pools[p]
+		}
+		if c := cfg.Routing.Cache; !c.Disabled {
+			rt.routeCache = &routing.Cache{PositiveTTL: c.PositiveTTL, NegativeTTL: c.NegativeTTL, MaxEntries: c.MaxEntries}
+		}
+		rt.redisRouter = &routing.Redis{
+			Client:      rt.redis,
+			Prefix:      rt.redisPrefix,
+			Backends:    named,
+			Defaults:    *defaults,
+			Timeout:     cfg.Routing.LookupTimeout,
+			Pools:       pools,
+			DomainPools: domainPools,
+			DefaultPool: pools[cfg.Routing.DefaultPool],
+			Health:      rt.health,
+			Fleet:       rt.fleetState,
+			Cache:       rt.routeCache,
+		}
+		chain = append(chain, rt.redisRouter)
+	}
+	rt.router = chain
+	return nil
+}
+
+// loginWithHealth reports backend logins to the health checker: a failed
+// connect or greeting counts towards marking the backend down, so the
+// next logins get NO [UNAVAILABLE] at once instead of each waiting for a
+// timeout.
+func (rt *app) loginWithHealth(next proxy.LoginFunc) proxy.LoginFunc {
+	if next == nil {
+		next = upstream.Login
+	}
+	if rt.health == nil {
+		return next
+	}
+	return func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error) {
+		res, err := next(ctx, b, user, password, id)
+		switch {
+		case err == nil, errors.Is(err, upstream.ErrAuthFailed):
+			rt.health.ReportSuccess(b)
+		case ctx.Err() == nil:
+			rt.health.ReportFailure(b, err)
+		}
+		return res, err
+	}
+}
+
+// startRouting runs the health checks and the cache and fleet-state
+// invalidation until ctx ends.
+func (rt *app) startRouting(ctx context.Context, logger *slog.Logger) {
+	if rt.health != nil && len(rt.backends) > 0 {
+		go rt.health.Run(ctx, rt.backends...)
+	}
+	if rt.fleet != nil {
+		go rt.fleet.Run(ctx)
+	}
+	if rt.redis != nil {
+		inv := &routing.Invalidator{Client: rt.redis, Prefix: rt.redisPrefix, Cache: rt.routeCache, Fleet: rt.fleetState, Logger: logger}
+		go inv.Run(ctx)
+	}
+}
+
+// buildFleet connects the server to the fleet-wide session registry and
+// control channel (kick, move, drain deadlines) in Redis.
+func (rt *app) buildFleet(cfg *config.Config, srv *proxy.Server, logger *slog.Logger) {
+	if rt.redis == nil {
+		return
+	}
+	id := cfg.Fleet.ProxyID
+	if id == "" {
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	f := &fleet.Fleet{
+		Client: rt.redis, Prefix: rt.redisPrefix, ProxyID: id,
+		Heartbeat: cfg.Fleet.Heartbeat, Local: localServer{srv}, Logger: logger,
+	}
+	srv.OnSplice = func(i proxy.SessionInfo) { f.SessionStarted(fleet.SessionInfo(i)) }
+	srv.OnEnd = func(i proxy.SessionInfo) { f.SessionEnded(fleet.SessionInfo(i)) }
+	srv.LoginGate = f.LoginGate
+	rt.fleet = f
+}
+
+// localServer shows a proxy.Server to the fleet package.
+type localServer struct{ s *proxy.Server }
+
+func (l localServer) Sessions() []fleet.SessionInfo {
+	ss := l.s.Sessions()
+	out := make([]fleet.SessionInfo, len(ss))
+	for i, s := range ss {
+		out[i] = fleet.SessionInfo(s)
+	}
+	return out
+}
+
+func (l localServer) KickUser(user, reason string) int { return l.s.KickUser(user, reason) }
+
+func (l localServer) KickBackend(name string, window time.Duration) int {
+	return l.s.KickBackend(name, window)
+}
