@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -128,10 +129,10 @@ func freeAddr(t *testing.T) string {
 
 // startBinary runs the binary until the test ends and returns its output
 // so far on demand.
-func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *bytes.Buffer, *bufio.Reader) {
+func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *lockedBuffer, *bufio.Reader) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	var stderr bytes.Buffer
+	var stderr lockedBuffer
 	cmd.Stderr = &stderr
 	stdout, _ := cmd.StdoutPipe()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -194,6 +195,24 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(stderr.String(), "alice-demo") {
 		t.Fatal("a password reached the log")
 	}
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // shellWords splits a pasted command line, honouring single quotes.
