@@ -72,21 +72,34 @@ func runRoute(args []string) error {
 	}, "get|set|delete|explain [-config FILE] [flags] USER")
 }
 
-// userAction parses the flags of an action taking one USER argument.
-func userAction(action string, args []string, extra func(*flag.FlagSet)) (*flag.FlagSet, string, string, bool, error) {
+// userCommand runs an action taking one USER argument: it parses the
+// flags, loads the config, normalises the user and calls do with a
+// bounded context.
+func userCommand(action string, args []string, extra func(*flag.FlagSet), do func(ctx context.Context, rt *app, cfg *config.Config, user string) error) error {
 	fs := newFlagSet(action, "[-config FILE] USER")
 	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
 	if extra != nil {
 		extra(fs)
 	}
 	if help, err := parseFlags(fs, args); help || err != nil {
-		return fs, "", "", help, err
+		return err
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
-		return fs, "", "", false, errUsage
+		return errUsage
 	}
-	return fs, *path, fs.Arg(0), false, nil
+	rt, cfg, err := adminApp(*path)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	user, err := normalizeUser(cfg, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := adminContext()
+	defer cancel()
+	return do(ctx, rt, cfg, user)
 }
 
 func normalizeUser(cfg *config.Config, user string) (string, error) {
@@ -98,71 +111,48 @@ func normalizeUser(cfg *config.Config, user string) (string, error) {
 }
 
 func routeGet(args []string) error {
-	_, path, user, help, err := userAction("route get", args, nil)
-	if help || err != nil {
-		return err
-	}
-	rt, cfg, err := adminApp(path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	if user, err = normalizeUser(cfg, user); err != nil {
-		return err
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	rec, err := rt.redisRouter.GetRoute(ctx, user)
-	if errors.Is(err, routing.ErrNotFound) {
-		return fmt.Errorf("%s: no route", user)
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Printf("%s: %s\n", user, rec)
-	return nil
+	return userCommand("route get", args, nil, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
+		rec, err := rt.redisRouter.GetRoute(ctx, user)
+		if errors.Is(err, routing.ErrNotFound) {
+			return fmt.Errorf("%s: no route", user)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: %s\n", user, rec)
+		return nil
+	})
 }
 
 func routeSet(args []string) error {
 	var rec routing.Record
-	_, path, user, help, err := userAction("route set", args, func(fs *flag.FlagSet) {
+	flags := func(fs *flag.FlagSet) {
 		fs.StringVar(&rec.Backend, "backend", "", "configured backend `name`")
 		fs.StringVar(&rec.Pool, "pool", "", "configured pool `name` (any healthy member, chosen by hash)")
 		fs.StringVar(&rec.Addr, "addr", "", "literal backend `host:port`")
 		fs.StringVar(&rec.Security, "security", "", "for -addr: plain, starttls or tls")
 		fs.StringVar(&rec.ServerName, "server-name", "", "for -addr: TLS `name` to verify")
 		fs.StringVar(&rec.Fallback, "fallback", "", "configured backend `name` used while the route's backend is down")
+	}
+	return userCommand("route set", args, flags, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
+		if btoi(rec.Backend != "")+btoi(rec.Pool != "")+btoi(rec.Addr != "") != 1 {
+			return errors.New("give exactly one of -backend, -pool or -addr")
+		}
+		if rec.Backend != "" && rt.redisRouter.Backends[rec.Backend] == nil {
+			return fmt.Errorf("no backend %q in the config", rec.Backend)
+		}
+		if rec.Pool != "" && rt.redisRouter.Pools[rec.Pool] == nil {
+			return fmt.Errorf("no pool %q in the config", rec.Pool)
+		}
+		if rec.Fallback != "" && rt.redisRouter.Backends[rec.Fallback] == nil {
+			return fmt.Errorf("no backend %q in the config", rec.Fallback)
+		}
+		if err := rt.redisRouter.SetRoute(ctx, user, rec); err != nil {
+			return err
+		}
+		fmt.Printf("%s: %s\n", user, rec)
+		return nil
 	})
-	if help || err != nil {
-		return err
-	}
-	if btoi(rec.Backend != "")+btoi(rec.Pool != "")+btoi(rec.Addr != "") != 1 {
-		return errors.New("give exactly one of -backend, -pool or -addr")
-	}
-	rt, cfg, err := adminApp(path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	if user, err = normalizeUser(cfg, user); err != nil {
-		return err
-	}
-	if rec.Backend != "" && rt.redisRouter.Backends[rec.Backend] == nil {
-		return fmt.Errorf("no backend %q in the config", rec.Backend)
-	}
-	if rec.Pool != "" && rt.redisRouter.Pools[rec.Pool] == nil {
-		return fmt.Errorf("no pool %q in the config", rec.Pool)
-	}
-	if rec.Fallback != "" && rt.redisRouter.Backends[rec.Fallback] == nil {
-		return fmt.Errorf("no backend %q in the config", rec.Fallback)
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	if err := rt.redisRouter.SetRoute(ctx, user, rec); err != nil {
-		return err
-	}
-	fmt.Printf("%s: %s\n", user, rec)
-	return nil
 }
 
 func btoi(b bool) int {
@@ -173,74 +163,49 @@ func btoi(b bool) int {
 }
 
 func routeDelete(args []string) error {
-	_, path, user, help, err := userAction("route delete", args, nil)
-	if help || err != nil {
-		return err
-	}
-	rt, cfg, err := adminApp(path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	if user, err = normalizeUser(cfg, user); err != nil {
-		return err
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	if err := rt.redisRouter.DeleteRoute(ctx, user); err != nil {
-		return err
-	}
-	fmt.Printf("%s: route deleted\n", user)
-	return nil
+	return userCommand("route delete", args, nil, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
+		if err := rt.redisRouter.DeleteRoute(ctx, user); err != nil {
+			return err
+		}
+		fmt.Printf("%s: route deleted\n", user)
+		return nil
+	})
 }
 
 // routeExplain prints the decision path without side effects. Health is
 // not probed from here: the explanation assumes every backend is up
 // unless the fleet state says drained.
 func routeExplain(args []string) error {
-	_, path, user, help, err := userAction("route explain", args, nil)
-	if help || err != nil {
-		return err
-	}
-	rt, cfg, err := adminApp(path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	if user, err = normalizeUser(cfg, user); err != nil {
-		return err
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	if err := rt.fleetState.Load(ctx); err != nil {
-		return err
-	}
-	if static := staticRoute(cfg, user); static != "" {
-		fmt.Printf("%s: static route to %s (config file); Redis is not consulted\n", user, static)
-		return nil
-	}
-	rt.redisRouter.Health = nil // no probes from the CLI
-	ex, err := rt.redisRouter.Explain(ctx, user)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("user %s\n", ex.User)
-	for _, s := range ex.Steps {
-		fmt.Printf("  %s\n", s)
-	}
-	if len(ex.Candidates) > 0 {
-		fmt.Println("  candidates:")
-		for _, c := range ex.Candidates {
-			fmt.Printf("    %s\n", c)
+	return userCommand("route explain", args, nil, func(ctx context.Context, rt *app, cfg *config.Config, user string) error {
+		if err := rt.fleetState.Load(ctx); err != nil {
+			return err
 		}
-	}
-	switch {
-	case ex.Err != nil:
-		fmt.Printf("result: %v\n", ex.Err)
-	default:
-		fmt.Printf("result: %s\n", ex.Backend)
-	}
-	return nil
+		if static := staticRoute(cfg, user); static != "" {
+			fmt.Printf("%s: static route to %s (config file); Redis is not consulted\n", user, static)
+			return nil
+		}
+		rt.redisRouter.Health = nil // no probes from the CLI
+		ex, err := rt.redisRouter.Explain(ctx, user)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("user %s\n", ex.User)
+		for _, s := range ex.Steps {
+			fmt.Printf("  %s\n", s)
+		}
+		if len(ex.Candidates) > 0 {
+			fmt.Println("  candidates:")
+			for _, c := range ex.Candidates {
+				fmt.Printf("    %s\n", c)
+			}
+		}
+		if ex.Err != nil {
+			fmt.Printf("result: %v\n", ex.Err)
+		} else {
+			fmt.Printf("result: %s\n", ex.Backend)
+		}
+		return nil
+	})
 }
 
 func staticRoute(cfg *config.Config, user string) string {

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
 	"text/tabwriter"
 	"time"
 
+	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/fleet"
 )
 
@@ -66,29 +68,17 @@ func backendDrain(args []string, drain bool) error {
 }
 
 func runKick(args []string) error {
-	_, path, user, help, err := userAction("kick", args, nil)
-	if help || err != nil {
-		return err
-	}
-	rt, cfg, err := adminApp(path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	if user, err = normalizeUser(cfg, user); err != nil {
-		return err
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	n, err := fleet.CountSessions(ctx, rt.redis, rt.redisPrefix, user)
-	if err != nil {
-		return err
-	}
-	if err := fleet.Kick(ctx, rt.redis, rt.redisPrefix, user); err != nil {
-		return err
-	}
-	fmt.Printf("%s: kick sent to every proxy (%d session(s) open)\n", user, n)
-	return nil
+	return userCommand("kick", args, nil, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
+		n, err := fleet.CountSessions(ctx, rt.redis, rt.redisPrefix, user)
+		if err != nil {
+			return err
+		}
+		if err := fleet.Kick(ctx, rt.redis, rt.redisPrefix, user); err != nil {
+			return err
+		}
+		fmt.Printf("%s: kick sent to every proxy (%d session(s) open)\n", user, n)
+		return nil
+	})
 }
 
 func runMove(args []string) error {
