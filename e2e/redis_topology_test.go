@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,10 +18,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/portico-mail/portico/fleet"
+	"github.com/portico-mail/portico/internal/app"
 	"github.com/portico-mail/portico/internal/membackend"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
-	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -121,12 +120,10 @@ func startPortico(tb testing.TB, o porticoOptions) *portico {
 		TLSConfig: ptls.ServerConfig(store, 0),
 		Limits:    proxy.Limits{LookupTimeout: o.lookup},
 		Logger:    logger,
-		Login:     reportHealth(health),
+		Login:     app.ReportHealth(health, nil),
 	}
-	f := &fleet.Fleet{Client: p.rdb, ProxyID: o.id, Local: localSessions{p.srv}, Logger: logger}
-	p.srv.OnSplice = func(i proxy.SessionInfo) { f.SessionStarted(fleet.SessionInfo(i)) }
-	p.srv.OnEnd = func(i proxy.SessionInfo) { f.SessionEnded(fleet.SessionInfo(i)) }
-	p.srv.LoginGate = f.LoginGate
+	f := &fleet.Fleet{Client: p.rdb, ProxyID: o.id, Logger: logger}
+	app.JoinFleet(p.srv, f)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -151,40 +148,6 @@ func startPortico(tb testing.TB, o porticoOptions) *portico {
 		p.rdb.Close()
 	})
 	return p
-}
-
-// reportHealth is cmd/portico's loginWithHealth: failed connects and
-// greetings count towards taking a backend down.
-func reportHealth(h *routing.Health) proxy.LoginFunc {
-	return func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error) {
-		res, err := upstream.Login(ctx, b, user, password, id)
-		switch {
-		case err == nil, errors.Is(err, upstream.ErrAuthFailed):
-			h.ReportSuccess(b)
-		case ctx.Err() == nil:
-			h.ReportFailure(b, err)
-		}
-		return res, err
-	}
-}
-
-// localSessions shows a proxy.Server to the fleet package, as
-// cmd/portico's localServer does.
-type localSessions struct{ s *proxy.Server }
-
-func (l localSessions) Sessions() []fleet.SessionInfo {
-	ss := l.s.Sessions()
-	out := make([]fleet.SessionInfo, len(ss))
-	for i, s := range ss {
-		out[i] = fleet.SessionInfo(s)
-	}
-	return out
-}
-
-func (l localSessions) KickUser(user, reason string) int { return l.s.KickUser(user, reason) }
-
-func (l localSessions) KickBackend(name string, window time.Duration) int {
-	return l.s.KickBackend(name, window)
 }
 
 // imapsConn is a minimal IMAP client over implicit TLS that returns errors

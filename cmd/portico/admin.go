@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/app"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -22,16 +23,16 @@ import (
 // file as serve, for the Redis address and the backend names.
 
 // adminApp loads the config and builds everything but the listeners.
-func adminApp(path string) (*app, *config.Config, error) {
+func adminApp(path string) (*app.App, *config.Config, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	rt, err := build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rt, err := app.Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return nil, nil, err
 	}
-	if rt.redis == nil {
+	if rt.Redis == nil {
 		rt.Close()
 		return nil, nil, errors.New("routing.redis is not configured: fleet-wide state lives in Redis")
 	}
@@ -75,7 +76,7 @@ func runRoute(args []string) error {
 // userCommand runs an action taking one USER argument: it parses the
 // flags, loads the config, normalises the user and calls do with a
 // bounded context.
-func userCommand(action string, args []string, extra func(*flag.FlagSet), do func(ctx context.Context, rt *app, cfg *config.Config, user string) error) error {
+func userCommand(action string, args []string, extra func(*flag.FlagSet), do func(ctx context.Context, rt *app.App, cfg *config.Config, user string) error) error {
 	fs := newFlagSet(action, "[-config FILE] USER")
 	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
 	if extra != nil {
@@ -111,8 +112,8 @@ func normalizeUser(cfg *config.Config, user string) (string, error) {
 }
 
 func routeGet(args []string) error {
-	return userCommand("route get", args, nil, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
-		rec, err := rt.redisRouter.GetRoute(ctx, user)
+	return userCommand("route get", args, nil, func(ctx context.Context, rt *app.App, _ *config.Config, user string) error {
+		rec, err := rt.RedisRouter.GetRoute(ctx, user)
 		if errors.Is(err, routing.ErrNotFound) {
 			return fmt.Errorf("%s: no route", user)
 		}
@@ -134,20 +135,20 @@ func routeSet(args []string) error {
 		fs.StringVar(&rec.ServerName, "server-name", "", "for -addr: TLS `name` to verify")
 		fs.StringVar(&rec.Fallback, "fallback", "", "configured backend `name` used while the route's backend is down")
 	}
-	return userCommand("route set", args, flags, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
+	return userCommand("route set", args, flags, func(ctx context.Context, rt *app.App, _ *config.Config, user string) error {
 		if btoi(rec.Backend != "")+btoi(rec.Pool != "")+btoi(rec.Addr != "") != 1 {
 			return errors.New("give exactly one of -backend, -pool or -addr")
 		}
-		if rec.Backend != "" && rt.redisRouter.Backends[rec.Backend] == nil {
+		if rec.Backend != "" && rt.RedisRouter.Backends[rec.Backend] == nil {
 			return fmt.Errorf("no backend %q in the config", rec.Backend)
 		}
-		if rec.Pool != "" && rt.redisRouter.Pools[rec.Pool] == nil {
+		if rec.Pool != "" && rt.RedisRouter.Pools[rec.Pool] == nil {
 			return fmt.Errorf("no pool %q in the config", rec.Pool)
 		}
-		if rec.Fallback != "" && rt.redisRouter.Backends[rec.Fallback] == nil {
+		if rec.Fallback != "" && rt.RedisRouter.Backends[rec.Fallback] == nil {
 			return fmt.Errorf("no backend %q in the config", rec.Fallback)
 		}
-		if err := rt.redisRouter.SetRoute(ctx, user, rec); err != nil {
+		if err := rt.RedisRouter.SetRoute(ctx, user, rec); err != nil {
 			return err
 		}
 		fmt.Printf("%s: %s\n", user, rec)
@@ -163,8 +164,8 @@ func btoi(b bool) int {
 }
 
 func routeDelete(args []string) error {
-	return userCommand("route delete", args, nil, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
-		if err := rt.redisRouter.DeleteRoute(ctx, user); err != nil {
+	return userCommand("route delete", args, nil, func(ctx context.Context, rt *app.App, _ *config.Config, user string) error {
+		if err := rt.RedisRouter.DeleteRoute(ctx, user); err != nil {
 			return err
 		}
 		fmt.Printf("%s: route deleted\n", user)
@@ -176,16 +177,16 @@ func routeDelete(args []string) error {
 // not probed from here: the explanation assumes every backend is up
 // unless the fleet state says drained.
 func routeExplain(args []string) error {
-	return userCommand("route explain", args, nil, func(ctx context.Context, rt *app, cfg *config.Config, user string) error {
-		if err := rt.fleetState.Load(ctx); err != nil {
+	return userCommand("route explain", args, nil, func(ctx context.Context, rt *app.App, cfg *config.Config, user string) error {
+		if err := rt.FleetState.Load(ctx); err != nil {
 			return err
 		}
 		if static := staticRoute(cfg, user); static != "" {
 			fmt.Printf("%s: static route to %s (config file); Redis is not consulted\n", user, static)
 			return nil
 		}
-		rt.redisRouter.Health = nil // no probes from the CLI
-		ex, err := rt.redisRouter.Explain(ctx, user)
+		rt.RedisRouter.Health = nil // no probes from the CLI
+		ex, err := rt.RedisRouter.Explain(ctx, user)
 		if err != nil {
 			return err
 		}
@@ -239,19 +240,19 @@ func backendList(args []string) error {
 	defer rt.Close()
 	ctx, cancel := adminContext()
 	defer cancel()
-	states, err := rt.fleetState.List(ctx)
+	states, err := rt.FleetState.List(ctx)
 	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tADDRESS\tSECURITY\tWEIGHT\tSTATE")
-	names := make([]string, 0, len(rt.redisRouter.Backends))
-	for n := range rt.redisRouter.Backends {
+	names := make([]string, 0, len(rt.RedisRouter.Backends))
+	for n := range rt.RedisRouter.Backends {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		b := rt.redisRouter.Backends[n]
+		b := rt.RedisRouter.Backends[n]
 		st := states[n]
 		weight := strconv.Itoa(max(b.Weight, 1))
 		if st.Weight > 0 {
@@ -283,8 +284,8 @@ func nameAction(action, synopsis string, args []string, n int, extra func(*flag.
 	return *path, fs.Args(), false, nil
 }
 
-func checkBackend(rt *app, name string) error {
-	if rt.redisRouter.Backends[name] == nil {
+func checkBackend(rt *app.App, name string) error {
+	if rt.RedisRouter.Backends[name] == nil {
 		return fmt.Errorf("no backend %q in the config", name)
 	}
 	return nil
@@ -309,7 +310,7 @@ func backendWeight(args []string) error {
 	}
 	ctx, cancel := adminContext()
 	defer cancel()
-	if err := rt.fleetState.SetWeight(ctx, rest[0], w); err != nil {
+	if err := rt.FleetState.SetWeight(ctx, rest[0], w); err != nil {
 		return err
 	}
 	fmt.Printf("%s: weight %d\n", rest[0], w)

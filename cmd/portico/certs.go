@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/app"
 	ptls "github.com/portico-mail/portico/tls"
 )
 
@@ -24,24 +25,24 @@ func runCerts(args []string) error {
 	if err != nil {
 		return err
 	}
-	rt, err := build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rt, err := app.Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
 	var infos []ptls.Info
-	if rt.store != nil {
-		infos = append(infos, rt.store.Certificates()...)
+	if rt.Store != nil {
+		infos = append(infos, rt.Store.Certificates()...)
 	}
-	if rt.acme != nil {
+	if rt.ACME != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		cached, err := rt.acme.Cached(ctx)
+		cached, err := rt.ACME.Cached(ctx)
 		if err != nil {
 			return err
 		}
 		if len(cached) == 0 {
-			fmt.Fprintf(os.Stderr, "acme: no certificate cached yet for %s\n", strings.Join(rt.acme.Hostnames(), ", "))
+			fmt.Fprintf(os.Stderr, "acme: no certificate cached yet for %s\n", strings.Join(rt.ACME.Hostnames(), ", "))
 		}
 		infos = append(infos, cached...)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/app"
 )
 
 func runCheckConfig(args []string) error {
@@ -20,7 +21,7 @@ func runCheckConfig(args []string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := build(cfg, nil); err != nil {
+	if _, err := app.Build(cfg, nil); err != nil {
 		return err
 	}
 	for _, w := range cfg.Warnings() {

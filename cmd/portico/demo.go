@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/portico-mail/portico/internal/app"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -52,9 +53,9 @@ func runDemo(args []string) error {
 	if err != nil {
 		return err
 	}
-	rt := &app{
-		store: store,
-		server: &proxy.Server{
+	rt := &app.App{
+		Store: store,
+		Server: &proxy.Server{
 			Router: routing.NewStatic(map[string]*routing.Backend{
 				users[0].Name: {Name: "backend-1", Addr: b1.Addr()},
 				users[1].Name: {Name: "backend-2", Addr: b2.Addr()},
@@ -64,9 +65,9 @@ func runDemo(args []string) error {
 			// A demo should answer a typo quickly.
 			Limits: proxy.Limits{AuthFailureDelay: 500 * time.Millisecond},
 		},
-		listeners: []listenerSpec{
-			{addr: *imapsAddr, l: proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS}},
-			{addr: *imapAddr, l: proxy.Listener{Name: "imap", Mode: proxy.StartTLS}},
+		Listeners: []app.Listener{
+			{Addr: *imapsAddr, Config: proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS}},
+			{Addr: *imapAddr, Config: proxy.Listener{Name: "imap", Mode: proxy.StartTLS}},
 		},
 	}
 	fmt.Printf(`Portico demo: two in-memory backends, self-signed certificate.
@@ -83,5 +84,5 @@ Press Ctrl-C to stop.
 `, b1.Addr(), b2.Addr(), *imapsAddr, *imapsAddr, *imapAddr, *imapsAddr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return serveUntilSignal(ctx, rt, 5*time.Second, logger)
+	return rt.Serve(ctx, 5*time.Second, logger)
 }

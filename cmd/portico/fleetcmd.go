@@ -10,6 +10,7 @@ import (
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/fleet"
+	"github.com/portico-mail/portico/internal/app"
 )
 
 // backendDrain drains (no new logins; with -deadline, the remaining
@@ -41,16 +42,16 @@ func backendDrain(args []string, drain bool) error {
 	ctx, cancel := adminContext()
 	defer cancel()
 	if !drain {
-		if err := rt.fleetState.Undrain(ctx, name); err != nil {
+		if err := rt.FleetState.Undrain(ctx, name); err != nil {
 			return err
 		}
-		if err := fleet.CancelDrainKick(ctx, rt.redis, rt.redisPrefix, name); err != nil {
+		if err := fleet.CancelDrainKick(ctx, rt.Redis, rt.RedisPrefix, name); err != nil {
 			return err
 		}
 		fmt.Printf("%s: undrained\n", name)
 		return nil
 	}
-	if err := rt.fleetState.Drain(ctx, name); err != nil {
+	if err := rt.FleetState.Drain(ctx, name); err != nil {
 		return err
 	}
 	fmt.Printf("%s: drained: no new logins\n", name)
@@ -59,7 +60,7 @@ func backendDrain(args []string, drain bool) error {
 			window = cfg.Fleet.DrainWindow
 		}
 		at := time.Now().Add(deadline)
-		if err := fleet.DrainKick(ctx, rt.redis, rt.redisPrefix, name, at, window); err != nil {
+		if err := fleet.DrainKick(ctx, rt.Redis, rt.RedisPrefix, name, at, window); err != nil {
 			return err
 		}
 		fmt.Printf("%s: remaining sessions end from %s, spread over %s\n", name, at.UTC().Format(time.RFC3339), window)
@@ -68,12 +69,12 @@ func backendDrain(args []string, drain bool) error {
 }
 
 func runKick(args []string) error {
-	return userCommand("kick", args, nil, func(ctx context.Context, rt *app, _ *config.Config, user string) error {
-		n, err := fleet.CountSessions(ctx, rt.redis, rt.redisPrefix, user)
+	return userCommand("kick", args, nil, func(ctx context.Context, rt *app.App, _ *config.Config, user string) error {
+		n, err := fleet.CountSessions(ctx, rt.Redis, rt.RedisPrefix, user)
 		if err != nil {
 			return err
 		}
-		if err := fleet.Kick(ctx, rt.redis, rt.redisPrefix, user); err != nil {
+		if err := fleet.Kick(ctx, rt.Redis, rt.RedisPrefix, user); err != nil {
 			return err
 		}
 		fmt.Printf("%s: kick sent to every proxy (%d session(s) open)\n", user, n)
@@ -111,7 +112,7 @@ func runMove(args []string) error {
 	}
 	ctx, cancel := adminContextFor(hold + 10*time.Second)
 	defer cancel()
-	if err := fleet.Move(ctx, rt.redis, rt.redisPrefix, rt.redisRouter, user, backend, fleet.MoveOptions{Hold: hold}); err != nil {
+	if err := fleet.Move(ctx, rt.Redis, rt.RedisPrefix, rt.RedisRouter, user, backend, fleet.MoveOptions{Hold: hold}); err != nil {
 		return err
 	}
 	fmt.Printf("%s: moved to %s\n", user, backend)
@@ -141,7 +142,7 @@ func runSessions(args []string) error {
 	}
 	ctx, cancel := adminContext()
 	defer cancel()
-	recs, err := fleet.ListSessions(ctx, rt.redis, rt.redisPrefix, user)
+	recs, err := fleet.ListSessions(ctx, rt.Redis, rt.RedisPrefix, user)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 
 // buildTLS loads file certificates, prepares ACME (without network access)
 // and builds the one tls.Config every client listener uses.
-func (rt *app) buildTLS(cfg *config.Config, logger *slog.Logger) error {
+func (rt *App) buildTLS(cfg *config.Config, logger *slog.Logger) error {
 	rt.tlsCfg = cfg.TLS
 	if len(cfg.TLS.Certificates) > 0 {
 		rt.pairs = make([]ptls.Pair, len(cfg.TLS.Certificates))
@@ -34,29 +34,29 @@ func (rt *app) buildTLS(cfg *config.Config, logger *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		rt.store = store
+		rt.Store = store
 	}
 	if a := cfg.TLS.ACME; a != nil {
 		m, err := rt.buildACME(a, logger)
 		if err != nil {
 			return fmt.Errorf("tls.acme: %w", err)
 		}
-		rt.acme, rt.acmeCfg = m, a
+		rt.ACME, rt.acmeCfg = m, a
 	}
-	if rt.store == nil && rt.acme == nil {
+	if rt.Store == nil && rt.ACME == nil {
 		return nil // no TLS listener can work; config validation says so
 	}
 	rt.tlsConfig = ptls.NewServerConfig(ptls.ServerOptions{
-		Store:                  rt.store,
+		Store:                  rt.Store,
 		GetCertificate:         rt.getCertificate,
 		MinVersion:             cfg.TLS.MinTLSVersion(),
 		CipherSuites:           cfg.TLS.CipherSuiteIDs(),
 		Curves:                 cfg.TLS.CurveIDs(),
 		SessionTicketsDisabled: cfg.TLS.SessionTickets.Disabled,
 	})
-	if st := cfg.TLS.SessionTickets; st.Redis && !st.Disabled && rt.redis != nil {
+	if st := cfg.TLS.SessionTickets; st.Redis && !st.Disabled && rt.Redis != nil {
 		rt.tickets = &ptls.TicketKeys{
-			Client: rt.redis, Prefix: rt.redisPrefix, Secret: []byte(st.Key.Value),
+			Client: rt.Redis, Prefix: rt.RedisPrefix, Secret: []byte(st.Key.Value),
 			Rotation: st.Rotation, Logger: logger,
 		}
 	}
@@ -65,14 +65,14 @@ func (rt *app) buildTLS(cfg *config.Config, logger *slog.Logger) error {
 
 // getCertificate serves ACME's names (and clients without SNI, which get
 // ACME's default name) from ACME, everything else from the files.
-func (rt *app) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	if rt.acme != nil {
-		c, err := rt.acme.GetCertificate(hello)
-		if err == nil || rt.store == nil || !errors.Is(err, ptls.ErrNotManaged) {
+func (rt *App) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if rt.ACME != nil {
+		c, err := rt.ACME.GetCertificate(hello)
+		if err == nil || rt.Store == nil || !errors.Is(err, ptls.ErrNotManaged) {
 			return c, err
 		}
 	}
-	return rt.store.GetCertificate(hello)
+	return rt.Store.GetCertificate(hello)
 }
 
 // acmeTag separates cache entries by ACME directory, so that certificates
@@ -82,7 +82,7 @@ func acmeTag(directoryURL string) string {
 	return hex.EncodeToString(h[:4])
 }
 
-func (rt *app) buildACME(a *config.ACME, logger *slog.Logger) (*ptls.ACME, error) {
+func (rt *App) buildACME(a *config.ACME, logger *slog.Logger) (*ptls.ACME, error) {
 	opts := ptls.ACMEOptions{
 		Hostnames:    a.Hostnames,
 		Email:        a.Email,
@@ -111,12 +111,12 @@ func (rt *app) buildACME(a *config.ACME, logger *slog.Logger) (*ptls.ACME, error
 	}
 	switch a.Cache {
 	case "redis":
-		if rt.redis == nil {
+		if rt.Redis == nil {
 			return nil, errors.New("cache redis needs routing.redis")
 		}
-		prefix := rt.redisPrefix + tag + ":"
-		opts.Cache = &ptls.RedisCache{Client: rt.redis, Prefix: prefix, Key: key, Logger: logger}
-		opts.Lock = &ptls.RedisLocker{Client: rt.redis, Prefix: prefix}
+		prefix := rt.RedisPrefix + tag + ":"
+		opts.Cache = &ptls.RedisCache{Client: rt.Redis, Prefix: prefix, Key: key, Logger: logger}
+		opts.Lock = &ptls.RedisLocker{Client: rt.Redis, Prefix: prefix}
 	default:
 		var c autocert.Cache = autocert.DirCache(filepath.Join(a.CacheDir, tag))
 		if key != nil {
@@ -131,16 +131,16 @@ func (rt *app) buildACME(a *config.ACME, logger *slog.Logger) (*ptls.ACME, error
 // the ACME challenge listeners and first issuance (before any client
 // listener opens), file reloads and shared ticket keys. It returns the
 // reload function for SIGHUP.
-func (rt *app) startTLS(ctx context.Context, logger *slog.Logger) (reload func(), err error) {
+func (rt *App) startTLS(ctx context.Context, logger *slog.Logger) (reload func(), err error) {
 	reload = func() {}
-	if rt.acme != nil {
+	if rt.ACME != nil {
 		if err := rt.startACME(ctx, logger); err != nil {
 			return nil, err
 		}
 	}
-	if rt.store != nil {
+	if rt.Store != nil {
 		r := &ptls.Reloader{
-			Store: rt.store, Pairs: rt.pairs, Interval: rt.tlsCfg.ReloadInterval,
+			Store: rt.Store, Pairs: rt.pairs, Interval: rt.tlsCfg.ReloadInterval,
 			ExpiryWarning: rt.tlsCfg.ExpiryWarning, Logger: logger,
 		}
 		go r.Run(ctx)
@@ -158,13 +158,13 @@ func (rt *app) startTLS(ctx context.Context, logger *slog.Logger) (reload func()
 	return reload, nil
 }
 
-func (rt *app) startACME(ctx context.Context, logger *slog.Logger) error {
+func (rt *App) startACME(ctx context.Context, logger *slog.Logger) error {
 	if addr := rt.acmeCfg.HTTPChallengeAddress(); addr != "" {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("tls.acme.http_address: %w", err)
 		}
-		srv := &http.Server{Handler: rt.acme.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: rt.ACME.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(ln)
 		context.AfterFunc(ctx, func() { srv.Close() })
 		logger.Info("acme: HTTP-01 challenges", "addr", ln.Addr().String())
@@ -174,17 +174,17 @@ func (rt *app) startACME(ctx context.Context, logger *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("tls.acme.tls_alpn_address: %w", err)
 		}
-		go serveALPNChallenges(tls.NewListener(ln, rt.acme.TLSALPNConfig()))
+		go serveALPNChallenges(tls.NewListener(ln, rt.ACME.TLSALPNConfig()))
 		context.AfterFunc(ctx, func() { ln.Close() })
 		logger.Info("acme: TLS-ALPN-01 challenges", "addr", ln.Addr().String())
 	}
 	octx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	if err := rt.acme.Obtain(octx); err != nil {
-		return fmt.Errorf("acme: obtaining certificates for %v: %w", rt.acme.Hostnames(), err)
+	if err := rt.ACME.Obtain(octx); err != nil {
+		return fmt.Errorf("acme: obtaining certificates for %v: %w", rt.ACME.Hostnames(), err)
 	}
-	for _, c := range rt.acme.Certificates() {
+	for _, c := range rt.ACME.Certificates() {
 		logger.Info("acme: certificate in service", "cert", c, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil

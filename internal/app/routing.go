@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 // buildRouting turns backends, pools, static routes and Redis into the
 // router chain: static routes first (guarded by health and drain state),
 // then Redis with its pools, cache, health and fleet state.
-func (rt *app) buildRouting(cfg *config.Config, logger *slog.Logger) error {
+func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 	named := make(map[string]*routing.Backend, len(cfg.Backends))
 	for _, b := range cfg.Backends {
 		rb, err := backend(b.Name, b.Address, b.BackendOptions)
@@ -37,8 +37,8 @@ func (rt *app) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 	if h := cfg.Routing.Health; !h.Disabled {
 		rt.health = &routing.Health{Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall, Logger: logger}
 	}
-	if rt.redis != nil {
-		rt.fleetState = &routing.Fleet{Client: rt.redis, Prefix: rt.redisPrefix}
+	if rt.Redis != nil {
+		rt.FleetState = &routing.Fleet{Client: rt.Redis, Prefix: rt.RedisPrefix}
 	}
 
 	static := make(map[string]*routing.Backend, len(cfg.Routing.Static))
@@ -49,9 +49,9 @@ func (rt *app) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 		}
 		static[user] = named[r.Backend]
 	}
-	chain := routing.Chain{&routing.Guard{Next: routing.NewStatic(static), Health: rt.health, Fleet: rt.fleetState}}
+	chain := routing.Chain{&routing.Guard{Next: routing.NewStatic(static), Health: rt.health, Fleet: rt.FleetState}}
 
-	if rt.redis != nil {
+	if rt.Redis != nil {
 		defaults, err := backend("", "", cfg.BackendDefaults)
 		if err != nil {
 			return fmt.Errorf("backend_defaults: %w", err)
@@ -75,9 +75,9 @@ func (rt *app) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 		if c := cfg.Routing.Cache; !c.Disabled {
 			rt.routeCache = &routing.Cache{PositiveTTL: c.PositiveTTL, NegativeTTL: c.NegativeTTL, MaxEntries: c.MaxEntries}
 		}
-		rt.redisRouter = &routing.Redis{
-			Client:      rt.redis,
-			Prefix:      rt.redisPrefix,
+		rt.RedisRouter = &routing.Redis{
+			Client:      rt.Redis,
+			Prefix:      rt.RedisPrefix,
 			Backends:    named,
 			Defaults:    *defaults,
 			Timeout:     cfg.Routing.LookupTimeout,
@@ -85,33 +85,41 @@ func (rt *app) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 			DomainPools: domainPools,
 			DefaultPool: pools[cfg.Routing.DefaultPool],
 			Health:      rt.health,
-			Fleet:       rt.fleetState,
+			Fleet:       rt.FleetState,
 			Cache:       rt.routeCache,
 		}
-		chain = append(chain, rt.redisRouter)
+		chain = append(chain, rt.RedisRouter)
 	}
 	rt.router = chain
 	return nil
 }
 
-// loginWithHealth reports backend logins to the health checker: a failed
-// connect or greeting counts towards marking the backend down, so the
-// next logins get NO [UNAVAILABLE] at once instead of each waiting for a
-// timeout.
-func (rt *app) loginWithHealth(next proxy.LoginFunc) proxy.LoginFunc {
+// loginWithHealth wraps the server's login with ReportHealth.
+func (rt *App) loginWithHealth(next proxy.LoginFunc) proxy.LoginFunc {
+	if rt.health == nil {
+		if next == nil {
+			return upstream.Login
+		}
+		return next
+	}
+	return ReportHealth(rt.health, next)
+}
+
+// ReportHealth reports backend logins to h: a failed connect or greeting
+// counts towards marking the backend down, so the next logins get
+// NO [UNAVAILABLE] at once instead of each waiting for a timeout. A nil
+// next means upstream.Login.
+func ReportHealth(h *routing.Health, next proxy.LoginFunc) proxy.LoginFunc {
 	if next == nil {
 		next = upstream.Login
-	}
-	if rt.health == nil {
-		return next
 	}
 	return func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error) {
 		res, err := next(ctx, b, user, password, id)
 		switch {
 		case err == nil, errors.Is(err, upstream.ErrAuthFailed):
-			rt.health.ReportSuccess(b)
+			h.ReportSuccess(b)
 		case ctx.Err() == nil:
-			rt.health.ReportFailure(b, err)
+			h.ReportFailure(b, err)
 		}
 		return res, err
 	}
@@ -119,23 +127,23 @@ func (rt *app) loginWithHealth(next proxy.LoginFunc) proxy.LoginFunc {
 
 // startRouting runs the health checks and the cache and fleet-state
 // invalidation until ctx ends.
-func (rt *app) startRouting(ctx context.Context, logger *slog.Logger) {
+func (rt *App) startRouting(ctx context.Context, logger *slog.Logger) {
 	if rt.health != nil && len(rt.backends) > 0 {
 		go rt.health.Run(ctx, rt.backends...)
 	}
 	if rt.fleet != nil {
 		go rt.fleet.Run(ctx)
 	}
-	if rt.redis != nil {
-		inv := &routing.Invalidator{Client: rt.redis, Prefix: rt.redisPrefix, Cache: rt.routeCache, Fleet: rt.fleetState, Logger: logger}
+	if rt.Redis != nil {
+		inv := &routing.Invalidator{Client: rt.Redis, Prefix: rt.RedisPrefix, Cache: rt.routeCache, Fleet: rt.FleetState, Logger: logger}
 		go inv.Run(ctx)
 	}
 }
 
 // buildFleet connects the server to the fleet-wide session registry and
 // control channel (kick, move, drain deadlines) in Redis.
-func (rt *app) buildFleet(cfg *config.Config, srv *proxy.Server, logger *slog.Logger) {
-	if rt.redis == nil {
+func (rt *App) buildFleet(cfg *config.Config, srv *proxy.Server, logger *slog.Logger) {
+	if rt.Redis == nil {
 		return
 	}
 	id := cfg.Fleet.ProxyID
@@ -144,13 +152,21 @@ func (rt *app) buildFleet(cfg *config.Config, srv *proxy.Server, logger *slog.Lo
 		id = fmt.Sprintf("%s:%d", host, os.Getpid())
 	}
 	f := &fleet.Fleet{
-		Client: rt.redis, Prefix: rt.redisPrefix, ProxyID: id,
-		Heartbeat: cfg.Fleet.Heartbeat, Local: localServer{srv}, Logger: logger,
+		Client: rt.Redis, Prefix: rt.RedisPrefix, ProxyID: id,
+		Heartbeat: cfg.Fleet.Heartbeat, Logger: logger,
 	}
+	JoinFleet(srv, f)
+	rt.fleet = f
+}
+
+// JoinFleet connects srv and f both ways: the fleet sees and kicks the
+// server's sessions, and the server reports sessions to the registry and
+// holds logins during moves.
+func JoinFleet(srv *proxy.Server, f *fleet.Fleet) {
+	f.Local = localServer{srv}
 	srv.OnSplice = func(i proxy.SessionInfo) { f.SessionStarted(fleet.SessionInfo(i)) }
 	srv.OnEnd = func(i proxy.SessionInfo) { f.SessionEnded(fleet.SessionInfo(i)) }
 	srv.LoginGate = f.LoginGate
-	rt.fleet = f
 }
 
 // localServer shows a proxy.Server to the fleet package.

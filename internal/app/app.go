@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -19,45 +19,46 @@ import (
 	ptls "github.com/portico-mail/portico/tls"
 )
 
-// app is what a config turns into: everything but the sockets.
-type app struct {
-	server      *proxy.Server
-	listeners   []listenerSpec
-	redis       redis.UniversalClient // nil without Redis
-	redisPrefix string
+// App is what a config turns into: everything but the sockets.
+type App struct {
+	Server      *proxy.Server
+	Listeners   []Listener
+	Redis       redis.UniversalClient // nil without Redis
+	RedisPrefix string
 
-	// TLS towards clients; see tlsbuild.go.
+	// TLS towards clients; see tls.go.
 	tlsConfig *tls.Config
-	store     *ptls.Store // file certificates, nil without
+	Store     *ptls.Store // file certificates, nil without
 	pairs     []ptls.Pair
-	acme      *ptls.ACME // nil without ACME
+	ACME      *ptls.ACME // nil without ACME
 	acmeCfg   *config.ACME
 	tickets   *ptls.TicketKeys
 	tlsCfg    config.TLS
 
-	// Routing; see routebuild.go.
+	// Routing; see routing.go.
 	router      routing.Router
-	redisRouter *routing.Redis // nil without Redis
+	RedisRouter *routing.Redis // nil without Redis
 	backends    []*routing.Backend
 	health      *routing.Health // nil when disabled
-	fleetState  *routing.Fleet  // nil without Redis
+	FleetState  *routing.Fleet  // nil without Redis
 	routeCache  *routing.Cache  // nil when disabled or without Redis
 	fleet       *fleet.Fleet    // nil without Redis
 }
 
-type listenerSpec struct {
-	addr string
-	l    proxy.Listener
+// Listener is one client listener to open.
+type Listener struct {
+	Addr   string
+	Config proxy.Listener
 }
 
-func (rt *app) Close() {
-	if rt.redis != nil {
-		rt.redis.Close()
+func (rt *App) Close() {
+	if rt.Redis != nil {
+		rt.Redis.Close()
 	}
 }
 
-// newLogger builds the process logger from the config.
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
+// NewLogger builds the process logger from the config.
+func NewLogger(c config.Log, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -65,13 +66,14 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// build turns a validated config into a server and its listeners without
-// opening any socket, so check-config can run it too.
-func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
+// Build turns a validated config into a server and its listeners without
+// opening any socket or contacting anything, so check-config can run it
+// too.
+func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 	if logger == nil {
-		logger = newLogger(cfg.Log, os.Stderr)
+		logger = NewLogger(cfg.Log, os.Stderr)
 	}
-	rt := &app{}
+	rt := &App{}
 	srv := &proxy.Server{
 		DefaultDomain: cfg.Routing.DefaultDomain,
 		Logger:        logger,
@@ -102,8 +104,8 @@ func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
 			opts.TLSConfig = c
 		}
 		redis.SetLogger(redisLogger{logger})
-		rt.redis = routing.NewRedisClient(opts)
-		rt.redisPrefix = rc.KeyPrefix
+		rt.Redis = routing.NewRedisClient(opts)
+		rt.RedisPrefix = rc.KeyPrefix
 	}
 	if err := rt.buildTLS(cfg, logger); err != nil {
 		return nil, err
@@ -129,9 +131,9 @@ func build(cfg *config.Config, logger *slog.Logger) (*app, error) {
 			}
 			pl.CleartextLogin = append(pl.CleartextLogin, p.Masked())
 		}
-		rt.listeners = append(rt.listeners, listenerSpec{addr: l.Address, l: pl})
+		rt.Listeners = append(rt.Listeners, Listener{Addr: l.Address, Config: pl})
 	}
-	rt.server = srv
+	rt.Server = srv
 	return rt, nil
 }
 
