@@ -461,58 +461,16 @@ func benchUploadData(b *testing.B, addr string, cfg *tls.Config, counts <-chan i
 // BenchmarkSpliceThroughput: TLS client -> splice -> plain backend.
 func BenchmarkSpliceThroughput(b *testing.B) {
 	backendAddr, counts := benchSink(b, false)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	srv, cli := spliceTLS(b)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				be, err := net.Dial("tcp", backendAddr)
-				if err != nil {
-					c.Close()
-					return
-				}
-				splice(context.Background(), tls.Server(c, srv), be)
-			}()
-		}
-	}()
-	benchUpload(b, ln.Addr().String(), cli, counts)
+	addr, cli := spliceProxy(b, backendAddr)
+	benchUpload(b, addr, cli, counts)
 }
 
 // BenchmarkSpliceUploadAppend: BenchmarkSpliceThroughput with APPEND
 // commands instead of random bytes; the framer skips their literals.
 func BenchmarkSpliceUploadAppend(b *testing.B) {
 	backendAddr, counts := benchSink(b, false)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	srv, cli := spliceTLS(b)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				be, err := net.Dial("tcp", backendAddr)
-				if err != nil {
-					c.Close()
-					return
-				}
-				splice(context.Background(), tls.Server(c, srv), be)
-			}()
-		}
-	}()
-	benchUploadData(b, ln.Addr().String(), cli, counts, appendChunk())
+	addr, cli := spliceProxy(b, backendAddr)
+	benchUploadData(b, addr, cli, counts, appendChunk())
 }
 
 // BenchmarkDirectThroughput: the same TLS client straight to a TLS sink.
@@ -573,29 +531,8 @@ func benchDownload(b *testing.B, addr string, cfg *tls.Config) {
 // direction of FETCH.
 func BenchmarkSpliceDownload(b *testing.B) {
 	backendAddr := benchSource(b, false)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	srv, cli := spliceTLS(b)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				be, err := net.Dial("tcp", backendAddr)
-				if err != nil {
-					c.Close()
-					return
-				}
-				splice(context.Background(), tls.Server(c, srv), be)
-			}()
-		}
-	}()
-	benchDownload(b, ln.Addr().String(), cli)
+	addr, cli := spliceProxy(b, backendAddr)
+	benchDownload(b, addr, cli)
 }
 
 // BenchmarkDirectDownload: the same TLS client reading straight from a TLS
@@ -648,11 +585,19 @@ func fetchSource(b *testing.B) string {
 // responses instead of random bytes.
 func BenchmarkSpliceDownloadFetch(b *testing.B) {
 	backendAddr := fetchSource(b)
+	addr, cli := spliceProxy(b, backendAddr)
+	benchDownload(b, addr, cli)
+}
+
+// spliceProxy runs a TLS listener that splices every client to backendAddr,
+// as the proxy does after login; it returns its address and a client
+// config that trusts it.
+func spliceProxy(b *testing.B, backendAddr string) (string, *tls.Config) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
+	b.Cleanup(func() { ln.Close() })
 	srv, cli := spliceTLS(b)
 	go func() {
 		for {
@@ -670,5 +615,5 @@ func BenchmarkSpliceDownloadFetch(b *testing.B) {
 			}()
 		}
 	}()
-	benchDownload(b, ln.Addr().String(), cli)
+	return ln.Addr().String(), cli
 }
