@@ -1,0 +1,29 @@
+// Package proxy is Portico's front door: it accepts IMAP clients, speaks
+// the protocol until they log in, logs in to their backend and splices the
+// two connections together.
+//
+// Typical use:
+//
+//	srv := &proxy.Server{
+//		Router:    router,    // a routing.Router: user -> backend
+//		TLSConfig: tlsConfig, // for implicit TLS and STARTTLS
+//	}
+//	ln, _ := net.Listen("tcp", ":993")
+//	go srv.Serve(ln, proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS})
+//	...
+//	srv.Shutdown(ctx) // BYE to clients not logged in; spliced sessions may finish
+//
+// Serve is the one place where connections are accepted, and splice the
+// one place where they are joined. In between, a session owns the client
+// connection: it answers CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN and
+// AUTHENTICATE itself (one file per command), refuses everything else, and
+// enforces the pre-auth limits in Limits. On a successful login the session
+// writes the client's tagged OK with the backend's capabilities, passes on
+// the bytes each side sent past the login exchange, and hands both
+// connections to a splicer, which owns them until they close.
+//
+// A spliced session can be listed (Sessions), observed (OnSplice, OnEnd)
+// and ended cleanly (KickUser, KickBackend): the splicer follows the
+// backend's stream by line and literal boundaries so that a BYE never
+// lands inside a literal.
+package proxy
