@@ -27,7 +27,7 @@ import (
 )
 
 // portico is one Portico instance wired the way cmd/portico wires a config
-// with Redis (build.go, routebuild.go): a Redis router with pools, the
+// with Redis (internal/app): a Redis router with pools, the
 // route cache, fleet state, passive and active health, the invalidator, and
 // the fleet registry with its login gate. The static-route Guard that
 // cmd/portico puts in front is left out: it has no routes here.
