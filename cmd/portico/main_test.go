@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"crypto/tls"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -353,18 +355,76 @@ backends:
 		t.Fatalf("login: %q", l)
 	}
 
-	fresh, _ := ptls.SelfSigned("new.example.test")
-	ptls.WritePEM(fresh, certFile, keyFile)
-	cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for served() != "new.example.test" {
-		if time.Now().After(deadline) {
-			t.Fatalf("new certificate not served after SIGHUP\n%s", stderr)
+	// A loop of full logins runs across several reloads and sees no
+	// failure.
+	stop := make(chan struct{})
+	var logins, failures atomic.Int64
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := loginOnce(imaps); err != nil {
+					failures.Add(1)
+					t.Errorf("login during reloads: %v", err)
+				}
+				logins.Add(1)
+			}
+		}()
+	}
+	for i := range 3 {
+		name := fmt.Sprintf("new%d.example.test", i)
+		fresh, _ := ptls.SelfSigned(name)
+		ptls.WritePEM(fresh, certFile, keyFile)
+		cmd.Process.Signal(syscall.SIGHUP)
+		deadline := time.Now().Add(10 * time.Second)
+		for served() != name {
+			if time.Now().After(deadline) {
+				t.Fatalf("new certificate not served after SIGHUP\n%s", stderr)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if logins.Load() == 0 || failures.Load() != 0 {
+		t.Fatalf("%d logins across reloads, %d failed", logins.Load(), failures.Load())
 	}
 	io.WriteString(sess, "b NOOP\r\n")
 	if l, _ := br.ReadString('\n'); !strings.HasPrefix(l, "b OK") {
 		t.Fatalf("session after reload: %q", l)
+	}
+}
+
+// loginOnce does a whole session: TLS, LOGIN, LOGOUT.
+func loginOnce(addr string) error {
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"imap"}})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if _, err := br.ReadString('\n'); err != nil {
+		return err
+	}
+	io.WriteString(c, "a LOGIN carol@example.test carol-pw\r\nb LOGOUT\r\n")
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		if strings.HasPrefix(l, "a ") && !strings.HasPrefix(l, "a OK") {
+			return fmt.Errorf("login: %q", l)
+		}
+		if strings.HasPrefix(l, "b OK") {
+			return nil
+		}
 	}
 }
