@@ -55,7 +55,7 @@ func (p *splicer) writeClient(b []byte) (int, error) {
 	if !p.compressed.Load() {
 		p.down.feed(b)
 	}
-	n, err := p.client.Write(b)
+	n, err := writeTLS(p.client, p.batch, b)
 	p.downMu.Unlock()
 	// A kick that arrived while the lock was held left the BYE to us.
 	if err == nil && p.kickMsg.Load() != nil {

@@ -339,7 +339,7 @@ func (s *session) writeGreeting() {
 // timeout (never past the pre-auth deadline) and makes it the session's
 // connection.
 func (s *session) handshake(c net.Conn) error {
-	tc := tls.Server(c, s.srv.TLSConfig)
+	tc := tls.Server(&batchConn{Conn: c}, s.srv.TLSConfig)
 	hd := time.Now().Add(s.lim.HandshakeTimeout)
 	if s.deadline.Before(hd) {
 		hd = s.deadline

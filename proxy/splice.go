@@ -55,6 +55,11 @@ func splice(ctx context.Context, client, backend net.Conn) (toBackend, toClient 
 
 // A splicer joins a logged-in client to its backend. The zero value works.
 type splicer struct {
+	// batch collects the TLS records of one large write to the client
+	// into one system call; nil when the client is not a batching TLS
+	// connection.
+	batch *batchConn
+
 	// Idle closes the session when neither direction has carried a byte for
 	// this long. Zero means no idle timeout; shorter than 30 minutes counts
 	// as 30 minutes.
@@ -93,6 +98,7 @@ func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBacke
 		// Not set by the session already (a kick may be reading them).
 		p.client, p.backend = client, backend
 	}
+	p.batch = batchFor(client)
 	if p.Idle > 0 {
 		p.idle = max(p.Idle, minIdle)
 		p.epoch = time.Now()

@@ -611,7 +611,14 @@ func spliceProxy(b *testing.B, backendAddr string) (string, *tls.Config) {
 					c.Close()
 					return
 				}
-				splice(context.Background(), tls.Server(c, srv), be)
+				// Handshake first, as a session does before splicing.
+				tc := tls.Server(&batchConn{Conn: c}, srv)
+				if err := tc.Handshake(); err != nil {
+					c.Close()
+					be.Close()
+					return
+				}
+				splice(context.Background(), tc, be)
 			}()
 		}
 	}()
