@@ -232,7 +232,6 @@ func (f *Fleet) ttl() time.Duration { return 3 * f.hb }
 func (f *Fleet) writer(ctx context.Context) {
 	h := health{log: f.log, what: "session registry"}
 	written := make(map[string]string) // session ID -> user, maybe in Redis
-	backoff := time.Duration(0)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	batch := make([]event, 0, 256)
@@ -245,16 +244,7 @@ func (f *Fleet) writer(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			next := f.hb
-			if err != nil {
-				h.fail(err)
-				backoff = min(max(2*backoff, 100*time.Millisecond), f.hb)
-				next = backoff
-			} else {
-				h.ok()
-				backoff = 0
-			}
-			timer.Reset(next)
+			timer.Reset(h.next(err, f.hb))
 		case ev := <-f.events:
 			batch = append(batch[:0], ev)
 		drain:
@@ -396,22 +386,12 @@ func (f *Fleet) control(ctx context.Context) {
 	// reconnect (go-redis drops one when the channel stays full).
 	retry := time.NewTimer(f.hb)
 	defer retry.Stop()
-	backoff := time.Duration(0)
 	resync := func() {
 		err := f.resync(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		next := f.hb
-		if err != nil {
-			h.fail(err)
-			backoff = min(max(2*backoff, 100*time.Millisecond), f.hb)
-			next = backoff
-		} else {
-			h.ok()
-			backoff = 0
-		}
-		retry.Reset(next)
+		retry.Reset(h.next(err, f.hb))
 	}
 	subscribed := false
 	for {
@@ -653,6 +633,21 @@ type health struct {
 	log     *slog.Logger
 	what    string
 	failing bool
+	backoff time.Duration // used by next only, from one goroutine
+}
+
+// next records the result of an attempt and says when to make the next
+// one: after interval when it worked, sooner with a growing backoff (from
+// 100ms up to interval) when it failed.
+func (h *health) next(err error, interval time.Duration) time.Duration {
+	if err == nil {
+		h.ok()
+		h.backoff = 0
+		return interval
+	}
+	h.fail(err)
+	h.backoff = min(max(2*h.backoff, 100*time.Millisecond), interval)
+	return h.backoff
 }
 
 func (h *health) fail(err error) {

@@ -73,11 +73,11 @@ func runRoute(args []string) error {
 	}, "get|set|delete|explain [-config FILE] [flags] USER")
 }
 
-// userCommand runs an action taking one USER argument: it parses the
-// flags, loads the config, normalises the user and calls do with a
-// bounded context.
-func userCommand(action string, args []string, extra func(*flag.FlagSet), do func(ctx context.Context, rt *app.App, cfg *config.Config, user string) error) error {
-	fs := newFlagSet(action, "[-config FILE] USER")
+// adminCommand runs an admin action: it parses -config and the action's
+// own flags, checks that between minArgs and maxArgs arguments remain,
+// loads the config and calls do with them.
+func adminCommand(action, synopsis string, args []string, minArgs, maxArgs int, extra func(*flag.FlagSet), do func(rt *app.App, cfg *config.Config, args []string) error) error {
+	fs := newFlagSet(action, synopsis)
 	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
 	if extra != nil {
 		extra(fs)
@@ -85,7 +85,7 @@ func userCommand(action string, args []string, extra func(*flag.FlagSet), do fun
 	if help, err := parseFlags(fs, args); help || err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if fs.NArg() < minArgs || fs.NArg() > maxArgs {
 		fs.Usage()
 		return errUsage
 	}
@@ -94,13 +94,21 @@ func userCommand(action string, args []string, extra func(*flag.FlagSet), do fun
 		return err
 	}
 	defer rt.Close()
-	user, err := normalizeUser(cfg, fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	return do(ctx, rt, cfg, user)
+	return do(rt, cfg, fs.Args())
+}
+
+// userCommand runs an action taking one USER argument, normalised, with a
+// bounded context.
+func userCommand(action string, args []string, extra func(*flag.FlagSet), do func(ctx context.Context, rt *app.App, cfg *config.Config, user string) error) error {
+	return adminCommand(action, "[-config FILE] USER", args, 1, 1, extra, func(rt *app.App, cfg *config.Config, args []string) error {
+		user, err := normalizeUser(cfg, args[0])
+		if err != nil {
+			return err
+		}
+		ctx, cancel := adminContext()
+		defer cancel()
+		return do(ctx, rt, cfg, user)
+	})
 }
 
 func normalizeUser(cfg *config.Config, user string) (string, error) {
@@ -228,18 +236,14 @@ func runBackend(args []string) error {
 }
 
 func backendList(args []string) error {
-	fs := newFlagSet("backend list", "[-config FILE]")
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
-	if help, err := parseFlags(fs, args); help || err != nil {
-		return err
-	}
-	rt, _, err := adminApp(*path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	ctx, cancel := adminContext()
-	defer cancel()
+	return adminCommand("backend list", "[-config FILE]", args, 0, 0, nil, func(rt *app.App, _ *config.Config, _ []string) error {
+		ctx, cancel := adminContext()
+		defer cancel()
+		return printBackends(ctx, rt)
+	})
+}
+
+func printBackends(ctx context.Context, rt *app.App) error {
 	states, err := rt.FleetState.List(ctx)
 	if err != nil {
 		return err
@@ -267,23 +271,6 @@ func backendList(args []string) error {
 	return tw.Flush()
 }
 
-// nameAction parses an action taking a backend NAME and n-1 more args.
-func nameAction(action, synopsis string, args []string, n int, extra func(*flag.FlagSet)) (string, []string, bool, error) {
-	fs := newFlagSet(action, synopsis)
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
-	if extra != nil {
-		extra(fs)
-	}
-	if help, err := parseFlags(fs, args); help || err != nil {
-		return "", nil, help, err
-	}
-	if fs.NArg() != n {
-		fs.Usage()
-		return "", nil, false, errUsage
-	}
-	return *path, fs.Args(), false, nil
-}
-
 func checkBackend(rt *app.App, name string) error {
 	if rt.RedisRouter.Backends[name] == nil {
 		return fmt.Errorf("no backend %q in the config", name)
@@ -292,27 +279,22 @@ func checkBackend(rt *app.App, name string) error {
 }
 
 func backendWeight(args []string) error {
-	path, rest, help, err := nameAction("backend weight", "[-config FILE] NAME WEIGHT (0 restores the configured weight)", args, 2, nil)
-	if help || err != nil {
-		return err
-	}
-	w, err := strconv.Atoi(rest[1])
-	if err != nil || w < 0 || w > routing.MaxWeight {
-		return fmt.Errorf("weight must be 0..%d", routing.MaxWeight)
-	}
-	rt, _, err := adminApp(path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	if err := checkBackend(rt, rest[0]); err != nil {
-		return err
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	if err := rt.FleetState.SetWeight(ctx, rest[0], w); err != nil {
-		return err
-	}
-	fmt.Printf("%s: weight %d\n", rest[0], w)
-	return nil
+	synopsis := "[-config FILE] NAME WEIGHT (0 restores the configured weight)"
+	return adminCommand("backend weight", synopsis, args, 2, 2, nil, func(rt *app.App, _ *config.Config, args []string) error {
+		name := args[0]
+		w, err := strconv.Atoi(args[1])
+		if err != nil || w < 0 || w > routing.MaxWeight {
+			return fmt.Errorf("weight must be 0..%d", routing.MaxWeight)
+		}
+		if err := checkBackend(rt, name); err != nil {
+			return err
+		}
+		ctx, cancel := adminContext()
+		defer cancel()
+		if err := rt.FleetState.SetWeight(ctx, name, w); err != nil {
+			return err
+		}
+		fmt.Printf("%s: weight %d\n", name, w)
+		return nil
+	})
 }

@@ -26,38 +26,39 @@ func backendDrain(args []string, drain bool) error {
 			fs.DurationVar(&window, "window", 0, "spread those ends over this `duration` (default fleet.drain_window)")
 		}
 	}
-	path, rest, help, err := nameAction(action, "[-config FILE] [flags] NAME", args, 1, extra)
-	if help || err != nil {
-		return err
-	}
-	rt, cfg, err := adminApp(path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	name := rest[0]
-	if err := checkBackend(rt, name); err != nil {
-		return err
-	}
-	ctx, cancel := adminContext()
-	defer cancel()
-	if !drain {
-		if err := rt.FleetState.Undrain(ctx, name); err != nil {
+	return adminCommand(action, "[-config FILE] [flags] NAME", args, 1, 1, extra, func(rt *app.App, cfg *config.Config, args []string) error {
+		name := args[0]
+		if err := checkBackend(rt, name); err != nil {
 			return err
 		}
-		if err := fleet.CancelDrainKick(ctx, rt.Redis, rt.RedisPrefix, name); err != nil {
-			return err
+		ctx, cancel := adminContext()
+		defer cancel()
+		if !drain {
+			return undrain(ctx, rt, name)
 		}
-		fmt.Printf("%s: undrained\n", name)
-		return nil
+		return drainBackend(ctx, rt, name, deadline, window, cfg.Fleet.DrainWindow)
+	})
+}
+
+func undrain(ctx context.Context, rt *app.App, name string) error {
+	if err := rt.FleetState.Undrain(ctx, name); err != nil {
+		return err
 	}
+	if err := fleet.CancelDrainKick(ctx, rt.Redis, rt.RedisPrefix, name); err != nil {
+		return err
+	}
+	fmt.Printf("%s: undrained\n", name)
+	return nil
+}
+
+func drainBackend(ctx context.Context, rt *app.App, name string, deadline, window, defaultWindow time.Duration) error {
 	if err := rt.FleetState.Drain(ctx, name); err != nil {
 		return err
 	}
 	fmt.Printf("%s: drained: no new logins\n", name)
 	if deadline > 0 {
 		if window <= 0 {
-			window = cfg.Fleet.DrainWindow
+			window = defaultWindow
 		}
 		at := time.Now().Add(deadline)
 		if err := fleet.DrainKick(ctx, rt.Redis, rt.RedisPrefix, name, at, window); err != nil {
@@ -84,62 +85,47 @@ func runKick(args []string) error {
 
 func runMove(args []string) error {
 	var hold time.Duration
-	fs := newFlagSet("move", "[-config FILE] [-hold DURATION] USER BACKEND\n\nRoutes USER to BACKEND, holds the user's new logins until the old sessions are gone, then lets them through to the new backend.")
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
-	fs.DurationVar(&hold, "hold", 0, "hold new logins at most this `long` (default fleet.move_hold)")
-	if help, err := parseFlags(fs, args); help || err != nil {
-		return err
+	synopsis := "[-config FILE] [-hold DURATION] USER BACKEND\n\nRoutes USER to BACKEND, holds the user's new logins until the old sessions are gone, then lets them through to the new backend."
+	flags := func(fs *flag.FlagSet) {
+		fs.DurationVar(&hold, "hold", 0, "hold new logins at most this `long` (default fleet.move_hold)")
 	}
-	if fs.NArg() != 2 {
-		fs.Usage()
-		return errUsage
-	}
-	rt, cfg, err := adminApp(*path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	user, err := normalizeUser(cfg, fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	backend := fs.Arg(1)
-	if err := checkBackend(rt, backend); err != nil {
-		return err
-	}
-	if hold <= 0 {
-		hold = cfg.Fleet.MoveHold
-	}
-	ctx, cancel := adminContextFor(hold + 10*time.Second)
-	defer cancel()
-	if err := fleet.Move(ctx, rt.Redis, rt.RedisPrefix, rt.RedisRouter, user, backend, fleet.MoveOptions{Hold: hold}); err != nil {
-		return err
-	}
-	fmt.Printf("%s: moved to %s\n", user, backend)
-	return nil
+	return adminCommand("move", synopsis, args, 2, 2, flags, func(rt *app.App, cfg *config.Config, args []string) error {
+		user, err := normalizeUser(cfg, args[0])
+		if err != nil {
+			return err
+		}
+		backend := args[1]
+		if err := checkBackend(rt, backend); err != nil {
+			return err
+		}
+		if hold <= 0 {
+			hold = cfg.Fleet.MoveHold
+		}
+		ctx, cancel := adminContextFor(hold + 10*time.Second)
+		defer cancel()
+		if err := fleet.Move(ctx, rt.Redis, rt.RedisPrefix, rt.RedisRouter, user, backend, fleet.MoveOptions{Hold: hold}); err != nil {
+			return err
+		}
+		fmt.Printf("%s: moved to %s\n", user, backend)
+		return nil
+	})
 }
 
 func runSessions(args []string) error {
-	fs := newFlagSet("sessions", "[-config FILE] [USER]\n\nLists live sessions across the fleet.")
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
-	if help, err := parseFlags(fs, args); help || err != nil {
-		return err
-	}
-	if fs.NArg() > 1 {
-		fs.Usage()
-		return errUsage
-	}
-	rt, cfg, err := adminApp(*path)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	var user string
-	if fs.NArg() == 1 {
-		if user, err = normalizeUser(cfg, fs.Arg(0)); err != nil {
-			return err
+	synopsis := "[-config FILE] [USER]\n\nLists live sessions across the fleet."
+	return adminCommand("sessions", synopsis, args, 0, 1, nil, func(rt *app.App, cfg *config.Config, args []string) error {
+		var user string
+		if len(args) == 1 {
+			var err error
+			if user, err = normalizeUser(cfg, args[0]); err != nil {
+				return err
+			}
 		}
-	}
+		return printSessions(rt, user)
+	})
+}
+
+func printSessions(rt *app.App, user string) error {
 	ctx, cancel := adminContext()
 	defer cancel()
 	recs, err := fleet.ListSessions(ctx, rt.Redis, rt.RedisPrefix, user)

@@ -97,10 +97,7 @@ func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 // loginWithHealth wraps the server's login with ReportHealth.
 func (rt *App) loginWithHealth(next proxy.LoginFunc) proxy.LoginFunc {
 	if rt.health == nil {
-		if next == nil {
-			return upstream.Login
-		}
-		return next
+		return next // nil: the server's default
 	}
 	return ReportHealth(rt.health, next)
 }

@@ -22,10 +22,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -87,35 +85,10 @@ func StartRedis(t testing.TB) *Redis {
 	t.Helper()
 	bin := LookPath(t, "redis-server", "/usr/bin/redis-server")
 	dir := t.TempDir()
-	logPath := filepath.Join(dir, "redis.log")
-	var lastErr error
-	// FreePort races with other tests; a lost race is retried on a new port.
-	for attempt := 0; attempt < 3; attempt++ {
-		port := FreePort(t)
-		cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "no")
-		logf, err := os.Create(logPath)
-		if err != nil {
-			t.Fatalf("testsrv: %v", err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		err = cmd.Start()
-		logf.Close()
-		if err != nil {
-			t.Fatalf("testsrv: start redis-server: %v", err)
-		}
-		r := &Redis{Addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd, exited: make(chan struct{})}
-		go func() { cmd.Wait(); close(r.exited) }()
-		if lastErr = r.waitReady(10 * time.Second); lastErr == nil {
-			t.Cleanup(r.Stop)
-			return r
-		}
-		r.Stop()
-	}
-	b, _ := os.ReadFile(logPath)
-	t.Fatalf("testsrv: redis-server did not start: %v\n%s", lastErr, b)
-	return nil
+	return startRedisNode(t, bin, dir, "redis", func(port int) []string {
+		return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "no"}
+	})
 }
 
 // waitReady also watches the process, so that a redis-server that died (for
