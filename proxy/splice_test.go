@@ -3,16 +3,11 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	ptls "github.com/portico-mail/portico/tls"
 	"io"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"os"
@@ -32,30 +27,12 @@ var (
 // certificate for 127.0.0.1.
 func spliceTLS(tb testing.TB) (server, client *tls.Config) {
 	spliceCertOnce.Do(func() {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		cert, err := ptls.SelfSigned("127.0.0.1")
 		if err != nil {
 			panic(err)
 		}
-		tmpl := &x509.Certificate{
-			SerialNumber:          big.NewInt(1),
-			Subject:               pkix.Name{CommonName: "splice.test"},
-			NotBefore:             time.Now().Add(-time.Hour),
-			NotAfter:              time.Now().Add(24 * time.Hour),
-			IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-			KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-			ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-			BasicConstraintsValid: true,
-			IsCA:                  true,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		if err != nil {
-			panic(err)
-		}
-		leaf, _ := x509.ParseCertificate(der)
-		pool := x509.NewCertPool()
-		pool.AddCert(leaf)
-		spliceServer = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}}
-		spliceClient = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+		spliceServer = &tls.Config{Certificates: []tls.Certificate{cert}}
+		spliceClient = &tls.Config{RootCAs: ptls.CertPool(cert), ServerName: "127.0.0.1"}
 	})
 	return spliceServer, spliceClient
 }
