@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	ptls "github.com/portico-mail/portico/tls"
 	"io"
 	mrand "math/rand/v2"
 	"net"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	ptls "github.com/portico-mail/portico/tls"
 )
 
 var (
