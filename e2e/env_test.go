@@ -304,3 +304,14 @@ func writeTemp(t *testing.T, name, content string) string {
 }
 
 func tlsClient(c net.Conn, e *env) *tls.Conn { return tls.Client(c, e.tlsConfig()) }
+
+func TestMain(m *testing.M) {
+	// The Sentinel and Cluster tests kill Redis nodes on purpose; go-redis'
+	// own reconnect chatter would bury the test output in CI.
+	redis.SetLogger(quietRedisLogger{})
+	os.Exit(m.Run())
+}
+
+type quietRedisLogger struct{}
+
+func (quietRedisLogger) Printf(context.Context, string, ...any) {}

@@ -29,15 +29,36 @@ import (
 )
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+//
+// The kernel may hand the same ephemeral port to two listen-and-close calls
+// in a row, so a caller asking for two ports (Dovecot's two listeners) could
+// get one port twice. FreePort therefore never returns a port it returned
+// before in this process. Other processes can still take the port before
+// the caller binds it; starters retry on "address already in use".
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testsrv: free port: %v", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("testsrv: free port: %v", err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !portsGiven[port] {
+			portsGiven[port] = true
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatalf("testsrv: free port: no unused port after 100 tries")
+	return 0
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // LookPath finds a server binary or fails the test loudly.
 func LookPath(t testing.TB, name string, extra ...string) string {
