@@ -303,7 +303,19 @@ func (a *ACME) keyMutex(key string) *sync.Mutex {
 // cache are loaded without any network access. A fleet member that waits
 // for another one's order waits until ctx is done. Note that an order in
 // progress is bounded by autocert's own 5-minute timeout, not by ctx.
+//
+// Obtain first refuses a cache whose ACME account key does not decrypt with
+// the configured key (ErrWrongCacheKey). Going on would register a new
+// account and order new certificates, which a proxy with a mistyped key
+// would then write over the ones the rest of its fleet uses: every proxy
+// would keep replacing the others' certificates until the CA's rate limits
+// stop them all.
 func (a *ACME) Obtain(ctx context.Context) error {
+	if k, ok := a.inner.(interface{ CheckKey(context.Context) error }); ok {
+		if err := k.CheckKey(ctx); err != nil {
+			return err
+		}
+	}
 	errs := make([]error, len(a.names))
 	var wg sync.WaitGroup
 	for i, name := range a.names {

@@ -1,6 +1,7 @@
 package tls
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -103,6 +104,29 @@ func openOrMiss(logger *slog.Logger, secret []byte, name string, v []byte) ([]by
 	return plain, nil
 }
 
+// ErrWrongCacheKey means the ACME cache holds an account key that the
+// configured cache key cannot open.
+var ErrWrongCacheKey = errors.New("tls: acme cache: the stored ACME account key does not decrypt with the configured cache key")
+
+// checkSealed tells whether the account key v opens under secret (or is in
+// clear PEM when no secret is set).
+func checkSealed(secret, v []byte) error {
+	if len(secret) == 0 {
+		if bytes.HasPrefix(v, []byte("-----BEGIN")) {
+			return nil
+		}
+		return fmt.Errorf("%w (the value is encrypted but no cache key is set)", ErrWrongCacheKey)
+	}
+	s, err := newSealer(secret)
+	if err != nil {
+		return err
+	}
+	if _, err := s.open(accountKeyName, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrWrongCacheKey, err)
+	}
+	return nil
+}
+
 func loggerOr(l *slog.Logger) *slog.Logger {
 	if l != nil {
 		return l
@@ -136,6 +160,19 @@ func (c EncryptedCache) Put(ctx context.Context, name string, data []byte) error
 		return err
 	}
 	return c.Cache.Put(ctx, name, s.seal(name, data))
+}
+
+// CheckKey reports ErrWrongCacheKey when the cache holds an ACME account
+// key that does not decrypt under Key. See ACME.Obtain.
+func (c EncryptedCache) CheckKey(ctx context.Context) error {
+	v, err := c.Cache.Get(ctx, accountKeyName)
+	if err == autocert.ErrCacheMiss {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("tls: acme cache: get %q: %w", accountKeyName, err)
+	}
+	return checkSealed(c.Key, v)
 }
 
 // Delete removes name from the underlying cache.
@@ -191,6 +228,20 @@ func (c RedisCache) Put(ctx context.Context, name string, data []byte) error {
 		return fmt.Errorf("tls: acme cache: put %q: %w", name, err)
 	}
 	return nil
+}
+
+// CheckKey reports ErrWrongCacheKey when the cache holds an ACME account
+// key that does not decrypt under Key, or an encrypted one while Key is
+// unset. See ACME.Obtain.
+func (c RedisCache) CheckKey(ctx context.Context) error {
+	v, err := c.Client.Get(ctx, c.key(accountKeyName)).Bytes()
+	if err == redis.Nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("tls: acme cache: get %q: %w", accountKeyName, err)
+	}
+	return checkSealed(c.Key, v)
 }
 
 // Delete removes name.

@@ -3,6 +3,7 @@ package tls
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -169,5 +170,65 @@ func TestRedisLocker(t *testing.T) {
 	rel3()
 	if rdb.Exists(ctx, "p:acme:lock:mail.test").Val() != 0 {
 		t.Fatal("release left the lock")
+	}
+}
+
+// A proxy started with a mistyped cache key must not register a new ACME
+// account and replace its fleet's certificates: Obtain refuses to start,
+// before any request to the CA.
+func TestObtainRefusesWrongCacheKey(t *testing.T) {
+	r := testsrv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	caches := map[string]func(key string) autocert.Cache{
+		"dir": func(key string) autocert.Cache {
+			return EncryptedCache{Cache: autocert.DirCache(dir), Key: []byte(key), Logger: testLogger(t)}
+		},
+		"redis": func(key string) autocert.Cache {
+			return RedisCache{Client: rdb, Prefix: "p:", Key: []byte(key), Logger: testLogger(t)}
+		},
+	}
+	for name, cache := range caches {
+		t.Run(name, func(t *testing.T) {
+			check := func(c autocert.Cache) error {
+				return c.(interface{ CheckKey(context.Context) error }).CheckKey(ctx)
+			}
+			if err := check(cache("right")); err != nil {
+				t.Fatalf("empty cache: CheckKey = %v", err)
+			}
+			if err := cache("right").Put(ctx, accountKeyName, secretPEM); err != nil {
+				t.Fatal(err)
+			}
+			if err := check(cache("right")); err != nil {
+				t.Errorf("right key: CheckKey = %v", err)
+			}
+			if err := check(cache("wrong")); !errors.Is(err, ErrWrongCacheKey) {
+				t.Errorf("wrong key: CheckKey = %v, want ErrWrongCacheKey", err)
+			}
+
+			// The CA address is closed: reaching it would be a different error.
+			a, err := NewACME(ACMEOptions{
+				Hostnames:    []string{"mail.example.test"},
+				DirectoryURL: "http://127.0.0.1:1/dir",
+				Cache:        cache("wrong"),
+				Logger:       testLogger(t),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Obtain(ctx); !errors.Is(err, ErrWrongCacheKey) {
+				t.Errorf("Obtain with a wrong key = %v, want ErrWrongCacheKey", err)
+			}
+		})
+	}
+
+	// A Redis cache without a key that finds encrypted values is the same
+	// mistake (cache_key left out of one proxy's config).
+	clear := RedisCache{Client: rdb, Prefix: "p:"}
+	if err := clear.CheckKey(ctx); !errors.Is(err, ErrWrongCacheKey) {
+		t.Errorf("no key over encrypted values: CheckKey = %v, want ErrWrongCacheKey", err)
 	}
 }
