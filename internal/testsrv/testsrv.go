@@ -19,10 +19,12 @@ package testsrv
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,28 +32,32 @@ import (
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 //
-// The kernel may hand the same ephemeral port to two listen-and-close calls
-// in a row, so a caller asking for two ports (Dovecot's two listeners) could
-// get one port twice. FreePort therefore never returns a port it returned
-// before in this process. Other processes can still take the port before
-// the caller binds it; starters retry on "address already in use".
+// The port is picked at random below the kernel's ephemeral range
+// (ip_local_port_range): ports in that range are what the kernel hands to
+// outgoing connections and to listen(":0"), so a port from there can be
+// taken again, by this process or a parallel test binary, before the server
+// that is to use it binds it. (CI once gave Dovecot's two listeners the
+// same port.) FreePort also never returns a port twice in one process.
+// Starters still retry on "address already in use".
 func FreePort(t testing.TB) int {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	lo, hi := portRange()
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		if portsGiven[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
-			t.Fatalf("testsrv: free port: %v", err)
+			continue
 		}
-		port := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if !portsGiven[port] {
-			portsGiven[port] = true
-			return port
-		}
+		portsGiven[port] = true
+		return port
 	}
-	t.Fatalf("testsrv: free port: no unused port after 100 tries")
+	t.Fatalf("testsrv: free port: none free in %d..%d after 200 tries", lo, hi-1)
 	return 0
 }
 
@@ -59,6 +65,20 @@ var (
 	portsMu    sync.Mutex
 	portsGiven = map[int]bool{}
 )
+
+// portRange is the range FreePort picks from: the 10,000 ports below the
+// ephemeral range, but not below 1024.
+func portRange() (lo, hi int) {
+	hi = 32768 // Linux's default start of the ephemeral range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 2048 {
+				hi = v
+			}
+		}
+	}
+	return max(1024, hi-10000), hi
+}
 
 // LookPath finds a server binary or fails the test loudly.
 func LookPath(t testing.TB, name string, extra ...string) string {
