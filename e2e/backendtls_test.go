@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
@@ -340,7 +341,7 @@ func TestBackendTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testsrv.Buffer{}
 	srv := &proxy.Server{
 		Router:    routing.NewStatic(routes),
 		TLSConfig: ptls.ServerConfig(store, 0),

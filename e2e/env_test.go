@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -17,7 +16,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -52,26 +50,9 @@ type env struct {
 	imap     string // STARTTLS listener
 	roots    *x509.CertPool
 	caFile   string
-	logs     *syncBuffer
+	logs     *testsrv.Buffer
 	router   *routing.Redis
 	baseline int // goroutines before Portico started
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type envOptions struct {
@@ -80,7 +61,7 @@ type envOptions struct {
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	e := &env{logs: &syncBuffer{}}
+	e := &env{logs: &testsrv.Buffer{}}
 	e.redis = testsrv.StartRedis(t)
 	// COMPRESS=DEFLATE on the first backend, to show it passes the splice.
 	e.d1 = testsrv.StartDovecot(t, testsrv.DovecotOptions{Users: map[string]string{aliceUser: alicePass}, Extra: `

@@ -36,7 +36,7 @@ type portico struct {
 	srv    *proxy.Server
 	rdb    redis.UniversalClient
 	router *routing.Redis
-	logs   *syncBuffer
+	logs   *testsrv.Buffer
 }
 
 type porticoOptions struct {
@@ -79,7 +79,7 @@ func porticoTLS(tb testing.TB) (*ptls.Store, *tls.Config) {
 func startPortico(tb testing.TB, o porticoOptions) *portico {
 	tb.Helper()
 	store, _ := porticoTLS(tb)
-	p := &portico{logs: &syncBuffer{}}
+	p := &portico{logs: &testsrv.Buffer{}}
 	var w io.Writer = p.logs
 	if o.quiet {
 		w = io.Discard

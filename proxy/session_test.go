@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
@@ -41,24 +42,6 @@ const (
 var testCert = sync.OnceValues(func() (tls.Certificate, error) {
 	return ptls.SelfSigned("localhost", "127.0.0.1")
 })
-
-// logBuffer collects the server's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // countingRouter is a static router that counts lookups and fails on
 // demand, to prove that some inputs never reach routing.
@@ -97,7 +80,7 @@ type harness struct {
 	srv       *proxy.Server
 	router    *countingRouter
 	mem       *membackend.Backend
-	logs      *logBuffer
+	logs      *testsrv.Buffer
 	clientTLS *tls.Config
 
 	imaps, imap, imapClear string
@@ -144,7 +127,7 @@ func newHarnessWith(t *testing.T, tune func(*proxy.Limits), setup func(*proxy.Se
 	h := &harness{
 		t:         t,
 		mem:       mem,
-		logs:      &logBuffer{},
+		logs:      &testsrv.Buffer{},
 		clientTLS: &tls.Config{RootCAs: ptls.CertPool(cert), ServerName: "localhost", NextProtos: []string{"imap"}},
 		router: &countingRouter{
 			routes: map[string]*routing.Backend{},

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -131,10 +130,10 @@ func freeAddr(t *testing.T) string {
 
 // startBinary runs the binary until the test ends and returns its output
 // so far on demand.
-func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *lockedBuffer, *bufio.Reader) {
+func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *testsrv.Buffer, *bufio.Reader) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	var stderr lockedBuffer
+	var stderr testsrv.Buffer
 	cmd.Stderr = &stderr
 	stdout, _ := cmd.StdoutPipe()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -197,24 +196,6 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(stderr.String(), "alice-demo") {
 		t.Fatal("a password reached the log")
 	}
-}
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // shellWords splits a pasted command line, honouring single quotes.
