@@ -23,61 +23,33 @@ import (
 // answers FETCH with one large literal written slowly, holds IDLE until
 // DONE, and accepts COMPRESS (without compressing anything).
 type streamBackend struct {
-	ln    net.Listener
+	*fakeServer
 	body  []byte        // the FETCH literal
 	chunk int           // bytes per write of the literal
 	pause time.Duration // between writes
 	ended chan error    // one value per connection that has ended
 	quit  chan struct{} // closed by close: ends pauses
 	delay time.Duration // before the greeting
-
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
 }
 
 func (h *harness) streamBackend(name string, tune func(*streamBackend), users ...string) *streamBackend {
 	h.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	b := &streamBackend{ln: ln, chunk: 32 << 10, pause: 10 * time.Millisecond,
-		ended: make(chan error, 64), quit: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	b := &streamBackend{chunk: 32 << 10, pause: 10 * time.Millisecond,
+		ended: make(chan error, 64), quit: make(chan struct{})}
 	if tune != nil {
 		tune(b)
 	}
-	b.wg.Add(1)
-	go b.serve()
+	b.fakeServer = startFakeServer(h.t, func(c net.Conn) {
+		err := b.handle(c)
+		c.Close() // before reporting the end: tests then expect the proxy to see it
+		b.ended <- err
+	})
 	h.t.Cleanup(b.close) // runs before the harness's close and goroutine check
-	be := &routing.Backend{Name: name, Addr: ln.Addr().String()}
+	be := &routing.Backend{Name: name, Addr: b.addr()}
 	for _, u := range users {
 		h.router.add(u, be)
 	}
 	return b
-}
-
-func (b *streamBackend) serve() {
-	defer b.wg.Done()
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			return
-		}
-		b.mu.Lock()
-		b.conns[c] = struct{}{}
-		b.mu.Unlock()
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			err := b.handle(c)
-			c.Close()
-			b.mu.Lock()
-			delete(b.conns, c)
-			b.mu.Unlock()
-			b.ended <- err
-		}()
-	}
 }
 
 func (b *streamBackend) handle(c net.Conn) error {
@@ -137,13 +109,7 @@ func (b *streamBackend) handle(c net.Conn) error {
 
 func (b *streamBackend) close() {
 	close(b.quit)
-	b.ln.Close()
-	b.mu.Lock()
-	for c := range b.conns {
-		c.Close()
-	}
-	b.mu.Unlock()
-	b.wg.Wait()
+	b.fakeServer.close()
 }
 
 // waitEnded waits for n backend connections to end.
@@ -372,7 +338,7 @@ func TestKickBackend(t *testing.T) {
 	// matched by its address.
 	other.send("n NOOP\r\n")
 	other.expect("n OK done")
-	if got := h.srv.KickBackend(lit.ln.Addr().String(), 0); got != 1 {
+	if got := h.srv.KickBackend(lit.addr(), 0); got != 1 {
 		t.Fatalf("KickBackend by address scheduled %d", got)
 	}
 	if rest := string(other.readToEOF()); !strings.HasPrefix(rest, "* BYE [UNAVAILABLE]") {

@@ -406,57 +406,25 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 // rawBackend is a scripted IMAP backend that records every line it
 // receives. It accepts any AUTHENTICATE or LOGIN.
 type rawBackend struct {
-	ln       net.Listener
+	*fakeServer
 	greeting string // capabilities in the greeting
 	postCaps string // capabilities in the tagged OK of the login
 	extra    string // written with the login's tagged OK, in the same write
 	lines    chan string
-
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
 }
 
 func (h *harness) rawBackend(user string, forwardID bool, greeting, postCaps, extra string) *rawBackend {
 	h.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	b := &rawBackend{ln: ln, greeting: greeting, postCaps: postCaps, extra: extra,
-		lines: make(chan string, 256), conns: map[net.Conn]struct{}{}}
-	b.wg.Add(1)
-	go b.serve()
+	b := &rawBackend{greeting: greeting, postCaps: postCaps, extra: extra, lines: make(chan string, 256)}
+	b.fakeServer = startFakeServer(h.t, b.handle)
 	h.mu.Lock()
 	h.raws = append(h.raws, b)
 	h.mu.Unlock()
-	h.router.add(user, &routing.Backend{Name: "raw", Addr: ln.Addr().String(), ForwardID: forwardID})
+	h.router.add(user, &routing.Backend{Name: "raw", Addr: b.addr(), ForwardID: forwardID})
 	return b
 }
 
-func (b *rawBackend) serve() {
-	defer b.wg.Done()
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			return
-		}
-		b.mu.Lock()
-		b.conns[c] = struct{}{}
-		b.mu.Unlock()
-		b.wg.Add(1)
-		go b.handle(c)
-	}
-}
-
 func (b *rawBackend) handle(c net.Conn) {
-	defer b.wg.Done()
-	defer func() {
-		b.mu.Lock()
-		delete(b.conns, c)
-		b.mu.Unlock()
-		c.Close()
-	}()
 	io.WriteString(c, "* OK [CAPABILITY "+b.greeting+"] raw backend ready\r\n")
 	br := bufio.NewReader(c)
 	for {
@@ -506,16 +474,6 @@ func (b *rawBackend) next(t *testing.T, cmd string) string {
 			t.Fatalf("backend never received %s", cmd)
 		}
 	}
-}
-
-func (b *rawBackend) close() {
-	b.ln.Close()
-	b.mu.Lock()
-	for c := range b.conns {
-		c.Close()
-	}
-	b.mu.Unlock()
-	b.wg.Wait()
 }
 
 // loginAlice logs alice in with LOGIN and checks the tagged OK.
