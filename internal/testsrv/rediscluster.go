@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -218,42 +216,6 @@ func redisBaseArgs(port int, dir string) []string {
 		"--dir", dir, "--replica-announce-ip", "127.0.0.1",
 		// The default waits 5 s for more replicas before a full sync.
 		"--repl-diskless-sync-delay", "0"}
-}
-
-// startRedisNode starts redis-server with args(port) on a free port,
-// logging to dir/<name>-<port>.log, and stops it in t.Cleanup. args is
-// called again on a new port when the previous one was taken meanwhile.
-func startRedisNode(t testing.TB, bin, dir, name string, args func(port int) []string) *Redis {
-	t.Helper()
-	var lastErr error
-	var logPath string
-	for attempt := 0; attempt < 3; attempt++ {
-		port := FreePort(t)
-		logPath = filepath.Join(dir, fmt.Sprintf("%s-%d.log", name, port))
-		logf, err := os.Create(logPath)
-		if err != nil {
-			t.Fatalf("testsrv: %v", err)
-		}
-		cmd := exec.Command(bin, args(port)...)
-		cmd.Dir = dir
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		err = cmd.Start()
-		logf.Close()
-		if err != nil {
-			t.Fatalf("testsrv: start %s: %v", bin, err)
-		}
-		r := &Redis{Addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd, exited: make(chan struct{})}
-		go func() { cmd.Wait(); close(r.exited) }()
-		if lastErr = r.waitReady(10 * time.Second); lastErr == nil {
-			t.Cleanup(r.Stop)
-			return r
-		}
-		r.Stop()
-	}
-	b, _ := os.ReadFile(logPath)
-	t.Fatalf("testsrv: %s (%s) did not start: %v\n%s", name, bin, lastErr, b)
-	return nil
 }
 
 // adminClient is a go-redis client for setup commands: no retries, so

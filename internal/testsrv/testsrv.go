@@ -18,7 +18,6 @@
 package testsrv
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -109,54 +108,4 @@ func WaitDial(addr string, d time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// Redis is a redis-server process owned by a test.
-type Redis struct {
-	Addr string
-
-	cmd      *exec.Cmd
-	exited   chan struct{}
-	stopOnce sync.Once
-}
-
-// StartRedis starts redis-server on a random loopback port without
-// persistence and stops it in t.Cleanup.
-func StartRedis(t testing.TB) *Redis {
-	t.Helper()
-	bin := LookPath(t, "redis-server", "/usr/bin/redis-server")
-	dir := t.TempDir()
-	return startRedisNode(t, bin, dir, "redis", func(port int) []string {
-		return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", dir, "--protected-mode", "no"}
-	})
-}
-
-// waitReady also watches the process, so that a redis-server that died (for
-// example on a port taken meanwhile) is not mistaken for the thief.
-func (r *Redis) waitReady(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		select {
-		case <-r.exited:
-			return fmt.Errorf("redis-server exited: %v", r.cmd.ProcessState)
-		default:
-		}
-		err := WaitDial(r.Addr, 100*time.Millisecond)
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-	}
-}
-
-// Stop kills the server; it is safe to call more than once, so a test can
-// take Redis down on purpose.
-func (r *Redis) Stop() {
-	r.stopOnce.Do(func() {
-		r.cmd.Process.Kill()
-		<-r.exited
-	})
 }
