@@ -233,7 +233,6 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 			c.Close()
 			return ErrServerClosed
 		}
-		s.wg.Add(1)
 		go sess.serve() // the session calls s.sessionDone when it ends
 
 	}
@@ -267,6 +266,10 @@ func (s *Server) trackSession(sess *session, add bool) bool {
 			return false
 		}
 		s.sessions[sess] = struct{}{}
+		// Under s.mu, so that it happens before Shutdown's wg.Wait: Shutdown
+		// sets closing under s.mu too, and a session added after that is
+		// refused above.
+		s.wg.Add(1)
 	} else {
 		delete(s.sessions, sess)
 	}
