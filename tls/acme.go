@@ -311,10 +311,8 @@ func (a *ACME) keyMutex(key string) *sync.Mutex {
 // would keep replacing the others' certificates until the CA's rate limits
 // stop them all.
 func (a *ACME) Obtain(ctx context.Context) error {
-	if k, ok := a.inner.(interface{ CheckKey(context.Context) error }); ok {
-		if err := k.CheckKey(ctx); err != nil {
-			return err
-		}
+	if err := a.checkKey(ctx); err != nil {
+		return err
 	}
 	errs := make([]error, len(a.names))
 	var wg sync.WaitGroup
@@ -337,6 +335,15 @@ func (a *ACME) Obtain(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// checkKey reports ErrWrongCacheKey when the cache cannot open its own ACME
+// account key; see Obtain.
+func (a *ACME) checkKey(ctx context.Context) error {
+	if k, ok := a.inner.(interface{ CheckKey(context.Context) error }); ok {
+		return k.CheckKey(ctx)
+	}
+	return nil
 }
 
 // ecdsaHello is a synthetic ClientHello for pre-warming: it must offer an
@@ -410,6 +417,9 @@ func (a *ACME) Certificates() []Info {
 func (a *ACME) Cached(ctx context.Context) ([]Info, error) {
 	if a.inner == nil {
 		return nil, nil
+	}
+	if err := a.checkKey(ctx); err != nil {
+		return nil, err
 	}
 	var out []Info
 	for _, name := range a.names {
