@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -112,24 +111,6 @@ func (l *fakeLocal) drained() []backendKick {
 	return append([]backendKick(nil), l.backendKicks...)
 }
 
-// logBuf collects a fleet's log lines.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *logBuf) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *logBuf) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 func newClient(t testing.TB, addrs ...string) redis.UniversalClient {
 	t.Helper()
 	c := routing.NewRedisClient(routing.RedisOptions{Addrs: addrs})
@@ -144,9 +125,9 @@ func redisClient(t testing.TB) (redis.UniversalClient, *testsrv.Redis) {
 }
 
 // newFleet makes a fleet around a fresh fake Local.
-func newFleet(c redis.UniversalClient, id string, hb time.Duration) (*Fleet, *fakeLocal, *logBuf) {
+func newFleet(c redis.UniversalClient, id string, hb time.Duration) (*Fleet, *fakeLocal, *testsrv.Buffer) {
 	l := newLocal()
-	lb := &logBuf{}
+	lb := &testsrv.Buffer{}
 	f := &Fleet{Client: c, ProxyID: id, Heartbeat: hb, Local: l,
 		Logger: slog.New(slog.NewTextHandler(lb, nil))}
 	l.fleet = f
