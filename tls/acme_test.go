@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -132,56 +131,7 @@ func serveHTTP01(t *testing.T, p *testsrv.Pebble, a *ACME) {
 }
 
 func serveTLSALPN01(t *testing.T, p *testsrv.Pebble, a *ACME) {
-	acmeServeOn(t, listenPort(t, p.TLSPort), a.TLSALPNConfig())
-}
-
-// acmeServe runs a TLS server that completes the handshake and writes "x".
-func acmeServe(t *testing.T, cfg *stdtls.Config) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	acmeServeOn(t, ln, cfg)
-	return ln.Addr().String()
-}
-
-func acmeServeOn(t *testing.T, ln net.Listener, cfg *stdtls.Config) {
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				tc := stdtls.Server(c, cfg)
-				if tc.Handshake() == nil {
-					tc.Write([]byte{'x'})
-				}
-			}()
-		}
-	}()
-}
-
-func acmeDial(addr string, cfg *stdtls.Config) (stdtls.ConnectionState, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return stdtls.ConnectionState{}, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	tc := stdtls.Client(c, cfg)
-	if err := tc.Handshake(); err != nil {
-		return stdtls.ConnectionState{}, err
-	}
-	var b [1]byte
-	if _, err := io.ReadFull(tc, b[:]); err != nil {
-		return stdtls.ConnectionState{}, err
-	}
-	return tc.ConnectionState(), nil
+	serveOn(listenPort(t, p.TLSPort), a.TLSALPNConfig())
 }
 
 // imapConfig is how Portico's listeners use ACME: their own config, ALPN imap.
@@ -207,7 +157,7 @@ func acmeServedSerial(t *testing.T, addr, name string, roots *x509.CertPool) str
 			return err
 		}
 	}
-	st, err := acmeDial(addr, cfg)
+	st, err := dial(addr, cfg)
 	if err != nil {
 		t.Fatalf("handshake with SNI %q: %v", name, err)
 	}
@@ -261,14 +211,14 @@ func TestACMEHTTP01(t *testing.T) {
 	serial := onlySerial(t, a)
 
 	roots := p.Roots(t)
-	addr := acmeServe(t, imapConfig(a))
+	addr := serve(t, imapConfig(a))
 	if got := acmeServedSerial(t, addr, "mail.test", roots); got != serial {
 		t.Errorf("SNI mail.test served serial %s, want %s", got, serial)
 	}
 	if got := acmeServedSerial(t, addr, "", roots); got != serial {
 		t.Errorf("no SNI served serial %s, want %s", got, serial)
 	}
-	if _, err := acmeDial(addr, &stdtls.Config{ServerName: "other.test", RootCAs: roots, NextProtos: []string{"imap"}}); err == nil {
+	if _, err := dial(addr, &stdtls.Config{ServerName: "other.test", RootCAs: roots, NextProtos: []string{"imap"}}); err == nil {
 		t.Error("handshake for an unmanaged name succeeded")
 	}
 
@@ -324,14 +274,14 @@ func TestACMETLSALPN01(t *testing.T) {
 		t.Errorf("%d orders, want 1 (tls-alpn-01 succeeds at once)", n)
 	}
 	serial := onlySerial(t, a)
-	addr := acmeServe(t, imapConfig(a))
+	addr := serve(t, imapConfig(a))
 	if got := acmeServedSerial(t, addr, "mail.test", p.Roots(t)); got != serial {
 		t.Errorf("served serial %s, want %s", got, serial)
 	}
 
 	// The challenge listener refuses ordinary clients.
 	tlsAddr := fmt.Sprintf("127.0.0.1:%d", p.TLSPort)
-	if _, err := acmeDial(tlsAddr, &stdtls.Config{ServerName: "mail.test", InsecureSkipVerify: true, NextProtos: []string{"imap"}}); err == nil {
+	if _, err := dial(tlsAddr, &stdtls.Config{ServerName: "mail.test", InsecureSkipVerify: true, NextProtos: []string{"imap"}}); err == nil {
 		t.Error("TLS-ALPN listener served an IMAP client")
 	}
 	// And an acme-tls/1 hello for a name not managed gets nothing.
@@ -393,7 +343,7 @@ func TestACMEFleet(t *testing.T) {
 	}
 	roots := p.Roots(t)
 	for _, m := range []*ACME{a, b} {
-		if got := acmeServedSerial(t, acmeServe(t, imapConfig(m)), "mail.test", roots); got != sa {
+		if got := acmeServedSerial(t, serve(t, imapConfig(m)), "mail.test", roots); got != sa {
 			t.Errorf("served serial %s, want %s", got, sa)
 		}
 	}
@@ -446,7 +396,7 @@ func TestACMERenewal(t *testing.T) {
 		t.Fatal("proxies start with different certificates")
 	}
 	roots := p.Roots(t)
-	addrA, addrB := acmeServe(t, imapConfig(a)), acmeServe(t, imapConfig(b))
+	addrA, addrB := serve(t, imapConfig(a)), serve(t, imapConfig(b))
 
 	// Renewal is due about 10 s after issuance; the next one 10 s later.
 	deadline := time.Now().Add(25 * time.Second)

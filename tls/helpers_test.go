@@ -57,6 +57,12 @@ func serve(t *testing.T, cfg *stdtls.Config) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	serveOn(ln, cfg)
+	return ln.Addr().String()
+}
+
+// serveOn is serve on a listener the caller made (a fixed port).
+func serveOn(ln net.Listener, cfg *stdtls.Config) {
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -73,7 +79,6 @@ func serve(t *testing.T, cfg *stdtls.Config) string {
 			}()
 		}
 	}()
-	return ln.Addr().String()
 }
 
 // dial handshakes with addr and reads the server's byte.
