@@ -56,12 +56,8 @@ routing:
 backends:
   - {name: mem, address: "` + be.Addr() + `"}
 `
-			p := filepath.Join(dir, "portico.yaml")
-			os.WriteFile(p, []byte(cfg), 0o600)
-			_, stderr, _ := startBinary(t, bin, "serve", "-config", p)
-			if err := testsrv.WaitDial(imaps, 60*time.Second); err != nil {
-				t.Fatalf("serve did not listen: %v\n%s", err, stderr)
-			}
+			p := writeConfig(t, dir, cfg)
+			_, stderr := startServe(t, bin, p, imaps, 60*time.Second)
 			roots := pebble.Roots(t)
 			for _, sni := range []string{"mail.test", ""} {
 				c, err := tls.Dial("tcp", imaps, &tls.Config{RootCAs: roots, ServerName: sni, NextProtos: []string{"imap"},

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -83,8 +82,7 @@ backends:
 backend_defaults: {security: starttls}
 fleet: {heartbeat: 1s}
 `
-	p := filepath.Join(dir, "portico.yaml")
-	os.WriteFile(p, []byte(cfg), 0o600)
+	p := writeConfig(t, dir, cfg)
 	admin := func(args ...string) string {
 		t.Helper()
 		out, code := run(t, bin, nil, append(args[:1:1], append([]string{"-config", p}, args[1:]...)...)...)
@@ -112,10 +110,7 @@ fleet: {heartbeat: 1s}
 		t.Fatalf("route explain: %s", out)
 	}
 
-	_, stderr, _ := startBinary(t, bin, "serve", "-config", p)
-	if err := testsrv.WaitDial(imaps, 10*time.Second); err != nil {
-		t.Fatalf("serve did not listen: %v\n%s", err, stderr)
-	}
+	_, stderr := startServe(t, bin, p, imaps, 10*time.Second)
 
 	// A session in IDLE on d1.
 	c := dialIMAP(t, imaps)

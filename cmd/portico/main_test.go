@@ -66,11 +66,7 @@ func exampleConfig(t *testing.T) string {
 	}
 	data := strings.ReplaceAll(string(config.Example), "/etc/portico/tls/cert.pem", certFile)
 	data = strings.ReplaceAll(data, "/etc/portico/tls/key.pem", keyFile)
-	p := filepath.Join(dir, "portico.yaml")
-	if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return writeConfig(t, dir, data)
 }
 
 func TestCommands(t *testing.T) {
@@ -130,6 +126,28 @@ func freeAddr(t *testing.T) string {
 
 // startBinary runs the binary until the test ends and returns its output
 // so far on demand.
+// writeConfig writes a config file into dir and returns its path.
+func writeConfig(t *testing.T, dir, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, "portico.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startServe starts "portico serve -config config" and waits up to wait
+// for it to listen on addr. It returns the command and its stderr, which
+// holds the log.
+func startServe(t *testing.T, bin, config, addr string, wait time.Duration) (*exec.Cmd, *testsrv.Buffer) {
+	t.Helper()
+	cmd, stderr, _ := startBinary(t, bin, "serve", "-config", config)
+	if err := testsrv.WaitDial(addr, wait); err != nil {
+		t.Fatalf("serve did not listen: %v\n%s", err, stderr)
+	}
+	return cmd, stderr
+}
+
 func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *testsrv.Buffer, *bufio.Reader) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
@@ -252,12 +270,7 @@ routing:
 backends:
   - {name: mem, address: "` + be.Addr() + `"}
 `
-	p := filepath.Join(dir, "portico.yaml")
-	os.WriteFile(p, []byte(cfg), 0o600)
-	cmd, stderr, _ := startBinary(t, bin, "serve", "-config", p)
-	if err := testsrv.WaitDial(imaps, 10*time.Second); err != nil {
-		t.Fatalf("serve did not listen: %v\n%s", err, stderr)
-	}
+	cmd, stderr := startServe(t, bin, writeConfig(t, dir, cfg), imaps, 10*time.Second)
 	for _, url := range []string{"imaps://" + imaps + "/INBOX;UID=1", "imap://" + imap + "/INBOX;UID=1"} {
 		// "carol" without domain: default_domain completes it.
 		out, err := exec.Command(curl, "-sS", "-k", "--ssl-reqd", "--max-time", "10", "-u", "carol:carol-pw", url).CombinedOutput()
@@ -306,12 +319,7 @@ routing:
 backends:
   - {name: mem, address: "` + be.Addr() + `"}
 `
-	p := filepath.Join(dir, "portico.yaml")
-	os.WriteFile(p, []byte(cfg), 0o600)
-	cmd, stderr, _ := startBinary(t, bin, "serve", "-config", p)
-	if err := testsrv.WaitDial(imaps, 10*time.Second); err != nil {
-		t.Fatalf("serve did not listen: %v\n%s", err, stderr)
-	}
+	cmd, stderr := startServe(t, bin, writeConfig(t, dir, cfg), imaps, 10*time.Second)
 	served := func() string {
 		c, err := tls.Dial("tcp", imaps, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"imap"}})
 		if err != nil {
