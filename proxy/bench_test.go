@@ -143,12 +143,16 @@ func BenchmarkIdleSessions(b *testing.B) {
 		return strings.TrimSpace(strings.TrimPrefix(l, prefix))
 	}
 	backendAddr := expect("BACKEND ")
+	// Measured as deployed: the backend->client directions park after
+	// the production delay, not the tests' short one.
+	defer proxy.SetParkAfter(proxy.DefaultParkAfter)()
 	_, addr, _ := benchProxy(b, backendAddr)
 
 	before := memNow()
 	fmt.Fprintf(stdin, "PROXY %s %d\n", addr, n)
 	expect("READY")
-	time.Sleep(500 * time.Millisecond) // let the last hand-offs settle
+	// Let the last hand-offs settle and the idle directions park.
+	time.Sleep(proxy.DefaultParkAfter + time.Second)
 	after := memNow()
 	if p := os.Getenv("PORTICO_IDLE_HEAPPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {

@@ -165,6 +165,12 @@ type Server struct {
 	stopping context.Context
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
+
+	// poller parks idle sessions' backend->client directions; made at the
+	// first splice, closed by Shutdown once no session is left.
+	pollerOnce sync.Once
+	poller     *poller
+	pollerShut sync.Once
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -298,12 +304,40 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(finished) }()
 	select {
 	case <-finished:
+		s.closePoller()
 		return nil
 	case <-ctx.Done():
 	}
 	s.closeSessions()
 	<-finished
+	s.closePoller()
 	return ctx.Err()
+}
+
+// splicePoller returns the server's poller, or nil where there is none
+// (not Linux, or epoll refused): sessions then keep two goroutines.
+func (s *Server) splicePoller() *poller {
+	s.pollerOnce.Do(func() {
+		pl, err := newPoller()
+		if err != nil {
+			s.logger().Debug("proxy: idle sessions keep a goroutine per direction", "err", err)
+			return
+		}
+		s.poller = pl
+	})
+	return s.poller
+}
+
+// closePoller runs once every session has ended: none is parked any more.
+func (s *Server) closePoller() {
+	s.pollerShut.Do(func() {
+		// A session cannot start a poller from now on: there is none left
+		// to splice, and new ones are refused.
+		s.pollerOnce.Do(func() {})
+		if s.poller != nil {
+			s.poller.close()
+		}
+	})
 }
 
 // Close stops accepting and closes every connection at once.

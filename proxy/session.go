@@ -420,7 +420,7 @@ func (s *session) handOff() net.Conn {
 	s.bw.Write(up.Buffered)
 	// The framers start at the boundary after the login exchange and
 	// follow what each side sent past it.
-	s.sp = &splicer{Idle: s.lim.IdleTimeout}
+	s.sp = &splicer{Idle: s.lim.IdleTimeout, poller: s.srv.splicePoller()}
 	s.sp.up.heads = true
 	s.sp.down.feed(up.Buffered)
 	if err := s.bw.Flush(); err != nil {

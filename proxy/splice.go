@@ -29,10 +29,30 @@ import (
 // behind our back.
 
 const (
-	spliceBufSize  = 16 << 10 // the largest TLS record
-	spliceIdleBuf  = 512
-	halfCloseGrace = 30 * time.Second
+	spliceBufSize = 16 << 10 // the largest TLS record
+	spliceIdleBuf = 512
 )
+
+// halfCloseGrace is how long the other direction may go on after one has
+// ended with EOF. A variable so that tests can shorten it.
+var halfCloseGrace = 30 * time.Second
+
+// parkAfter is how long the backend->client direction waits for data in its
+// own goroutine before parking with the poller. Long enough that a session
+// moving data never parks between two reads; short next to how long IMAP
+// clients stay idle. A variable so that tests can shorten it.
+var parkAfter = defaultParkAfter
+
+const defaultParkAfter = time.Second
+
+const (
+	downRunning = iota
+	downParked
+	downDone
+)
+
+// errParked ends a copy loop whose direction the poller now holds.
+var errParked = errors.New("proxy: direction parked")
 
 // minIdle is the shortest idle timeout a spliced session may get: RFC 9051
 // §5.4 (autologout timer ≥ 30 min; IDLE clients stay silent up to 29 min).
@@ -64,6 +84,18 @@ type splicer struct {
 	// this long. Zero means no idle timeout; shorter than 30 minutes counts
 	// as 30 minutes.
 	Idle time.Duration
+
+	// poller, when set and the backend is a *net.TCPConn, takes over the
+	// backend->client direction after parkAfter without data, so that an
+	// idle session holds one goroutine instead of two. nil: a goroutine
+	// per direction for the whole session.
+	poller    *poller
+	pk        parking
+	downState atomic.Int32  // downRunning, downParked or downDone, with a poller
+	downDone  chan struct{} // closed by endDown, with a poller
+	downOnce  sync.Once
+	closed    atomic.Bool                // closeBoth has run
+	grace     atomic.Pointer[time.Timer] // half-close grace of a parking direction
 
 	toBackend, toClient atomic.Int64
 
@@ -99,29 +131,47 @@ func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBacke
 		p.client, p.backend = client, backend
 	}
 	p.batch = batchFor(client)
+	if _, ok := backend.(*net.TCPConn); !ok {
+		p.poller = nil // parking needs the backend's socket
+	}
 	if p.Idle > 0 {
 		p.idle = max(p.Idle, minIdle)
 		p.epoch = time.Now()
 		p.touch()
 		dl := time.Now().Add(p.idle)
 		client.SetReadDeadline(dl)
-		backend.SetReadDeadline(dl)
+		if p.poller == nil {
+			// A parking direction does without: the client's direction
+			// sees both directions' activity (rearm).
+			backend.SetReadDeadline(dl)
+		}
 	}
 	stop := context.AfterFunc(ctx, p.closeBoth)
 	defer stop()
 	defer func() {
-		if t := p.kickTimer.Load(); t != nil {
-			t.Stop()
+		for _, t := range []*time.Timer{p.kickTimer.Load(), p.grace.Load()} {
+			if t != nil {
+				t.Stop()
+			}
 		}
 	}()
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	if p.poller != nil {
+		// The backend->client direction starts in a fresh goroutine, which
+		// ends when the direction parks; this one reads the client.
+		p.downDone = make(chan struct{})
+		go p.spliceToClient()
 		p.spliceToBackend()
-	}()
-	p.spliceToClient()
-	<-done
+		<-p.downDone
+	} else {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			p.spliceToBackend()
+		}()
+		p.spliceToClient()
+		<-done
+	}
 	p.closeBoth()
 
 	err = p.err
@@ -138,7 +188,48 @@ func (p *splicer) spliceToBackend() {
 }
 
 func (p *splicer) spliceToClient() {
-	p.finish(p.client, p.copy(p.writeClient, p.backend, &p.toClient))
+	err := p.copy(p.writeClient, p.backend, &p.toClient)
+	if err == errParked {
+		return // the poller resumes the direction in a new goroutine
+	}
+	p.finish(p.client, err)
+	p.endDown()
+}
+
+// resumeToClient runs the backend->client direction again once the poller
+// has seen its socket readable, unless closeBoth has ended it meanwhile.
+func (p *splicer) resumeToClient() {
+	if p.downState.CompareAndSwap(downParked, downRunning) {
+		p.spliceToClient()
+	}
+}
+
+// parkToClient hands the backend->client direction to the poller. It
+// reports false when the direction must carry on in this goroutine (the
+// socket could not be armed); true means the goroutine must return at once
+// without touching the direction: it is parked, or already ended.
+func (p *splicer) parkToClient(src *net.TCPConn, rc syscall.RawConn) bool {
+	src.SetReadDeadline(time.Time{}) // a resumed loop sets its own
+	p.downState.Store(downParked)
+	if err := p.poller.park(&p.pk, rc, p.resumeToClient); err != nil {
+		// Not armed. Carry on unless closeBoth ended the direction in
+		// the meantime.
+		return !p.downState.CompareAndSwap(downParked, downRunning)
+	}
+	// closeBoth may have run before the direction was marked parked, and
+	// then left it to us.
+	if p.closed.Load() && p.downState.CompareAndSwap(downParked, downDone) {
+		p.poller.forget(&p.pk)
+		p.endDown()
+	}
+	return true
+}
+
+// endDown marks the backend->client direction finished, with a poller.
+func (p *splicer) endDown() {
+	if p.downDone != nil {
+		p.downOnce.Do(func() { close(p.downDone) })
+	}
 }
 
 // A chunkWriter passes one chunk on to the other side: writeBackend or
@@ -163,6 +254,11 @@ func (p *splicer) finish(dst net.Conn, err error) {
 	// bounded time to finish (say, Dovecot's BYE after a client EOF).
 	closeWrite(dst)
 	p.halfClosed.Store(true)
+	if dst == p.backend && p.poller != nil {
+		// A parked direction has no read to time out: a timer does it.
+		p.grace.Store(time.AfterFunc(halfCloseGrace, p.closeBoth))
+		return
+	}
 	dst.SetReadDeadline(time.Now().Add(halfCloseGrace))
 }
 
@@ -176,8 +272,15 @@ func (p *splicer) setErr(err error) {
 
 func (p *splicer) closeBoth() {
 	p.closeOnce.Do(func() {
+		p.closed.Store(true)
 		p.client.Close()
 		p.backend.Close()
+		// Closing the socket drops its epoll registration without an
+		// event, so a parked direction is ended here.
+		if p.downState.CompareAndSwap(downParked, downDone) {
+			p.poller.forget(&p.pk)
+			p.endDown()
+		}
 	})
 }
 
@@ -215,10 +318,14 @@ func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.I
 	if err != nil {
 		return err
 	}
+	parks := p.poller != nil && src == p.backend
 	for {
 		var bp *[]byte
 		var n int
 		var rerr error
+		if parks {
+			src.SetReadDeadline(time.Now().Add(parkAfter))
+		}
 		err := rc.Read(func(fd uintptr) bool {
 			bp = tcpBufPool.Get().(*[]byte)
 			for {
@@ -256,6 +363,12 @@ func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.I
 			return nil
 		}
 		if err != nil {
+			if parks && errors.Is(err, os.ErrDeadlineExceeded) {
+				if p.parkToClient(src, rc) {
+					return errParked
+				}
+				continue
+			}
 			if p.rearm(src, err) {
 				continue
 			}

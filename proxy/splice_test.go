@@ -159,21 +159,35 @@ func writeChunks(c net.Conn, b []byte, seed uint64) error {
 	return nil
 }
 
-var spliceModes = []struct {
+type spliceMode struct {
 	name                  string
 	clientTLS, backendTLS bool
-}{
-	{"tls-plain", true, false},
-	{"plain-plain", false, false},
-	{"tls-tls", true, true},
-	{"plain-tls", false, true},
+	park                  bool // the backend->client direction parks with testPoller
+}
+
+var spliceModes = []spliceMode{
+	{name: "tls-plain", clientTLS: true},
+	{name: "plain-plain"},
+	{name: "tls-tls", clientTLS: true, backendTLS: true},
+	{name: "plain-tls", backendTLS: true},
+	{name: "tls-plain-parked", clientTLS: true, park: true},
+	{name: "plain-plain-parked", park: true},
+}
+
+// splicer returns a splicer for m with the given idle timeout.
+func (m spliceMode) splicer(idle time.Duration) *splicer {
+	p := &splicer{Idle: idle}
+	if m.park {
+		p.poller = testPoller
+	}
+	return p
 }
 
 func TestSpliceBulk(t *testing.T) {
 	for _, m := range spliceModes {
 		t.Run(m.name, func(t *testing.T) {
 			g := runtime.NumGoroutine()
-			client, backend, res := startSplice(t, context.Background(), &splicer{}, m.clientTLS, m.backendTLS)
+			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
 			up := randomBytes(3<<20+17, 1)
 			down := randomBytes(4<<20+5, 2)
 
@@ -212,7 +226,7 @@ func TestSpliceClientHalfClose(t *testing.T) {
 	for _, m := range spliceModes {
 		t.Run(m.name, func(t *testing.T) {
 			g := runtime.NumGoroutine()
-			client, backend, res := startSplice(t, context.Background(), &splicer{}, m.clientTLS, m.backendTLS)
+			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
 			defer client.Close()
 			defer backend.Close()
 
@@ -244,7 +258,7 @@ func TestSpliceBackendHalfClose(t *testing.T) {
 	for _, m := range spliceModes {
 		t.Run(m.name, func(t *testing.T) {
 			g := runtime.NumGoroutine()
-			client, backend, res := startSplice(t, context.Background(), &splicer{}, m.clientTLS, m.backendTLS)
+			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
 			defer client.Close()
 			defer backend.Close()
 
@@ -285,7 +299,7 @@ func TestSpliceCancel(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			g := runtime.NumGoroutine()
 			ctx, cancel := context.WithCancel(context.Background())
-			client, backend, res := startSplice(t, ctx, &splicer{}, m.clientTLS, m.backendTLS)
+			client, backend, res := startSplice(t, ctx, m.splicer(0), m.clientTLS, m.backendTLS)
 			defer client.Close()
 			defer backend.Close()
 			io.WriteString(client, "a IDLE\r\n")
@@ -334,10 +348,13 @@ func TestSpliceIdle(t *testing.T) {
 	defer func(d time.Duration) { minIdle = d }(minIdle)
 	minIdle = 0
 	const idle = 300 * time.Millisecond
-	for _, m := range spliceModes[:2] {
+	for _, m := range spliceModes {
+		if m.backendTLS {
+			continue
+		}
 		t.Run(m.name, func(t *testing.T) {
 			g := runtime.NumGoroutine()
-			client, backend, res := startSplice(t, context.Background(), &splicer{Idle: idle}, m.clientTLS, m.backendTLS)
+			client, backend, res := startSplice(t, context.Background(), m.splicer(idle), m.clientTLS, m.backendTLS)
 			defer client.Close()
 			defer backend.Close()
 			// Traffic in one direction only keeps both alive (an IDLE
@@ -571,6 +588,7 @@ func BenchmarkSpliceDownloadFetch(b *testing.B) {
 // as the proxy does after login; it returns its address and a client
 // config that trusts it.
 func spliceProxy(b *testing.B, backendAddr string) (string, *tls.Config) {
+	b.Cleanup(SetParkAfter(defaultParkAfter)) // as deployed
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -596,7 +614,8 @@ func spliceProxy(b *testing.B, backendAddr string) (string, *tls.Config) {
 					be.Close()
 					return
 				}
-				splice(context.Background(), tc, be)
+				// As a server session does: parking when idle.
+				(&splicer{poller: testPoller}).splice(context.Background(), tc, be)
 			}()
 		}
 	}()

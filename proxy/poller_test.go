@@ -1,0 +1,197 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// testPoller parks the "-parked" splice modes and the benchmark proxies;
+// it lives as long as the test binary, so goroutine counts include it from
+// the start. nil where there is no epoll: those modes then do not park.
+var testPoller *poller
+
+func TestMain(m *testing.M) {
+	testPoller, _ = newPoller()
+	// Park after 10 ms rather than a second, so that the sessions of every
+	// test in this package, not only those written for parking, park and
+	// resume between their steps.
+	parkAfter = 10 * time.Millisecond
+	os.Exit(m.Run())
+}
+
+func needPoller(t *testing.T) {
+	t.Helper()
+	if testPoller == nil {
+		t.Fatal("no epoll poller on this system; the parking tests need Linux")
+	}
+}
+
+// waitParked waits until p's backend->client direction is parked.
+func waitParked(t *testing.T, p *splicer) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.downState.Load() != downParked {
+		if time.Now().After(deadline) {
+			t.Fatalf("direction not parked (state %d)", p.downState.Load())
+		}
+		time.Sleep(parkAfter / 2)
+	}
+}
+
+// goroutinesIn counts the goroutines with fn on their stack.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	return strings.Count(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
+// An idle session holds one goroutine; data from the backend resumes the
+// parked direction, which parks again once quiet.
+func TestSpliceParksIdleDirection(t *testing.T) {
+	needPoller(t)
+	g := runtime.NumGoroutine()
+	p := &splicer{poller: testPoller}
+	client, backend, res := startSplice(t, context.Background(), p, true, false)
+	defer client.Close()
+	defer backend.Close()
+
+	buf := make([]byte, 64)
+	for round := range 3 {
+		waitParked(t, p)
+		// Only the client's direction has a goroutine.
+		if n := goroutinesIn("(*splicer).spliceToClient("); n != 0 {
+			t.Errorf("round %d: %d goroutines copy to the client of a parked session, want 0", round, n)
+		}
+		if n := goroutinesIn("(*splicer).spliceToBackend("); n != 1 {
+			t.Errorf("round %d: %d goroutines copy to the backend, want 1", round, n)
+		}
+		msg := fmt.Sprintf("* %d EXISTS\r\n", round)
+		io.WriteString(backend, msg)
+		if _, err := io.ReadFull(client, buf[:len(msg)]); err != nil || string(buf[:len(msg)]) != msg {
+			t.Fatalf("round %d: client read %q, %v", round, buf[:len(msg)], err)
+		}
+		io.WriteString(client, "a NOOP\r\n")
+		if _, err := io.ReadFull(backend, buf[:8]); err != nil || string(buf[:8]) != "a NOOP\r\n" {
+			t.Fatalf("round %d: backend read %q, %v", round, buf[:8], err)
+		}
+	}
+	waitParked(t, p)
+	// The backend's EOF wakes the parked direction, which passes it on.
+	backend.Close()
+	if got, err := io.ReadAll(client); err != nil || len(got) != 0 {
+		t.Errorf("client after backend EOF: %q, %v", got, err)
+	}
+	client.Close()
+	if r := waitSplice(t, res); r.err != nil {
+		t.Errorf("splice: %v", r.err)
+	}
+	checkGoroutines(t, g)
+}
+
+// Closing a session whose direction is parked (a kick, shutdown) ends it at
+// once, although the closed socket raises no event.
+func TestSpliceParkedCancel(t *testing.T) {
+	needPoller(t)
+	g := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &splicer{poller: testPoller}
+	client, backend, res := startSplice(t, ctx, p, true, false)
+	defer client.Close()
+	defer backend.Close()
+	waitParked(t, p)
+	cancel()
+	if r := waitSplice(t, res); !errors.Is(r.err, context.Canceled) {
+		t.Errorf("splice = %v, want Canceled", r.err)
+	}
+	if s := p.downState.Load(); s != downDone {
+		t.Errorf("direction state %d after close, want done", s)
+	}
+	checkGoroutines(t, g)
+}
+
+// After the client's EOF, a parked backend direction still gets only
+// halfCloseGrace to finish: a timer stands in for its read deadline.
+func TestSpliceParkedHalfCloseGrace(t *testing.T) {
+	needPoller(t)
+	defer func(d time.Duration) { halfCloseGrace = d }(halfCloseGrace)
+	halfCloseGrace = 300 * time.Millisecond
+	g := runtime.NumGoroutine()
+	p := &splicer{poller: testPoller}
+	client, backend, res := startSplice(t, context.Background(), p, true, false)
+	defer client.Close()
+	defer backend.Close()
+	waitParked(t, p)
+	closeWrite(client)
+	if got, err := io.ReadAll(backend); err != nil || len(got) != 0 {
+		t.Fatalf("backend after client EOF: %q, %v", got, err)
+	}
+	// The backend stays silent: the session ends after the grace.
+	start := time.Now()
+	waitSplice(t, res)
+	if d := time.Since(start); d > 5*halfCloseGrace {
+		t.Errorf("session ended %v after the half-close, want about %v", d, halfCloseGrace)
+	}
+	checkGoroutines(t, g)
+}
+
+// Many sessions park and resume at random while closes race with events;
+// every byte arrives in order and nothing is left running.
+func TestSpliceParkingStress(t *testing.T) {
+	needPoller(t)
+	g := runtime.NumGoroutine()
+	const sessions = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	for i := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(i), 1))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			client, backend, res := startSplice(t, ctx, &splicer{poller: testPoller}, i%2 == 0, false)
+			defer client.Close()
+			defer backend.Close()
+			for step := range 20 {
+				msg := fmt.Appendf(nil, "* %d %d\r\n", i, step)
+				if _, err := backend.Write(msg); err != nil {
+					errs <- err
+					return
+				}
+				got := make([]byte, len(msg))
+				client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(client, got); err != nil || string(got) != string(msg) {
+					errs <- fmt.Errorf("session %d step %d: read %q, %v, want %q", i, step, got, err, msg)
+					return
+				}
+				// Sometimes quiet long enough to park, sometimes not.
+				time.Sleep(time.Duration(r.IntN(int(3 * parkAfter))))
+			}
+			if i%3 == 0 {
+				cancel() // close while parked or running
+			} else {
+				backend.Close()
+				client.Close()
+			}
+			select {
+			case <-res:
+			case <-time.After(10 * time.Second):
+				errs <- fmt.Errorf("session %d: splice did not end", i)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	checkGoroutines(t, g)
+}
