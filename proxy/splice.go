@@ -22,7 +22,10 @@ import (
 //     so an idle direction holds no buffer at all;
 //   - from a *tls.Conn (which has its own record buffer), the loop blocks on
 //     a 512-byte buffer and switches to a pooled 16 KiB one while reads come
-//     back full, so bulk transfers still move whole TLS records.
+//     back full, so bulk transfers still move whole TLS records;
+//   - with a poller (Linux), the backend->client direction gives up its
+//     goroutine after parkAfter without data and waits in the server's
+//     epoll set instead, so an idle session holds one goroutine, not two.
 //
 // io.Copy and io.CopyBuffer are avoided on purpose: with a *net.TCPConn on
 // either side they pick ReadFrom/WriteTo and allocate 32 KiB per direction
