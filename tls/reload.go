@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -213,10 +212,7 @@ func statFile(name string) fileState {
 		return fileState{name: name, err: err.Error()}
 	}
 	s := fileState{name: name, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.dev, s.ino = uint64(sys.Dev), uint64(sys.Ino)
-		s.ctime = time.Unix(int64(sys.Ctim.Sec), int64(sys.Ctim.Nsec)).UnixNano()
-	}
+	s.dev, s.ino, s.ctime = fileIdentity(fi)
 	return s
 }
 
