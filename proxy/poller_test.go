@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -57,9 +59,17 @@ func goroutinesIn(fn string) int {
 // parked direction, which parks again once quiet.
 func TestSpliceParksIdleDirection(t *testing.T) {
 	needPoller(t)
+	for _, backendTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("backendTLS=%v", backendTLS), func(t *testing.T) {
+			testSpliceParks(t, backendTLS)
+		})
+	}
+}
+
+func testSpliceParks(t *testing.T, backendTLS bool) {
 	g := runtime.NumGoroutine()
 	p := &splicer{poller: testPoller}
-	client, backend, res := startSplice(t, context.Background(), p, true, false)
+	client, backend, res := startSplice(t, context.Background(), p, true, backendTLS)
 	defer client.Close()
 	defer backend.Close()
 
@@ -157,7 +167,7 @@ func TestSpliceParkingStress(t *testing.T) {
 			r := rand.New(rand.NewPCG(uint64(i), 1))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			client, backend, res := startSplice(t, ctx, &splicer{poller: testPoller}, i%2 == 0, false)
+			client, backend, res := startSplice(t, ctx, &splicer{poller: testPoller}, i%2 == 0, i%4 < 2)
 			defer client.Close()
 			defer backend.Close()
 			for step := range 20 {
@@ -193,5 +203,74 @@ func TestSpliceParkingStress(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	checkGoroutines(t, g)
+}
+
+// splitConn writes each chunk in two halves with a pause between, so that a
+// TLS record reaches the proxy in two parts.
+type splitConn struct {
+	net.Conn
+	pause time.Duration
+}
+
+func (c *splitConn) Write(p []byte) (int, error) {
+	h := len(p) / 2
+	n, err := c.Conn.Write(p[:h])
+	if err != nil {
+		return n, err
+	}
+	time.Sleep(c.pause)
+	m, err := c.Conn.Write(p[h:])
+	return n + m, err
+}
+
+// A TLS backend's record that arrives in two parts, with the direction
+// parking in between, still reaches the client whole: the tls.Conn keeps
+// the first part while the socket waits in the poller.
+func TestSpliceParksInsideTLSRecord(t *testing.T) {
+	needPoller(t)
+	g := runtime.NumGoroutine()
+	d, a := tcpPair(t)
+	srv, cli := spliceTLS(t)
+	sc := &splitConn{Conn: d}
+	backend, pb := tls.Server(sc, srv), tls.Client(a, cli)
+	errc := make(chan error, 1)
+	go func() { errc <- backend.Handshake() }()
+	if err := pb.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	client, pc := connPair(t, true, true)
+	defer client.Close()
+	defer backend.Close()
+	p := &splicer{poller: testPoller}
+	res := make(chan spliceResult, 1)
+	go func() {
+		var r spliceResult
+		r.toBackend, r.toClient, r.err = p.splice(context.Background(), pc, pb)
+		res <- r
+	}()
+	waitParked(t, p)
+
+	sc.pause = 20 * parkAfter
+	const msg = "* 7 FETCH (FLAGS (\\Seen))\r\n"
+	wrote := make(chan error, 1)
+	go func() { _, err := io.WriteString(backend, msg); wrote <- err }()
+	// Half the record is in; the direction parks again before the rest.
+	time.Sleep(5 * parkAfter)
+	waitParked(t, p)
+	buf := make([]byte, len(msg))
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != msg {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	backend.Close()
+	client.Close()
+	waitSplice(t, res)
 	checkGoroutines(t, g)
 }

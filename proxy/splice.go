@@ -88,14 +88,15 @@ type splicer struct {
 	// as 30 minutes.
 	Idle time.Duration
 
-	// poller, when set and the backend is a *net.TCPConn, takes over the
-	// backend->client direction after parkAfter without data, so that an
-	// idle session holds one goroutine instead of two. nil: a goroutine
+	// poller, when set, takes over the backend->client direction after
+	// parkAfter without data, so that an idle session holds one goroutine
+	// instead of two. nil: a goroutine
 	// per direction for the whole session.
 	poller    *poller
 	pk        parking
-	downState atomic.Int32  // downRunning, downParked or downDone, with a poller
-	downDone  chan struct{} // closed by endDown, with a poller
+	parkRC    syscall.RawConn // the backend's socket, with a poller
+	downState atomic.Int32    // downRunning, downParked or downDone, with a poller
+	downDone  chan struct{}   // closed by endDown, with a poller
 	downOnce  sync.Once
 	closed    atomic.Bool                // closeBoth has run
 	grace     atomic.Pointer[time.Timer] // half-close grace of a parking direction
@@ -134,8 +135,11 @@ func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBacke
 		p.client, p.backend = client, backend
 	}
 	p.batch = batchFor(client)
-	if _, ok := backend.(*net.TCPConn); !ok {
-		p.poller = nil // parking needs the backend's socket
+	if p.poller != nil {
+		p.parkRC = socketOf(backend)
+		if p.parkRC == nil {
+			p.poller = nil // parking needs the backend's socket
+		}
 	}
 	if p.Idle > 0 {
 		p.idle = max(p.Idle, minIdle)
@@ -207,14 +211,19 @@ func (p *splicer) resumeToClient() {
 	}
 }
 
-// parkToClient hands the backend->client direction to the poller. It
-// reports false when the direction must carry on in this goroutine (the
-// socket could not be armed); true means the goroutine must return at once
-// without touching the direction: it is parked, or already ended.
-func (p *splicer) parkToClient(src *net.TCPConn, rc syscall.RawConn) bool {
-	src.SetReadDeadline(time.Time{}) // a resumed loop sets its own
+// parkToClient hands the backend->client direction to the poller once a
+// read has waited parkAfter in vain. A TLS backend's tls.Conn may hold the
+// start of a record then, but never a whole one (it would have been
+// returned), so the socket turning readable is still what to wait for.
+//
+// parkToClient reports false when the direction must carry on in this
+// goroutine (the socket could not be armed); true means the goroutine must
+// return at once without touching the direction: it is parked, or already
+// ended.
+func (p *splicer) parkToClient() bool {
+	p.backend.SetReadDeadline(time.Time{}) // a resumed loop sets its own
 	p.downState.Store(downParked)
-	if err := p.poller.park(&p.pk, rc, p.resumeToClient); err != nil {
+	if err := p.poller.park(&p.pk, p.parkRC, p.resumeToClient); err != nil {
 		// Not armed. Carry on unless closeBoth ended the direction in
 		// the meantime.
 		return !p.downState.CompareAndSwap(downParked, downRunning)
@@ -367,7 +376,7 @@ func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.I
 		}
 		if err != nil {
 			if parks && errors.Is(err, os.ErrDeadlineExceeded) {
-				if p.parkToClient(src, rc) {
+				if p.parkToClient() {
 					return errParked
 				}
 				continue
@@ -393,7 +402,11 @@ func (p *splicer) copyBuffered(dst chunkWriter, src net.Conn, count *atomic.Int6
 			spliceBufPool.Put(big)
 		}
 	}()
+	parks := p.poller != nil && src == p.backend
 	for {
+		if parks {
+			src.SetReadDeadline(time.Now().Add(parkAfter))
+		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			p.touch()
@@ -425,12 +438,35 @@ func (p *splicer) copyBuffered(dst chunkWriter, src net.Conn, count *atomic.Int6
 			return nil // TCP FIN, or TLS close_notify
 		}
 		if rerr != nil {
+			if parks && errors.Is(rerr, os.ErrDeadlineExceeded) {
+				if p.parkToClient() {
+					return errParked
+				}
+				continue
+			}
 			if p.rearm(src, rerr) {
 				continue
 			}
 			return rerr
 		}
 	}
+}
+
+// socketOf returns the raw socket under a backend connection, plain or
+// TLS, or nil when there is none to park on.
+func socketOf(c net.Conn) syscall.RawConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tcp.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
 
 // closeWrite half-closes c. For TLS that is close_notify followed by a TCP

@@ -172,6 +172,8 @@ var spliceModes = []spliceMode{
 	{name: "plain-tls", backendTLS: true},
 	{name: "tls-plain-parked", clientTLS: true, park: true},
 	{name: "plain-plain-parked", park: true},
+	{name: "tls-tls-parked", clientTLS: true, backendTLS: true, park: true},
+	{name: "plain-tls-parked", backendTLS: true, park: true},
 }
 
 // splicer returns a splicer for m with the given idle timeout.
