@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -231,17 +230,8 @@ func TestSpliceParksInsideTLSRecord(t *testing.T) {
 	needPoller(t)
 	g := runtime.NumGoroutine()
 	d, a := tcpPair(t)
-	srv, cli := spliceTLS(t)
 	sc := &splitConn{Conn: d}
-	backend, pb := tls.Server(sc, srv), tls.Client(a, cli)
-	errc := make(chan error, 1)
-	go func() { errc <- backend.Handshake() }()
-	if err := pb.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	backend, pb := tlsPair(t, sc, a, false)
 	client, pc := connPair(t, true, true)
 	defer client.Close()
 	defer backend.Close()

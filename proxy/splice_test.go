@@ -70,6 +70,12 @@ func connPair(tb testing.TB, useTLS, asServer bool) (outer, inner net.Conn) {
 	if !useTLS {
 		return d, a
 	}
+	return tlsPair(tb, d, a, asServer)
+}
+
+// tlsPair runs TLS over the two ends of a connection, as connPair does.
+func tlsPair(tb testing.TB, d, a net.Conn, asServer bool) (outer, inner *tls.Conn) {
+	tb.Helper()
 	srv, cli := spliceTLS(tb)
 	var o, i *tls.Conn
 	if asServer { // client side: the test dials the proxy
