@@ -352,6 +352,10 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) closeSessions() {
+	// The cancel is what ends spliced sessions properly: each splice runs
+	// closeBoth when s.ctx is done, and only closeBoth can end a direction
+	// parked in the poller (a closed socket raises no epoll event).
+	// sess.close then covers sessions that have not reached the splice.
 	s.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
