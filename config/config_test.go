@@ -2,19 +2,12 @@ package config
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -23,38 +16,23 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	ptls "github.com/portico-mail/portico/tls"
 )
 
 // keyPair writes a self-signed ECDSA certificate valid from notBefore to
 // notAfter and its key into dir.
 func keyPair(t *testing.T, dir, name string, notBefore, notAfter time.Time) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "imap.example.com"},
-		DNSNames:     []string{"imap.example.com"},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		IsCA:         true,
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	c, err := ptls.SelfSignedValid(notBefore, notAfter, "imap.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
 	certFile = filepath.Join(dir, name+"-cert.pem")
 	keyFile = filepath.Join(dir, name+"-key.pem")
-	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})))
+	if err := ptls.WritePEM(c, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
 	return certFile, keyFile
 }
 

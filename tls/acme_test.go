@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -425,15 +424,13 @@ func cachedPEM(t *testing.T, notBefore, notAfter time.Time) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(notAfter.UnixNano()), DNSNames: []string{"mail.test"},
-		NotBefore: notBefore, NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	c, err := selfSignedValid(key, []string{"mail.test"}, notBefore, notAfter)
 	if err != nil {
 		t.Fatal(err)
 	}
 	kder, _ := x509.MarshalECPrivateKey(key)
 	return append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})...)
 }
 
 // TestACMERenewalLock drives the cache autocert sees the way its renewal

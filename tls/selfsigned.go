@@ -32,6 +32,16 @@ func SelfSigned(hosts ...string) (stdtls.Certificate, error) {
 	return selfSigned(key, hosts)
 }
 
+// SelfSignedValid is SelfSigned valid from notBefore to notAfter: an
+// expired or soon-expiring certificate, for testing expiry checks.
+func SelfSignedValid(notBefore, notAfter time.Time, hosts ...string) (stdtls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return stdtls.Certificate{}, err
+	}
+	return selfSignedValid(key, hosts, notBefore, notAfter)
+}
+
 // SelfSignedRSA is SelfSigned with an RSA 2048 key, for old clients and
 // for testing certificate choice.
 func SelfSignedRSA(hosts ...string) (stdtls.Certificate, error) {
