@@ -396,30 +396,54 @@ func TestSpliceIdle(t *testing.T) {
 // benchSink accepts connections and discards what they send, reporting
 // the byte count when the peer half-closes.
 func benchSink(b *testing.B, useTLS bool) (addr string, counts <-chan int64) {
+	srv, _ := spliceTLS(b)
+	ch := make(chan int64, 1)
+	addr = benchServer(b, func(c net.Conn) {
+		defer c.Close()
+		if useTLS {
+			c = tls.Server(c, srv)
+		}
+		n, _ := io.CopyBuffer(io.Discard, struct{ io.Reader }{c}, make([]byte, 32<<10))
+		ch <- n
+	})
+	return addr, ch
+}
+
+// benchServer accepts connections on a loopback port until the benchmark
+// ends and runs serve on each in its own goroutine; serve owns the
+// connection.
+func benchServer(b *testing.B, serve func(net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	srv, _ := spliceTLS(b)
-	ch := make(chan int64, 1)
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				if useTLS {
-					c = tls.Server(c, srv)
-				}
-				n, _ := io.CopyBuffer(io.Discard, struct{ io.Reader }{c}, make([]byte, 32<<10))
-				ch <- n
-			}()
+			go serve(c)
 		}
 	}()
-	return ln.Addr().String(), ch
+	return ln.Addr().String()
+}
+
+// writeForever returns a serve func that writes data over and over until
+// the peer goes.
+func writeForever(data []byte, srv *tls.Config) func(net.Conn) {
+	return func(c net.Conn) {
+		defer c.Close()
+		if srv != nil {
+			c = tls.Server(c, srv)
+		}
+		for {
+			if _, err := c.Write(data); err != nil {
+				return
+			}
+		}
+	}
 }
 
 const benchChunk = 256 << 10
@@ -486,33 +510,11 @@ func BenchmarkDirectThroughput(b *testing.B) {
 // benchSource accepts connections and writes to them until they close:
 // the backend of a FETCH-heavy session.
 func benchSource(b *testing.B, useTLS bool) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
+	var srv *tls.Config
+	if useTLS {
+		srv, _ = spliceTLS(b)
 	}
-	b.Cleanup(func() { ln.Close() })
-	srv, _ := spliceTLS(b)
-	data := randomBytes(benchChunk, 7)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if useTLS {
-					c = tls.Server(c, srv)
-				}
-				for {
-					if _, err := c.Write(data); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return benchServer(b, writeForever(randomBytes(benchChunk, 7), srv))
 }
 
 func benchDownload(b *testing.B, addr string, cfg *tls.Config) {
@@ -560,28 +562,7 @@ func fetchSource(b *testing.B) string {
 		data = append(data, randomBytes(size, uint64(i))...)
 		data = append(data, ")\r\n"...)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				for {
-					if _, err := c.Write(data); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return benchServer(b, writeForever(data, nil))
 }
 
 // BenchmarkSpliceDownloadFetch: BenchmarkSpliceDownload with FETCH
@@ -597,35 +578,22 @@ func BenchmarkSpliceDownloadFetch(b *testing.B) {
 // config that trusts it.
 func spliceProxy(b *testing.B, backendAddr string) (string, *tls.Config) {
 	b.Cleanup(SetParkAfter(defaultParkAfter)) // as deployed
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
 	srv, cli := spliceTLS(b)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				be, err := net.Dial("tcp", backendAddr)
-				if err != nil {
-					c.Close()
-					return
-				}
-				// Handshake first, as a session does before splicing.
-				tc := tls.Server(&batchConn{Conn: c}, srv)
-				if err := tc.Handshake(); err != nil {
-					c.Close()
-					be.Close()
-					return
-				}
-				// As a server session does: parking when idle.
-				(&splicer{poller: testPoller}).splice(context.Background(), tc, be)
-			}()
+	addr := benchServer(b, func(c net.Conn) {
+		be, err := net.Dial("tcp", backendAddr)
+		if err != nil {
+			c.Close()
+			return
 		}
-	}()
-	return ln.Addr().String(), cli
+		// Handshake first, as a session does before splicing.
+		tc := tls.Server(&batchConn{Conn: c}, srv)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			be.Close()
+			return
+		}
+		// As a server session does: parking when idle.
+		(&splicer{poller: testPoller}).splice(context.Background(), tc, be)
+	})
+	return addr, cli
 }
