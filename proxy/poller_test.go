@@ -127,7 +127,7 @@ func TestSpliceParkedCancel(t *testing.T) {
 }
 
 // After the client's EOF, a parked backend direction still gets only
-// halfCloseGrace to finish: a timer stands in for its read deadline.
+// halfCloseGrace to finish: the grace is a timer, not a read deadline.
 func TestSpliceParkedHalfCloseGrace(t *testing.T) {
 	needPoller(t)
 	defer func(d time.Duration) { halfCloseGrace = d }(halfCloseGrace)

@@ -90,24 +90,22 @@ type splicer struct {
 
 	// poller, when set, takes over the backend->client direction after
 	// parkAfter without data, so that an idle session holds one goroutine
-	// instead of two. nil: a goroutine
-	// per direction for the whole session.
+	// instead of two. nil: a goroutine per direction for the whole session.
 	poller    *poller
 	pk        parking
 	parkRC    syscall.RawConn // the backend's socket, with a poller
 	downState atomic.Int32    // downRunning, downParked or downDone, with a poller
 	downDone  chan struct{}   // closed by endDown, with a poller
 	downOnce  sync.Once
-	closed    atomic.Bool                // closeBoth has run
-	grace     atomic.Pointer[time.Timer] // half-close grace of a parking direction
 
 	toBackend, toClient atomic.Int64
 
 	client, backend net.Conn
 	idle            time.Duration
-	epoch           time.Time    // lastActive is measured from here (monotonic)
-	lastActive      atomic.Int64 // ns since epoch of the last read, either direction
-	halfClosed      atomic.Bool  // a direction has ended: deadlines are final now
+	epoch           time.Time                  // lastActive is measured from here (monotonic)
+	lastActive      atomic.Int64               // ns since epoch of the last read, either direction
+	grace           atomic.Pointer[time.Timer] // started when the first direction ends with EOF
+	closed          atomic.Bool                // closeBoth has run
 	closeOnce       sync.Once
 	errMu           sync.Mutex
 	err             error // first error that ended the session
@@ -265,13 +263,14 @@ func (p *splicer) finish(dst net.Conn, err error) {
 	// Pass the EOF on. The other direction, which reads from dst, gets a
 	// bounded time to finish (say, Dovecot's BYE after a client EOF).
 	closeWrite(dst)
-	p.halfClosed.Store(true)
-	if dst == p.backend && p.poller != nil {
-		// A parked direction has no read to time out: a timer does it.
-		p.grace.Store(time.AfterFunc(halfCloseGrace, p.closeBoth))
-		return
+	// A timer rather than a read deadline: a parked direction has no read
+	// to time out, and the idle logic (rearm) owns the read deadlines.
+	if p.grace.Load() == nil {
+		t := time.AfterFunc(halfCloseGrace, p.closeBoth)
+		if !p.grace.CompareAndSwap(nil, t) {
+			t.Stop() // the other direction ended too, at the same moment
+		}
 	}
-	dst.SetReadDeadline(time.Now().Add(halfCloseGrace))
 }
 
 func (p *splicer) setErr(err error) {
@@ -307,7 +306,7 @@ func (p *splicer) touch() {
 // not per read: a read just records the time, and an expired deadline is
 // pushed to lastActive+idle if the other direction moved meanwhile.
 func (p *splicer) rearm(src net.Conn, err error) bool {
-	if p.idle <= 0 || p.halfClosed.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+	if p.idle <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false
 	}
 	next := p.epoch.Add(time.Duration(p.lastActive.Load()) + p.idle)
@@ -315,10 +314,6 @@ func (p *splicer) rearm(src net.Conn, err error) bool {
 		return false // idle in both directions
 	}
 	src.SetReadDeadline(next)
-	// A half-close may have set its grace deadline meanwhile; keep that one.
-	if p.halfClosed.Load() {
-		src.SetReadDeadline(time.Now().Add(halfCloseGrace))
-	}
 	return true
 }
 

@@ -597,3 +597,29 @@ func spliceProxy(b *testing.B, backendAddr string) (string, *tls.Config) {
 	})
 	return addr, cli
 }
+
+// After the backend's EOF, a client that says nothing more gets
+// halfCloseGrace before the session ends, in every mode.
+func TestSpliceHalfCloseGrace(t *testing.T) {
+	defer func(d time.Duration) { halfCloseGrace = d }(halfCloseGrace)
+	halfCloseGrace = 300 * time.Millisecond
+	for _, m := range spliceModes {
+		t.Run(m.name, func(t *testing.T) {
+			g := runtime.NumGoroutine()
+			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
+			defer client.Close()
+			defer backend.Close()
+			io.WriteString(backend, "* BYE shutting down\r\n")
+			closeWrite(backend)
+			if got, err := io.ReadAll(client); err != nil || string(got) != "* BYE shutting down\r\n" {
+				t.Fatalf("client read %q, %v", got, err)
+			}
+			start := time.Now()
+			waitSplice(t, res)
+			if d := time.Since(start); d < halfCloseGrace/2 || d > 5*halfCloseGrace {
+				t.Errorf("session ended %v after the half-close, want about %v", d, halfCloseGrace)
+			}
+			checkGoroutines(t, g)
+		})
+	}
+}
