@@ -78,7 +78,7 @@ func runRoute(args []string) error {
 // loads the config and calls do with them.
 func adminCommand(action, synopsis string, args []string, minArgs, maxArgs int, extra func(*flag.FlagSet), do func(rt *app.App, cfg *config.Config, args []string) error) error {
 	fs := newFlagSet(action, synopsis)
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	path := configFlag(fs)
 	if extra != nil {
 		extra(fs)
 	}

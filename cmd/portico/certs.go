@@ -17,7 +17,7 @@ import (
 
 func runCerts(args []string) error {
 	fs := newFlagSet("certs", "-config FILE\n\nLists the certificates Portico serves: the files of the config and ACME's cache (read only, no CA is contacted).")
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	path := configFlag(fs)
 	if help, err := parseFlags(fs, args); help || err != nil {
 		return err
 	}

@@ -18,6 +18,12 @@ func exitCode(err error) int {
 }
 
 // newFlagSet makes a flag set whose -h prints a one-line synopsis first.
+// configFlag adds the -config flag that serve, certs and the admin
+// commands share.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+}
+
 func newFlagSet(name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet("portico "+name, flag.ContinueOnError)
 	fs.Usage = func() {

@@ -12,7 +12,7 @@ import (
 
 func runServe(args []string) error {
 	fs := newFlagSet("serve", "-config FILE")
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration `file`")
+	path := configFlag(fs)
 	if help, err := parseFlags(fs, args); help || err != nil {
 		return err
 	}
