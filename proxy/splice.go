@@ -317,6 +317,22 @@ func (p *splicer) rearm(src net.Conn, err error) bool {
 	return true
 }
 
+// readFailed decides what a copy loop does after a read error: read again
+// (a parking that did not take, or an idle deadline pushed back), or end
+// with the error it returns, errParked when the direction is now parked.
+func (p *splicer) readFailed(src net.Conn, parks bool, err error) (again bool, _ error) {
+	if parks && errors.Is(err, os.ErrDeadlineExceeded) {
+		if p.parkToClient() {
+			return false, errParked
+		}
+		return true, nil
+	}
+	if p.rearm(src, err) {
+		return true, nil
+	}
+	return false, err
+}
+
 // copyFromTCP copies from a plain TCP source without holding a buffer while
 // waiting: the buffer is taken from the pool only inside the readiness
 // callback, once the socket has data.
@@ -370,16 +386,9 @@ func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.I
 			return nil
 		}
 		if err != nil {
-			if parks && errors.Is(err, os.ErrDeadlineExceeded) {
-				if p.parkToClient() {
-					return errParked
-				}
-				continue
+			if again, err := p.readFailed(src, parks, err); !again {
+				return err
 			}
-			if p.rearm(src, err) {
-				continue
-			}
-			return err
 		}
 	}
 }
@@ -433,16 +442,9 @@ func (p *splicer) copyBuffered(dst chunkWriter, src net.Conn, count *atomic.Int6
 			return nil // TCP FIN, or TLS close_notify
 		}
 		if rerr != nil {
-			if parks && errors.Is(rerr, os.ErrDeadlineExceeded) {
-				if p.parkToClient() {
-					return errParked
-				}
-				continue
+			if again, err := p.readFailed(src, parks, rerr); !again {
+				return err
 			}
-			if p.rearm(src, rerr) {
-				continue
-			}
-			return rerr
 		}
 	}
 }
