@@ -108,6 +108,18 @@ func openOrMiss(logger *slog.Logger, secret []byte, name string, v []byte) ([]by
 // configured cache key cannot open.
 var ErrWrongCacheKey = errors.New("tls: acme cache: the stored ACME account key does not decrypt with the configured cache key")
 
+// checkAccountKey is CheckKey for both caches, given the result of reading
+// the account key: v, whether it is missing, or the read error.
+func checkAccountKey(secret, v []byte, missing bool, err error) error {
+	switch {
+	case missing:
+		return nil
+	case err != nil:
+		return fmt.Errorf("tls: acme cache: get %q: %w", accountKeyName, err)
+	}
+	return checkSealed(secret, v)
+}
+
 // checkSealed tells whether the account key v opens under secret (or is in
 // clear PEM when no secret is set).
 func checkSealed(secret, v []byte) error {
@@ -166,13 +178,7 @@ func (c EncryptedCache) Put(ctx context.Context, name string, data []byte) error
 // key that does not decrypt under Key. See ACME.Obtain.
 func (c EncryptedCache) CheckKey(ctx context.Context) error {
 	v, err := c.Cache.Get(ctx, accountKeyName)
-	if err == autocert.ErrCacheMiss {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tls: acme cache: get %q: %w", accountKeyName, err)
-	}
-	return checkSealed(c.Key, v)
+	return checkAccountKey(c.Key, v, err == autocert.ErrCacheMiss, err)
 }
 
 // Delete removes name from the underlying cache.
@@ -235,13 +241,7 @@ func (c RedisCache) Put(ctx context.Context, name string, data []byte) error {
 // unset. See ACME.Obtain.
 func (c RedisCache) CheckKey(ctx context.Context) error {
 	v, err := c.Client.Get(ctx, c.key(accountKeyName)).Bytes()
-	if err == redis.Nil {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tls: acme cache: get %q: %w", accountKeyName, err)
-	}
-	return checkSealed(c.Key, v)
+	return checkAccountKey(c.Key, v, err == redis.Nil, err)
 }
 
 // Delete removes name.
