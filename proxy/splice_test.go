@@ -191,115 +191,112 @@ func (m spliceMode) splicer(idle time.Duration) *splicer {
 	return p
 }
 
-func TestSpliceBulk(t *testing.T) {
+// eachSpliceMode runs body as a subtest per splice mode, on a splice that
+// ends when body has closed both ends or ends it otherwise, and checks that
+// no goroutine is left behind.
+func eachSpliceMode(t *testing.T, body func(t *testing.T, client, backend net.Conn, res <-chan spliceResult)) {
 	for _, m := range spliceModes {
 		t.Run(m.name, func(t *testing.T) {
 			g := runtime.NumGoroutine()
 			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
-			up := randomBytes(3<<20+17, 1)
-			down := randomBytes(4<<20+5, 2)
-
-			var wg sync.WaitGroup
-			var gotUp, gotDown []byte
-			var errs [4]error
-			wg.Add(4)
-			go func() { defer wg.Done(); errs[0] = writeChunks(client, up, 3) }()
-			go func() { defer wg.Done(); errs[1] = writeChunks(backend, down, 4) }()
-			go func() { defer wg.Done(); gotUp, errs[2] = io.ReadAll(backend) }()
-			go func() { defer wg.Done(); gotDown, errs[3] = io.ReadAll(client) }()
-			wg.Wait()
-			for i, err := range errs {
-				if err != nil {
-					t.Errorf("step %d: %v", i, err)
-				}
-			}
-			if !bytes.Equal(gotUp, up) {
-				t.Errorf("client->backend: got %d bytes, want %d (equal prefix: %v)", len(gotUp), len(up), bytes.HasPrefix(up, gotUp))
-			}
-			if !bytes.Equal(gotDown, down) {
-				t.Errorf("backend->client: got %d bytes, want %d", len(gotDown), len(down))
-			}
-			r := waitSplice(t, res)
-			if r.err != nil || r.toBackend != int64(len(up)) || r.toClient != int64(len(down)) {
-				t.Errorf("splice = %d, %d, %v", r.toBackend, r.toClient, r.err)
-			}
+			defer client.Close()
+			defer backend.Close()
+			body(t, client, backend, res)
 			client.Close()
 			backend.Close()
 			checkGoroutines(t, g)
 		})
 	}
+}
+
+func TestSpliceBulk(t *testing.T) {
+	eachSpliceMode(t, func(t *testing.T, client, backend net.Conn, res <-chan spliceResult) {
+		up := randomBytes(3<<20+17, 1)
+		down := randomBytes(4<<20+5, 2)
+
+		var wg sync.WaitGroup
+		var gotUp, gotDown []byte
+		var errs [4]error
+		wg.Add(4)
+		go func() { defer wg.Done(); errs[0] = writeChunks(client, up, 3) }()
+		go func() { defer wg.Done(); errs[1] = writeChunks(backend, down, 4) }()
+		go func() { defer wg.Done(); gotUp, errs[2] = io.ReadAll(backend) }()
+		go func() { defer wg.Done(); gotDown, errs[3] = io.ReadAll(client) }()
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("step %d: %v", i, err)
+			}
+		}
+		if !bytes.Equal(gotUp, up) {
+			t.Errorf("client->backend: got %d bytes, want %d (equal prefix: %v)", len(gotUp), len(up), bytes.HasPrefix(up, gotUp))
+		}
+		if !bytes.Equal(gotDown, down) {
+			t.Errorf("backend->client: got %d bytes, want %d", len(gotDown), len(down))
+		}
+		r := waitSplice(t, res)
+		if r.err != nil || r.toBackend != int64(len(up)) || r.toClient != int64(len(down)) {
+			t.Errorf("splice = %d, %d, %v", r.toBackend, r.toClient, r.err)
+		}
+	})
 }
 
 func TestSpliceClientHalfClose(t *testing.T) {
-	for _, m := range spliceModes {
-		t.Run(m.name, func(t *testing.T) {
-			g := runtime.NumGoroutine()
-			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
-			defer client.Close()
-			defer backend.Close()
+	eachSpliceMode(t, func(t *testing.T, client, backend net.Conn, res <-chan spliceResult) {
 
-			// The client sends LOGOUT and half-closes; the backend sees EOF
-			// after it and still gets its final reply through.
-			io.WriteString(client, "a LOGOUT\r\n")
-			closeWrite(client)
-			got, err := io.ReadAll(backend)
-			if err != nil || string(got) != "a LOGOUT\r\n" {
-				t.Fatalf("backend read %q, %v", got, err)
-			}
-			const bye = "* BYE Logging out\r\na OK Logout completed.\r\n"
-			io.WriteString(backend, bye)
-			backend.Close()
-			got, err = io.ReadAll(client)
-			if err != nil || string(got) != bye {
-				t.Fatalf("client read %q, %v", got, err)
-			}
-			r := waitSplice(t, res)
-			if r.err != nil || r.toBackend != 10 || r.toClient != int64(len(bye)) {
-				t.Errorf("splice = %d, %d, %v", r.toBackend, r.toClient, r.err)
-			}
-			checkGoroutines(t, g)
-		})
-	}
+		// The client sends LOGOUT and half-closes; the backend sees EOF
+		// after it and still gets its final reply through.
+		io.WriteString(client, "a LOGOUT\r\n")
+		closeWrite(client)
+		got, err := io.ReadAll(backend)
+		if err != nil || string(got) != "a LOGOUT\r\n" {
+			t.Fatalf("backend read %q, %v", got, err)
+		}
+		const bye = "* BYE Logging out\r\na OK Logout completed.\r\n"
+		io.WriteString(backend, bye)
+		backend.Close()
+		got, err = io.ReadAll(client)
+		if err != nil || string(got) != bye {
+			t.Fatalf("client read %q, %v", got, err)
+		}
+		r := waitSplice(t, res)
+		if r.err != nil || r.toBackend != 10 || r.toClient != int64(len(bye)) {
+			t.Errorf("splice = %d, %d, %v", r.toBackend, r.toClient, r.err)
+		}
+	})
 }
 
 func TestSpliceBackendHalfClose(t *testing.T) {
-	for _, m := range spliceModes {
-		t.Run(m.name, func(t *testing.T) {
-			g := runtime.NumGoroutine()
-			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
-			defer client.Close()
-			defer backend.Close()
+	eachSpliceMode(t, func(t *testing.T, client, backend net.Conn, res <-chan spliceResult) {
 
-			// The backend says BYE and half-closes; the client sees EOF and
-			// can still send what it was sending.
-			io.WriteString(backend, "* BYE shutting down\r\n")
-			closeWrite(backend)
-			got, err := io.ReadAll(client)
-			if err != nil || string(got) != "* BYE shutting down\r\n" {
-				t.Fatalf("client read %q, %v", got, err)
+		// The backend says BYE and half-closes; the client sees EOF and
+		// can still send what it was sending.
+		io.WriteString(backend, "* BYE shutting down\r\n")
+		closeWrite(backend)
+		got, err := io.ReadAll(client)
+		if err != nil || string(got) != "* BYE shutting down\r\n" {
+			t.Fatalf("client read %q, %v", got, err)
+		}
+		if tc, ok := client.(*tls.Conn); ok {
+			// close_notify must be followed by a real FIN.
+			raw := tc.NetConn()
+			raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := raw.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("raw read after close_notify: %d, %v", n, err)
 			}
-			if tc, ok := client.(*tls.Conn); ok {
-				// close_notify must be followed by a real FIN.
-				raw := tc.NetConn()
-				raw.SetReadDeadline(time.Now().Add(5 * time.Second))
-				if n, err := raw.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-					t.Fatalf("raw read after close_notify: %d, %v", n, err)
-				}
-				raw.SetReadDeadline(time.Time{})
-			}
-			io.WriteString(client, "b NOOP\r\n")
-			client.Close()
-			got, err = io.ReadAll(backend)
-			if err != nil || string(got) != "b NOOP\r\n" {
-				t.Fatalf("backend read %q, %v", got, err)
-			}
-			r := waitSplice(t, res)
-			if r.err != nil || r.toBackend != 8 || r.toClient != 21 {
-				t.Errorf("splice = %d, %d, %v", r.toBackend, r.toClient, r.err)
-			}
-			checkGoroutines(t, g)
-		})
-	}
+			raw.SetReadDeadline(time.Time{})
+		}
+		io.WriteString(client, "b NOOP\r\n")
+		client.Close()
+		got, err = io.ReadAll(backend)
+		if err != nil || string(got) != "b NOOP\r\n" {
+			t.Fatalf("backend read %q, %v", got, err)
+		}
+		r := waitSplice(t, res)
+		if r.err != nil || r.toBackend != 8 || r.toClient != 21 {
+			t.Errorf("splice = %d, %d, %v", r.toBackend, r.toClient, r.err)
+		}
+	})
 }
 
 func TestSpliceCancel(t *testing.T) {
@@ -603,23 +600,16 @@ func spliceProxy(b *testing.B, backendAddr string) (string, *tls.Config) {
 func TestSpliceHalfCloseGrace(t *testing.T) {
 	defer func(d time.Duration) { halfCloseGrace = d }(halfCloseGrace)
 	halfCloseGrace = 300 * time.Millisecond
-	for _, m := range spliceModes {
-		t.Run(m.name, func(t *testing.T) {
-			g := runtime.NumGoroutine()
-			client, backend, res := startSplice(t, context.Background(), m.splicer(0), m.clientTLS, m.backendTLS)
-			defer client.Close()
-			defer backend.Close()
-			io.WriteString(backend, "* BYE shutting down\r\n")
-			closeWrite(backend)
-			if got, err := io.ReadAll(client); err != nil || string(got) != "* BYE shutting down\r\n" {
-				t.Fatalf("client read %q, %v", got, err)
-			}
-			start := time.Now()
-			waitSplice(t, res)
-			if d := time.Since(start); d < halfCloseGrace/2 || d > 5*halfCloseGrace {
-				t.Errorf("session ended %v after the half-close, want about %v", d, halfCloseGrace)
-			}
-			checkGoroutines(t, g)
-		})
-	}
+	eachSpliceMode(t, func(t *testing.T, client, backend net.Conn, res <-chan spliceResult) {
+		io.WriteString(backend, "* BYE shutting down\r\n")
+		closeWrite(backend)
+		if got, err := io.ReadAll(client); err != nil || string(got) != "* BYE shutting down\r\n" {
+			t.Fatalf("client read %q, %v", got, err)
+		}
+		start := time.Now()
+		waitSplice(t, res)
+		if d := time.Since(start); d < halfCloseGrace/2 || d > 5*halfCloseGrace {
+			t.Errorf("session ended %v after the half-close, want about %v", d, halfCloseGrace)
+		}
+	})
 }
