@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -47,23 +48,36 @@ func adminContextFor(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
 
-// subcommand dispatches `portico NAME ACTION [flags] ARGS`.
+// subcommand dispatches `portico NAME ACTION ARGS`. Flags may come before
+// the action too (`portico route -config F get USER`): the action is then
+// the first argument that names one, and the action's own parser gets the
+// others, in order.
 func subcommand(name string, args []string, actions map[string]func([]string) error, usage string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
 		fmt.Fprintf(os.Stderr, "Usage: portico %s %s\n", name, usage)
-		if len(args) == 0 {
-			return errUsage
-		}
 		return nil
 	}
-	run, ok := actions[args[0]]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "portico %s: unknown action %q\nUsage: portico %s %s\n", name, args[0], name, usage)
-		return errUsage
+	for i, a := range args {
+		if run, ok := actions[a]; ok {
+			return run(append(args[:i:i], args[i+1:]...))
+		}
+		if !strings.HasPrefix(a, "-") && i == 0 {
+			break
+		}
 	}
-	return run(args[1:])
+	names := make([]string, 0, len(actions))
+	for a := range actions {
+		names = append(names, a)
+	}
+	sort.Strings(names)
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintf(os.Stderr, "portico %s: missing action (%s)\n", name, strings.Join(names, ", "))
+	} else {
+		fmt.Fprintf(os.Stderr, "portico %s: unknown action %q (%s)\n", name, args[0], strings.Join(names, ", "))
+	}
+	fmt.Fprintf(os.Stderr, "Usage: portico %s %s\n", name, usage)
+	return errUsage
 }
-
 func runRoute(args []string) error {
 	return subcommand("route", args, map[string]func([]string) error{
 		"get":     routeGet,
@@ -73,34 +87,31 @@ func runRoute(args []string) error {
 	}, "get|set|delete|explain [-config FILE] [flags] USER")
 }
 
-// adminCommand runs an admin action: it parses -config and the action's
-// own flags, checks that between minArgs and maxArgs arguments remain,
-// loads the config and calls do with them.
-func adminCommand(action, synopsis string, args []string, minArgs, maxArgs int, extra func(*flag.FlagSet), do func(rt *app.App, cfg *config.Config, args []string) error) error {
+// adminCommand runs an admin action: it parses -config, the action's own
+// flags and the positional arguments named by want (see parseArgs), loads
+// the config and calls do with the arguments.
+func adminCommand(action, synopsis string, args []string, want []string, extra func(*flag.FlagSet), do func(rt *app.App, cfg *config.Config, args []string) error) error {
 	fs := newFlagSet(action, synopsis)
 	path := configFlag(fs)
 	if extra != nil {
 		extra(fs)
 	}
-	if help, err := parseFlags(fs, args); help || err != nil {
+	pos, help, err := parseArgs(fs, args, want...)
+	if help || err != nil {
 		return err
-	}
-	if fs.NArg() < minArgs || fs.NArg() > maxArgs {
-		fs.Usage()
-		return errUsage
 	}
 	rt, cfg, err := adminApp(*path)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
-	return do(rt, cfg, fs.Args())
+	return do(rt, cfg, pos)
 }
 
 // userCommand runs an action taking one USER argument, normalised, with a
 // bounded context.
 func userCommand(action string, args []string, extra func(*flag.FlagSet), do func(ctx context.Context, rt *app.App, cfg *config.Config, user string) error) error {
-	return adminCommand(action, "[-config FILE] USER", args, 1, 1, extra, func(rt *app.App, cfg *config.Config, args []string) error {
+	return adminCommand(action, "[-config FILE] USER", args, []string{"USER"}, extra, func(rt *app.App, cfg *config.Config, args []string) error {
 		user, err := normalizeUser(cfg, args[0])
 		if err != nil {
 			return err
@@ -236,7 +247,7 @@ func runBackend(args []string) error {
 }
 
 func backendList(args []string) error {
-	return adminCommand("backend list", "[-config FILE]", args, 0, 0, nil, func(rt *app.App, _ *config.Config, _ []string) error {
+	return adminCommand("backend list", "[-config FILE]", args, nil, nil, func(rt *app.App, _ *config.Config, _ []string) error {
 		ctx, cancel := adminContext()
 		defer cancel()
 		return printBackends(ctx, rt)
@@ -280,7 +291,7 @@ func checkBackend(rt *app.App, name string) error {
 
 func backendWeight(args []string) error {
 	synopsis := "[-config FILE] NAME WEIGHT (0 restores the configured weight)"
-	return adminCommand("backend weight", synopsis, args, 2, 2, nil, func(rt *app.App, _ *config.Config, args []string) error {
+	return adminCommand("backend weight", synopsis, args, []string{"NAME", "WEIGHT"}, nil, func(rt *app.App, _ *config.Config, args []string) error {
 		name := args[0]
 		w, err := strconv.Atoi(args[1])
 		if err != nil || w < 0 || w > routing.MaxWeight {

@@ -18,7 +18,7 @@ import (
 func runCerts(args []string) error {
 	fs := newFlagSet("certs", "-config FILE\n\nLists the certificates Portico serves: the files of the config and ACME's cache (read only, no CA is contacted).")
 	path := configFlag(fs)
-	if help, err := parseFlags(fs, args); help || err != nil {
+	if _, help, err := parseArgs(fs, args); help || err != nil {
 		return err
 	}
 	cfg, err := config.Load(*path)

@@ -10,14 +10,12 @@ import (
 
 func runCheckConfig(args []string) error {
 	fs := newFlagSet("check-config", "FILE\n\nValidates FILE; exits non-zero naming the offending key, and prints warnings for risky settings.")
-	if help, err := parseFlags(fs, args); help || err != nil {
+	pos, help, err := parseArgs(fs, args, "FILE")
+	if help || err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	cfg, err := config.Load(fs.Arg(0))
+	file := pos[0]
+	cfg, err := config.Load(file)
 	if err != nil {
 		return err
 	}
@@ -27,6 +25,6 @@ func runCheckConfig(args []string) error {
 	for _, w := range cfg.Warnings() {
 		fmt.Fprintf(os.Stderr, "warning: %s\n", w)
 	}
-	fmt.Printf("%s: OK\n", fs.Arg(0))
+	fmt.Printf("%s: OK\n", file)
 	return nil
 }

@@ -21,7 +21,7 @@ func runDemo(args []string) error {
 	imapsAddr := fs.String("imaps", "127.0.0.1:10993", "implicit TLS listener `address`")
 	imapAddr := fs.String("imap", "127.0.0.1:10143", "STARTTLS listener `address`")
 	debug := fs.Bool("debug", false, "log at debug level")
-	if help, err := parseFlags(fs, args); help || err != nil {
+	if _, help, err := parseArgs(fs, args); help || err != nil {
 		return err
 	}
 	level := slog.LevelInfo

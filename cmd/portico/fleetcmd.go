@@ -26,7 +26,7 @@ func backendDrain(args []string, drain bool) error {
 			fs.DurationVar(&window, "window", 0, "spread those ends over this `duration` (default fleet.drain_window)")
 		}
 	}
-	return adminCommand(action, "[-config FILE] [flags] NAME", args, 1, 1, extra, func(rt *app.App, cfg *config.Config, args []string) error {
+	return adminCommand(action, "[-config FILE] [flags] NAME", args, []string{"NAME"}, extra, func(rt *app.App, cfg *config.Config, args []string) error {
 		name := args[0]
 		if err := checkBackend(rt, name); err != nil {
 			return err
@@ -87,9 +87,9 @@ func runMove(args []string) error {
 	var hold time.Duration
 	synopsis := "[-config FILE] [-hold DURATION] USER BACKEND\n\nRoutes USER to BACKEND, holds the user's new logins until the old sessions are gone, then lets them through to the new backend."
 	flags := func(fs *flag.FlagSet) {
-		fs.DurationVar(&hold, "hold", 0, "hold new logins at most this `long` (default fleet.move_hold)")
+		fs.DurationVar(&hold, "hold", 0, "hold new logins at most this `duration` (default fleet.move_hold)")
 	}
-	return adminCommand("move", synopsis, args, 2, 2, flags, func(rt *app.App, cfg *config.Config, args []string) error {
+	return adminCommand("move", synopsis, args, []string{"USER", "BACKEND"}, flags, func(rt *app.App, cfg *config.Config, args []string) error {
 		user, err := normalizeUser(cfg, args[0])
 		if err != nil {
 			return err
@@ -113,7 +113,7 @@ func runMove(args []string) error {
 
 func runSessions(args []string) error {
 	synopsis := "[-config FILE] [USER]\n\nLists live sessions across the fleet."
-	return adminCommand("sessions", synopsis, args, 0, 1, nil, func(rt *app.App, cfg *config.Config, args []string) error {
+	return adminCommand("sessions", synopsis, args, []string{"[USER]"}, nil, func(rt *app.App, cfg *config.Config, args []string) error {
 		var user string
 		if len(args) == 1 {
 			var err error

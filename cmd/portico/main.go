@@ -45,6 +45,7 @@ func usage() {
 
 func main() {
 	if len(os.Args) < 2 {
+		fmt.Fprintf(os.Stderr, "portico: missing command\n\n")
 		usage()
 		os.Exit(2)
 	}

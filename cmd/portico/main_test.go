@@ -118,6 +118,29 @@ func TestCommands(t *testing.T) {
 			t.Fatalf("exit %d", code)
 		}
 	})
+	// A usage error names what is wrong before the usage text.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "portico: missing command"},
+		{[]string{"move", "-config", example, "alice@example.com"}, "portico move: missing BACKEND"},
+		{[]string{"move", "alice@example.com", "imap2", "-hold"}, "flag needs an argument: -hold"},
+		{[]string{"route", "set", "alice@example.com", "imap1"}, `portico route set: unexpected argument "imap1"`},
+		{[]string{"route", "set", "alice@example.com", "-nope"}, "flag provided but not defined: -nope"},
+		{[]string{"route"}, "portico route: missing action (delete, explain, get, set)"},
+		{[]string{"backend", "frob"}, `portico backend: unknown action "frob"`},
+		{[]string{"backend", "weight", "imap1"}, "portico backend weight: missing WEIGHT"},
+		{[]string{"serve", example}, fmt.Sprintf("portico serve: unexpected argument %q", example)},
+		{[]string{"check-config"}, "portico check-config: missing FILE"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, code := run(t, bin, nil, tc.args...)
+			if code != 2 || !strings.HasPrefix(out, tc.want) || !strings.Contains(out, "Usage: portico") {
+				t.Fatalf("exit %d, want 2 and %q first:\n%s", code, tc.want, out)
+			}
+		})
+	}
 }
 
 func freeAddr(t *testing.T) string {

@@ -13,7 +13,7 @@ import (
 func runServe(args []string) error {
 	fs := newFlagSet("serve", "-config FILE")
 	path := configFlag(fs)
-	if help, err := parseFlags(fs, args); help || err != nil {
+	if _, help, err := parseArgs(fs, args); help || err != nil {
 		return err
 	}
 	cfg, err := config.Load(*path)

@@ -8,7 +8,7 @@ import (
 
 func runVersion(args []string) error {
 	fs := newFlagSet("version", "")
-	if help, err := parseFlags(fs, args); help || err != nil {
+	if _, help, err := parseArgs(fs, args); help || err != nil {
 		return err
 	}
 	v := version
