@@ -37,7 +37,14 @@ func binary(t *testing.T) string {
 
 func run(t *testing.T, bin string, env []string, args ...string) (string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return runWithin(t, 30*time.Second, bin, env, args...)
+}
+
+// runWithin runs the binary and returns its output and exit code; a
+// command still running after d is killed (exit code -1).
+func runWithin(t *testing.T, d time.Duration, bin string, env []string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
