@@ -20,54 +20,86 @@
 // # Redis schema
 //
 // Every key starts with the prefix P (empty means routing.DefaultRedisPrefix,
-// "portico:"). Times are Unix milliseconds. Expiry scores come from the
-// Redis server's clock (TIME inside scripts), so the proxies' clocks need
-// not agree for the registry; drain deadlines are wall-clock times and
-// assume NTP.
+// "portico:"). Times are Unix milliseconds. A running proxy is an
+// instance, "PROXYID/INCARNATION": a proxy draws a new incarnation when it
+// starts and whenever Redis has lost its entry, so a restarted proxy never
+// counts the sessions of its previous life.
 //
-//	P sessions:{USER}   ZSET   member "SESSIONID@PROXYID", score = expiry.
-//	                           Written when a session starts, refreshed by
-//	                           every heartbeat of its proxy to now+3*heartbeat,
-//	                           removed when the session ends. Members with a
-//	                           score in the past are dead; the key's own TTL
-//	                           follows the highest score. The user's
-//	                           fleet-wide connection count is
-//	                           ZCOUNT key now +inf.
-//	P proxy:{PROXYID}   HASH   field SESSIONID = JSON details of a session:
-//	                           {"user","client","listener","backend",
-//	                           "since" (ms),"to_backend","to_client" (bytes)}.
-//	                           Rewritten whole by each heartbeat, so the byte
-//	                           counts are as of the last heartbeat; key TTL
-//	                           3*heartbeat.
-//	P proxies           ZSET   member PROXYID, score = expiry (now+3*heartbeat).
-//	P move:{USER}       STRING a move's hold, "BACKEND TOKEN", with a TTL
-//	                           (MoveOptions.Hold). New logins of USER wait
-//	                           while it exists.
-//	P drainkicks        HASH   field BACKEND = "DEADLINE WINDOW" (ms, ms):
-//	                           pending drain-kicks, for proxies that were not
-//	                           listening when one was published. The key's
-//	                           TTL covers the latest deadline+window plus a
-//	                           minute; readers skip fields past theirs.
-//	P control           pub/sub channel of JSON messages {"op": "kick" |
-//	                           "move" | "release" | "drain" | "undrain", ...}.
+//	P instances        ZSET   member INSTANCE, score = expiry, set by each
+//	                          heartbeat to now+3*heartbeat from the Redis
+//	                          server's clock (TIME in a script). An instance
+//	                          with a score in the past is dead, for good: its
+//	                          heartbeat refuses to bring it back.
+//	P live:{USER}      ZSET   member "SESSIONID@INSTANCE", score = session
+//	                          start. Added when a session starts, removed
+//	                          when it ends. The user's fleet-wide session
+//	                          count is the number of members whose instance
+//	                          is live: one ZRANGE of a few members, filtered
+//	                          by the live instances.
+//	P inst:{INSTANCE}  HASH   field SESSIONID = the session's details, tab
+//	                          separated: user, client, listener, backend,
+//	                          since, bytes to backend, bytes to client.
+//	                          Written when the session starts, deleted when
+//	                          it ends; byte counts are refreshed by the
+//	                          reconciliation (Fleet.Reconcile).
+//	P sweeper          STRING the sweeper's lease (SET NX PX 3*heartbeat).
+//	P move:{USER}      STRING a move's hold, "BACKEND TOKEN", with a TTL
+//	                          (MoveOptions.Hold). New logins of USER wait
+//	                          while it exists.
+//	P drainkicks       HASH   field BACKEND = "DEADLINE WINDOW" (ms, ms):
+//	                          pending drain-kicks, for proxies that were not
+//	                          listening when one was published. The key's
+//	                          TTL covers the latest deadline+window plus a
+//	                          minute; readers skip fields past theirs.
+//	P control          pub/sub channel of JSON messages {"op": "kick" |
+//	                          "move" | "release" | "drain" | "undrain", ...}.
 //
 // The braces are Redis Cluster hash tags: a user's sessions and move hold
-// live in one slot. No command or script touches more than one key, so the
-// schema works unchanged on a standalone server, Sentinel or a Cluster (where
-// PUBLISH reaches every node).
+// live in one slot, each instance's hash in another. No command or script
+// touches more than one key, so the schema works unchanged on a standalone
+// server, Sentinel or a Cluster (where PUBLISH reaches every node).
 //
-// A proxy that crashes stops refreshing: its members' scores fall into the
-// past, its hash and its proxies entry expire, and within three heartbeats
-// its sessions are gone from every listing and count.
+// # Cost
 //
-// # Consistency
+// The registry's cost follows session churn, not session count:
 //
-// SessionStarted and SessionEnded never block: they queue an event that a
-// background writer applies within milliseconds. When the queue is full,
-// or Redis is unreachable, events are dropped and counted (Dropped), and the
-// next successful heartbeat, which writes this proxy's whole state from
-// Local.Sessions, repairs the registry. Pub/sub delivery is at most once, so
-// on every (re)subscription a proxy re-reads the pending drain-kicks and
-// re-checks every held login; move holds themselves are always read from
-// Redis, never from memory.
+//   - a session start is one ZADD and one HSET, an end one ZREM and one
+//     HDEL, pipelined in batches of at most 500 sessions;
+//   - a heartbeat is one short script call per proxy, whatever its number
+//     of sessions (it also returns the live instances, which the proxy
+//     keeps for per-user counts: Fleet.UserSessions);
+//   - a reconciliation walks the proxy's own hash with HSCAN, a few hundred
+//     fields a step at Fleet.WriteRate sessions per second, every
+//     Fleet.Reconcile (5 minutes by default);
+//   - no command touches more than a few hundred fields, so none blocks
+//     Redis for long; listings of every session (ScanSessions) page through
+//     the hashes with HSCAN.
+//
+// # Failures
+//
+// A proxy that crashes stops its heartbeat: within three heartbeats every
+// reader ignores its sessions. The sweeper, one proxy elected with SET NX
+// PX, then deletes them in paced chunks and removes the dead instance.
+//
+// SessionStarted and SessionEnded never block: they record a pending
+// change that the writer writes within milliseconds. A change whose write
+// fails stays pending and is retried with backoff; a start and an end of
+// the same session that were never written cancel out. Pending changes are
+// bounded (MaxPending); past that they are dropped and counted (Dropped),
+// and a reconciliation, which compares the proxy's entries with
+// Local.Sessions, repairs the registry. Nothing is ever rewritten whole
+// because one write failed.
+//
+// When Redis restarts empty or fails over to a replica that lacks the
+// proxy's entries, the next heartbeat finds the instance gone: the proxy
+// registers a new incarnation and restores its sessions under it in
+// chunks of at most 1,000 commands, each with its own deadline, at
+// Fleet.WriteRate sessions per second (100,000 sessions in 20 s by
+// default), while new changes go on being written. The same happens after
+// an outage longer than three heartbeats, since readers have meanwhile
+// taken the proxy for dead.
+//
+// Pub/sub delivery is at most once, so on every (re)subscription a proxy
+// re-reads the pending drain-kicks and re-checks every held login; move
+// holds themselves are always read from Redis, never from memory.
 package fleet

@@ -17,12 +17,8 @@ import (
 )
 
 // DefaultHeartbeat is the heartbeat interval when Fleet.Heartbeat is zero.
-// Registry entries expire after three heartbeats.
+// A proxy whose heartbeat is three intervals old is dead to every reader.
 const DefaultHeartbeat = 10 * time.Second
-
-// EventBuffer is the number of session events SessionStarted and
-// SessionEnded queue before they drop (and count) further ones.
-const EventBuffer = 4096
 
 // Reasons given to Local.KickUser, sent to the client in its BYE.
 const (
@@ -64,25 +60,48 @@ type Fleet struct {
 	// Prefix starts every key; empty means routing.DefaultRedisPrefix.
 	Prefix string
 	// ProxyID names this proxy in the registry; empty means
-	// "hostname:pid". It must not contain '@'.
+	// "hostname:pid". It must contain neither '@' nor '/'.
 	ProxyID string
-	// Heartbeat is how often the whole local state is written; zero means
-	// DefaultHeartbeat. Entries expire after three heartbeats.
+	// Heartbeat is how often the proxy tells Redis it is alive (one small
+	// script call, whatever the number of sessions); zero means
+	// DefaultHeartbeat. Readers ignore the sessions of a proxy whose
+	// heartbeat is three intervals old.
 	Heartbeat time.Duration
+	// Reconcile is how often the proxy compares its entries in Redis with
+	// its sessions and repairs the difference, refreshing byte counts on
+	// the way; zero means DefaultReconcile.
+	Reconcile time.Duration
+	// WriteRate bounds the sessions per second that a restore, a
+	// reconciliation or a sweep writes or deletes; zero means
+	// DefaultWriteRate. Session starts and ends are never held back by it.
+	WriteRate int
 	Local     Local
 	// Logger receives Redis outages and recoveries, once each; nil means
 	// slog.Default().
 	Logger *slog.Logger
 
-	initOnce sync.Once
-	events   chan event
-	dropped  atomic.Uint64
-	running  atomic.Bool
-	subs     atomic.Int64 // subscriptions so far, for tests
-	log      *slog.Logger
-	id       string
-	hb       time.Duration
-	keys     keys
+	initOnce  sync.Once
+	running   atomic.Bool
+	subs      atomic.Int64 // subscriptions so far, for tests
+	dropped   atomic.Uint64
+	log       *slog.Logger
+	id        string
+	hb        time.Duration
+	reconcile time.Duration
+	rate      int
+	keys      keys
+	wake      chan struct{} // a change is pending
+	newInst   chan struct{} // the heartbeat registered a new instance
+
+	pmu      sync.Mutex // guards the registry state below
+	pending  map[string]change
+	inflight int      // changes taken from pending, being written
+	repair   bool     // changes were dropped: reconcile soon
+	track    *tracker // while a pass runs
+	inst     string   // the registered instance; "" before the first heartbeat
+	live     map[string]bool
+	liveAt   time.Time
+	stats    Stats
 
 	mu      sync.Mutex
 	closed  bool                   // Run has returned; no more timers
@@ -91,11 +110,6 @@ type Fleet struct {
 	release chan struct{}          // closed and replaced to wake LoginGate
 
 	gateHealth health
-}
-
-type event struct {
-	start bool
-	info  SessionInfo
 }
 
 type drainState struct {
@@ -112,7 +126,9 @@ type moveState struct {
 
 func (f *Fleet) init() {
 	f.initOnce.Do(func() {
-		f.events = make(chan event, EventBuffer)
+		f.pending = make(map[string]change)
+		f.wake = make(chan struct{}, 1)
+		f.newInst = make(chan struct{}, 1)
 		f.log = f.Logger
 		if f.log == nil {
 			f.log = slog.Default()
@@ -127,6 +143,14 @@ func (f *Fleet) init() {
 		if f.hb <= 0 {
 			f.hb = DefaultHeartbeat
 		}
+		f.reconcile = f.Reconcile
+		if f.reconcile <= 0 {
+			f.reconcile = DefaultReconcile
+		}
+		f.rate = f.WriteRate
+		if f.rate <= 0 {
+			f.rate = DefaultWriteRate
+		}
 		f.keys = keysFor(f.Prefix)
 		f.drains = make(map[string]*drainState)
 		f.moving = make(map[string]moveState)
@@ -138,8 +162,8 @@ func (f *Fleet) init() {
 // ID returns the proxy's name in the registry.
 func (f *Fleet) ID() string { f.init(); return f.id }
 
-// Dropped returns the number of session events dropped because the queue
-// was full or Redis unreachable; heartbeats repair what they missed.
+// Dropped returns the number of session changes dropped because
+// MaxPending were waiting; a reconciliation repairs what they missed.
 func (f *Fleet) Dropped() uint64 {
 	if f == nil {
 		return 0
@@ -147,44 +171,10 @@ func (f *Fleet) Dropped() uint64 {
 	return f.dropped.Load()
 }
 
-// SessionStarted queues the registration of a new session. It never blocks.
-func (f *Fleet) SessionStarted(info SessionInfo) {
-	if f == nil || info.ID == "" {
-		return
-	}
-	f.init()
-	f.enqueue(event{start: true, info: info})
-	// A session that starts while its user is being moved got past the
-	// gate before the hold, with the old route: end it too.
-	f.mu.Lock()
-	m, ok := f.moving[info.User]
-	stale := ok && time.Now().Before(m.until) && info.Backend != m.backend && !f.closed
-	f.mu.Unlock()
-	if stale && f.Local != nil {
-		go f.Local.KickUser(info.User, ReasonMove)
-	}
-}
-
-// SessionEnded queues the removal of a session. It never blocks.
-func (f *Fleet) SessionEnded(info SessionInfo) {
-	if f == nil || info.ID == "" {
-		return
-	}
-	f.init()
-	f.enqueue(event{info: info})
-}
-
-func (f *Fleet) enqueue(ev event) {
-	select {
-	case f.events <- ev:
-	default:
-		f.dropped.Add(1)
-	}
-}
-
 // Run keeps the registry fresh and carries out the published kicks, moves
 // and drain-kicks until ctx ends; it then returns ctx.Err() without
-// removing this proxy's entries, which expire by themselves. A Redis outage
+// removing this proxy's entries: readers ignore them three heartbeats
+// later, and the sweeper of another proxy deletes them. A Redis outage
 // is logged once and retried with backoff; it never stops Run nor delays a
 // session.
 func (f *Fleet) Run(ctx context.Context) error {
@@ -192,8 +182,8 @@ func (f *Fleet) Run(ctx context.Context) error {
 		return errors.New("fleet: run: no Redis client")
 	}
 	f.init()
-	if strings.Contains(f.id, "@") {
-		return fmt.Errorf("fleet: run: proxy id %q contains '@'", f.id)
+	if strings.ContainsAny(f.id, "@/") {
+		return fmt.Errorf("fleet: run: proxy id %q contains '@' or '/'", f.id)
 	}
 	if !f.running.CompareAndSwap(false, true) {
 		return errors.New("fleet: run: already running")
@@ -204,7 +194,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 	f.mu.Unlock()
 
 	var wg sync.WaitGroup
+	wg.Go(func() { f.heartbeats(ctx) })
 	wg.Go(func() { f.writer(ctx) })
+	wg.Go(func() { f.sweeper(ctx) })
 	wg.Go(func() { f.control(ctx) })
 	wg.Wait()
 
@@ -216,151 +208,6 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 	f.mu.Unlock()
 	return ctx.Err()
-}
-
-// opTimeout bounds one round of Redis writes.
-func (f *Fleet) opTimeout() time.Duration {
-	return min(max(f.hb, time.Second), 5*time.Second)
-}
-
-func (f *Fleet) ttl() time.Duration { return 3 * f.hb }
-
-// writer applies session events as they come and writes the whole local
-// state every heartbeat. Being the only writer of this proxy's entries, it
-// needs no locking against itself, and a heartbeat cannot undo an event
-// that came after its snapshot.
-func (f *Fleet) writer(ctx context.Context) {
-	h := health{log: f.log, what: "session registry"}
-	written := make(map[string]string) // session ID -> user, maybe in Redis
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	batch := make([]event, 0, 256)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-			err := f.heartbeat(ctx, written)
-			if ctx.Err() != nil {
-				return
-			}
-			timer.Reset(h.next(err, f.hb))
-		case ev := <-f.events:
-			batch = append(batch[:0], ev)
-		drain:
-			for len(batch) < cap(batch) {
-				select {
-				case ev := <-f.events:
-					batch = append(batch, ev)
-				default:
-					break drain
-				}
-			}
-			if h.failing {
-				// Redis is down: do not stall on it; the heartbeat that
-				// finds it back writes everything.
-				for _, ev := range batch {
-					if ev.start {
-						written[ev.info.ID] = ev.info.User
-					}
-				}
-				f.dropped.Add(uint64(len(batch)))
-				continue
-			}
-			if err := f.writeEvents(ctx, batch, written); err != nil && ctx.Err() == nil {
-				h.fail(err)
-				// Retry soon rather than a whole heartbeat later.
-				timer.Reset(100 * time.Millisecond)
-			}
-		}
-	}
-}
-
-func (f *Fleet) member(id string) string { return id + "@" + f.id }
-
-func (f *Fleet) writeEvents(ctx context.Context, batch []event, written map[string]string) error {
-	ctx, cancel := context.WithTimeout(ctx, f.opTimeout())
-	defer cancel()
-	ttl := f.ttl().Milliseconds()
-	p := f.Client.Pipeline()
-	pk := f.keys.proxy(f.id)
-	started := false
-	for _, ev := range batch {
-		sk := f.keys.sessions(ev.info.User)
-		if ev.start {
-			started = true
-			written[ev.info.ID] = ev.info.User
-			touchScript.Eval(ctx, p, []string{sk}, ttl, f.member(ev.info.ID))
-			p.HSet(ctx, pk, ev.info.ID, encodeDetail(ev.info))
-		} else {
-			p.ZRem(ctx, sk, f.member(ev.info.ID))
-			p.HDel(ctx, pk, ev.info.ID)
-		}
-	}
-	if started {
-		p.PExpire(ctx, pk, f.ttl())
-		touchScript.Eval(ctx, p, []string{f.keys.proxies}, ttl, f.id)
-	}
-	if _, err := p.Exec(ctx); err != nil {
-		return fmt.Errorf("fleet: write session events: %w", err)
-	}
-	for _, ev := range batch {
-		if !ev.start {
-			delete(written, ev.info.ID)
-		}
-	}
-	return nil
-}
-
-// heartbeat writes the whole local state: every session's member and
-// details, this proxy's liveness, and the removal of sessions that ended
-// without a (successful) event.
-func (f *Fleet) heartbeat(ctx context.Context, written map[string]string) error {
-	var sessions []SessionInfo
-	if f.Local != nil {
-		sessions = f.Local.Sessions()
-	}
-	ctx, cancel := context.WithTimeout(ctx, f.opTimeout())
-	defer cancel()
-	ttl := f.ttl().Milliseconds()
-	current := make(map[string]string, len(sessions))
-	byUser := make(map[string][]any)
-	details := []any{ttl}
-	for _, s := range sessions {
-		if s.ID == "" {
-			continue
-		}
-		current[s.ID] = s.User
-		if byUser[s.User] == nil {
-			byUser[s.User] = []any{ttl}
-		}
-		byUser[s.User] = append(byUser[s.User], f.member(s.ID))
-		details = append(details, s.ID, encodeDetail(s))
-	}
-	p := f.Client.Pipeline()
-	for user, args := range byUser {
-		touchScript.Eval(ctx, p, []string{f.keys.sessions(user)}, args...)
-	}
-	for id, user := range written {
-		if _, ok := current[id]; !ok {
-			p.ZRem(ctx, f.keys.sessions(user), f.member(id))
-		}
-	}
-	replaceScript.Eval(ctx, p, []string{f.keys.proxy(f.id)}, details...)
-	touchScript.Eval(ctx, p, []string{f.keys.proxies}, ttl, f.id)
-	if _, err := p.Exec(ctx); err != nil {
-		// Whatever may have been written is still to be removed later.
-		for id, user := range current {
-			written[id] = user
-		}
-		return fmt.Errorf("fleet: heartbeat: %w", err)
-	}
-	clear(written)
-	for id, user := range current {
-		written[id] = user
-	}
-	f.pruneMoving()
-	return nil
 }
 
 func (f *Fleet) pruneMoving() {

@@ -53,6 +53,10 @@ func (r *Redis) waitReady(d time.Duration) error {
 	}
 }
 
+// Pid returns the server's process ID: tests pause it (SIGSTOP) to play a
+// slow Redis, and benchmarks read its CPU time.
+func (r *Redis) Pid() int { return r.cmd.Process.Pid }
+
 // Stop kills the server; it is safe to call more than once, so a test can
 // take Redis down on purpose.
 func (r *Redis) Stop() {

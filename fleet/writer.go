@@ -1,0 +1,605 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Registry tuning. The costs they bound are in the package documentation.
+const (
+	// MaxPending bounds the session starts and ends waiting to be written
+	// (while Redis is slow or away). Past it, changes are dropped and
+	// counted, and a reconciliation repairs the registry once Redis is
+	// back.
+	MaxPending = 1 << 18
+	// DefaultWriteRate is Fleet.WriteRate's default: sessions per second
+	// that a restore, a reconciliation or a sweep may write or delete. At
+	// 100,000 sessions a proxy restores its part within 20 s.
+	DefaultWriteRate = 5000
+	// DefaultReconcile is Fleet.Reconcile's default.
+	DefaultReconcile = 5 * time.Minute
+	// chunkSessions is the number of sessions in one pipeline: at two
+	// commands each, at most 1,000 commands, each pipeline with its own
+	// deadline.
+	chunkSessions = 500
+)
+
+// change is a session start or end still to be written.
+type change struct {
+	start bool
+	// tried: a write of this start was attempted and may have landed, so
+	// an end must be written even if the start is never retried.
+	tried bool
+	info  SessionInfo
+}
+
+// tracker records the sessions that start and end while a pass works
+// from a snapshot of Local.Sessions, so that the pass neither writes back
+// a session that has ended nor deletes one that started after the
+// snapshot.
+type tracker struct {
+	started, ended map[string]struct{}
+}
+
+// Stats are counters of the registry writer, for metrics and tests.
+type Stats struct {
+	Pending    int    // session starts and ends not yet written (queued or in flight)
+	Dropped    uint64 // changes dropped because MaxPending was reached
+	Heartbeats uint64 // successful heartbeats
+	// HeartbeatFailures counts heartbeats that got no answer in time.
+	HeartbeatFailures uint64
+	LastHeartbeat     time.Duration // how long the last heartbeat took
+	// Incarnations counts registrations of this proxy: 1 after the first
+	// heartbeat, one more each time Redis lost the proxy's entry (restart,
+	// failover, or an outage longer than three heartbeats).
+	Incarnations uint64
+	// Restoring is true while a restore of this proxy's sessions (after a
+	// new incarnation) is under way.
+	Restoring bool
+	// Reconciled counts completed reconciliation passes.
+	Reconciled uint64
+	// Repaired counts registry entries a reconciliation added or deleted.
+	Repaired uint64
+	// Swept counts sessions of dead proxies this proxy deleted as sweeper.
+	Swept uint64
+}
+
+// Stats returns the writer's counters.
+func (f *Fleet) Stats() Stats {
+	if f == nil {
+		return Stats{}
+	}
+	f.init()
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	s := f.stats
+	s.Pending = len(f.pending) + f.inflight
+	s.Dropped = f.dropped.Load()
+	return s
+}
+
+func (f *Fleet) bump(fn func(*Stats)) {
+	f.pmu.Lock()
+	fn(&f.stats)
+	f.pmu.Unlock()
+}
+
+// SessionStarted records the registration of a new session, written
+// within milliseconds by the background writer. It never blocks.
+func (f *Fleet) SessionStarted(info SessionInfo) {
+	if f == nil || info.ID == "" {
+		return
+	}
+	f.init()
+	f.pmu.Lock()
+	if f.track != nil {
+		f.track.started[info.ID] = struct{}{}
+	}
+	f.queueLocked(change{start: true, info: info})
+	f.pmu.Unlock()
+	f.signal()
+	// A session that starts while its user is being moved got past the
+	// gate before the hold, with the old route: end it too.
+	f.mu.Lock()
+	m, ok := f.moving[info.User]
+	stale := ok && time.Now().Before(m.until) && info.Backend != m.backend && !f.closed
+	f.mu.Unlock()
+	if stale && f.Local != nil {
+		go f.Local.KickUser(info.User, ReasonMove)
+	}
+}
+
+// SessionEnded records the removal of a session. It never blocks.
+func (f *Fleet) SessionEnded(info SessionInfo) {
+	if f == nil || info.ID == "" {
+		return
+	}
+	f.init()
+	f.pmu.Lock()
+	if f.track != nil {
+		f.track.ended[info.ID] = struct{}{}
+	}
+	if c, ok := f.pending[info.ID]; ok && c.start && !c.tried {
+		// Never written: nothing to remove.
+		delete(f.pending, info.ID)
+	} else {
+		f.queueLocked(change{info: SessionInfo{ID: info.ID, User: info.User}})
+	}
+	f.pmu.Unlock()
+	f.signal()
+}
+
+func (f *Fleet) queueLocked(c change) {
+	if _, ok := f.pending[c.info.ID]; !ok && len(f.pending) >= MaxPending {
+		f.dropped.Add(1)
+		f.repair = true
+		return
+	}
+	f.pending[c.info.ID] = c
+}
+
+func (f *Fleet) signal() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// requeue puts back the changes of a failed write, unless a newer change
+// of the same session came in meanwhile.
+func (f *Fleet) requeue(cs []change) {
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	f.inflight = 0
+	for _, c := range cs {
+		if _, newer := f.pending[c.info.ID]; newer {
+			continue
+		}
+		c.tried = c.tried || c.start
+		f.pending[c.info.ID] = c
+	}
+}
+
+// takePending returns up to max pending changes and removes them.
+func (f *Fleet) takePending(max int) []change {
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	if len(f.pending) == 0 {
+		return nil
+	}
+	out := make([]change, 0, min(max, len(f.pending)))
+	for id, c := range f.pending {
+		out = append(out, c)
+		delete(f.pending, id)
+		if len(out) == max {
+			break
+		}
+	}
+	f.inflight = len(out)
+	return out
+}
+
+func (f *Fleet) pendingLen() int {
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	return len(f.pending)
+}
+
+// opTimeout bounds one pipeline or script call.
+func (f *Fleet) opTimeout() time.Duration {
+	return min(max(f.hb, time.Second), 5*time.Second)
+}
+
+func (f *Fleet) ttl() time.Duration { return 3 * f.hb }
+
+// newInstance names a new incarnation of this proxy: its ID and a random
+// suffix, so that a restarted proxy with the same ID never counts the
+// sessions of its previous life.
+func (f *Fleet) newInstance() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return f.id + string(instSep) + hex.EncodeToString(b[:])
+}
+
+// heartbeats keeps this proxy's instance alive in Redis: one script call
+// per heartbeat, whatever the number of sessions. When Redis has lost the
+// instance, it registers a new one and hands it to the writer, which then
+// restores every session under it.
+func (f *Fleet) heartbeats(ctx context.Context) {
+	h := health{log: f.log, what: "proxy heartbeat"}
+	var inst string
+	fresh := true
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		if fresh {
+			inst = f.newInstance()
+		}
+		start := time.Now()
+		bctx, cancel := context.WithTimeout(ctx, f.opTimeout())
+		res, err := heartbeatScript.Run(bctx, f.Client, []string{f.keys.instances},
+			inst, f.ttl().Milliseconds(), boolArg(fresh)).Slice()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil && len(res) == 0 {
+			err = fmt.Errorf("fleet: heartbeat: empty reply")
+		}
+		if err != nil {
+			f.bump(func(s *Stats) { s.HeartbeatFailures++ })
+			timer.Reset(h.next(fmt.Errorf("fleet: heartbeat: %w", err), f.hb))
+			continue
+		}
+		h.next(nil, f.hb)
+		status, _ := res[0].(int64)
+		switch status {
+		case -2: // name taken, against all odds: draw again
+			timer.Reset(0)
+			continue
+		case -1:
+			f.log.Warn("fleet: Redis lost this proxy's registry entry (restart, failover, or an outage longer than three heartbeats); registering again and restoring its sessions", "old_instance", inst)
+			fresh = true
+			timer.Reset(0)
+			continue
+		}
+		live := make(map[string]bool, len(res)-1)
+		for _, v := range res[1:] {
+			if s, ok := v.(string); ok {
+				live[s] = true
+			}
+		}
+		took := time.Since(start)
+		f.pmu.Lock()
+		f.stats.Heartbeats++
+		f.stats.LastHeartbeat = took
+		f.live = live
+		f.liveAt = time.Now()
+		if fresh {
+			f.stats.Incarnations++
+			f.inst = inst
+		}
+		f.pmu.Unlock()
+		if fresh {
+			fresh = false
+			select {
+			case f.newInst <- struct{}{}:
+			default:
+			}
+		}
+		f.pruneMoving()
+		timer.Reset(f.hb)
+	}
+}
+
+func boolArg(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+func (f *Fleet) instance() string {
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	return f.inst
+}
+
+// UserSessions returns the number of live sessions of user fleet-wide with
+// one small read (the user's set), filtered by the live proxies this
+// proxy learnt at its last heartbeat. Without a recent heartbeat it asks
+// Redis for them too.
+func (f *Fleet) UserSessions(ctx context.Context, user string) (int, error) {
+	f.init()
+	f.pmu.Lock()
+	live, at := f.live, f.liveAt
+	f.pmu.Unlock()
+	if live == nil || time.Since(at) > f.ttl() {
+		return CountSessions(ctx, f.Client, f.Prefix, user)
+	}
+	m, err := userMembers(ctx, f.Client, f.keys, user, live)
+	return len(m), err
+}
+
+// writer writes session changes as they come, and works through restores
+// and reconciliations in paced chunks between them. It is the only writer
+// of this proxy's entries, so it needs no locking against itself.
+func (f *Fleet) writer(ctx context.Context) {
+	h := health{log: f.log, what: "session registry"}
+	var (
+		inst      string
+		p         *pass
+		retryAt   time.Time // no write before, after a failure
+		stepAt    time.Time // next chunk of the pass, by the write rate
+		reconcile = time.Now().Add(f.reconcile)
+	)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	defer f.endPass()
+	for {
+		now := time.Now()
+		if inst != "" && !now.Before(retryAt) {
+			err := f.flush(ctx, inst)
+			if err == nil && p == nil {
+				f.pmu.Lock()
+				due := f.repair || !now.Before(reconcile)
+				f.repair = false
+				f.pmu.Unlock()
+				if due {
+					p = f.beginPass(false)
+					reconcile = now.Add(f.reconcile)
+				}
+			}
+			if err == nil && p != nil && !now.Before(stepAt) {
+				var n int
+				n, err = p.step(ctx, f, inst)
+				stepAt = time.Now().Add(time.Duration(n) * time.Second / time.Duration(f.rate))
+				if err == nil && p.done() {
+					f.finishPass(p)
+					p = nil
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				retryAt = time.Now().Add(h.next(err, f.hb))
+			} else {
+				h.next(nil, f.hb)
+			}
+		}
+		// Sleep until something is to do.
+		wait := time.Hour
+		if inst != "" {
+			if f.pendingLen() > 0 {
+				wait = time.Until(retryAt)
+			} else if p != nil {
+				wait = time.Until(later(stepAt, retryAt))
+			} else {
+				wait = time.Until(later(reconcile, retryAt))
+			}
+		}
+		if wait <= 0 {
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.newInst:
+			// A new incarnation: everything is written again under it;
+			// the old one's entries are the sweeper's.
+			inst = f.instance()
+			f.endPass()
+			p = f.beginPass(true)
+			stepAt, retryAt = time.Time{}, time.Time{}
+		case <-f.wake:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// flush writes every pending change, in chunks.
+func (f *Fleet) flush(ctx context.Context, inst string) error {
+	for {
+		cs := f.takePending(chunkSessions)
+		if len(cs) == 0 {
+			return nil
+		}
+		if err := f.writeChanges(ctx, inst, cs); err != nil {
+			f.requeue(cs)
+			return err
+		}
+		f.pmu.Lock()
+		f.inflight = 0
+		f.pmu.Unlock()
+	}
+}
+
+func (f *Fleet) writeChanges(ctx context.Context, inst string, cs []change) error {
+	ctx, cancel := context.WithTimeout(ctx, f.opTimeout())
+	defer cancel()
+	p := f.Client.Pipeline()
+	ik := f.keys.inst(inst)
+	for _, c := range cs {
+		if c.start {
+			addSession(ctx, p, f.keys, inst, c.info)
+		} else {
+			p.ZRem(ctx, f.keys.live(c.info.User), member(c.info.ID, inst))
+			p.HDel(ctx, ik, c.info.ID)
+		}
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		return fmt.Errorf("fleet: write %d session changes: %w", len(cs), err)
+	}
+	return nil
+}
+
+func addSession(ctx context.Context, p redis.Pipeliner, k keys, inst string, s SessionInfo) {
+	since := s.Since
+	if since.IsZero() {
+		since = time.Now()
+	}
+	p.ZAdd(ctx, k.live(s.User), redis.Z{Score: float64(since.UnixMilli()), Member: member(s.ID, inst)})
+	p.HSet(ctx, k.inst(inst), s.ID, encodeDetail(s))
+}
+
+// beginPass starts tracking session changes, then takes the snapshot the
+// pass works from: in that order, so that no session can end unseen
+// between the snapshot and the tracking.
+func (f *Fleet) beginPass(restore bool) *pass {
+	f.pmu.Lock()
+	f.track = &tracker{started: make(map[string]struct{}), ended: make(map[string]struct{})}
+	if restore {
+		f.stats.Restoring = true
+	}
+	f.pmu.Unlock()
+	p := &pass{restore: restore, snap: make(map[string]SessionInfo), scanning: !restore}
+	if f.Local != nil {
+		for _, s := range f.Local.Sessions() {
+			if s.ID != "" {
+				p.snap[s.ID] = s
+			}
+		}
+	}
+	if restore {
+		p.todo = make([]string, 0, len(p.snap))
+		for id := range p.snap {
+			p.todo = append(p.todo, id)
+		}
+	} else {
+		p.seen = make(map[string]struct{}, len(p.snap))
+	}
+	return p
+}
+
+func (f *Fleet) endPass() {
+	f.pmu.Lock()
+	f.track = nil
+	f.stats.Restoring = false
+	f.pmu.Unlock()
+}
+
+func (f *Fleet) finishPass(p *pass) {
+	f.pmu.Lock()
+	f.track = nil
+	f.stats.Restoring = false
+	if !p.restore {
+		f.stats.Reconciled++
+	}
+	f.stats.Repaired += p.repaired
+	f.pmu.Unlock()
+	if p.repaired > 0 && !p.restore {
+		f.log.Info("fleet: reconciliation repaired the session registry", "entries", p.repaired)
+	}
+}
+
+// pass is a restore (write every local session) or a reconciliation
+// (scan this instance's hash against the local sessions: delete what
+// is not local, add what is missing, refresh byte counts), done in chunks
+// so that it never blocks Redis or the writer, and resumable after a
+// failed chunk.
+type pass struct {
+	restore  bool
+	snap     map[string]SessionInfo
+	scanning bool
+	cursor   uint64
+	seen     map[string]struct{}
+	todo     []string // sessions of snap to add
+	repaired uint64
+}
+
+func (p *pass) done() bool { return !p.scanning && len(p.todo) == 0 }
+
+// step does one chunk and returns the number of sessions it looked at,
+// for pacing.
+func (p *pass) step(ctx context.Context, f *Fleet, inst string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.opTimeout())
+	defer cancel()
+	if p.scanning {
+		return p.scanStep(ctx, f, inst)
+	}
+	n := min(chunkSessions, len(p.todo))
+	chunk := p.todo[len(p.todo)-n:]
+	pl := f.Client.Pipeline()
+	added := 0
+	f.pmu.Lock()
+	for _, id := range chunk {
+		if _, ended := f.track.ended[id]; ended {
+			continue
+		}
+		if c, ok := f.pending[id]; ok && c.start {
+			continue // the writer has it
+		}
+		addSession(ctx, pl, f.keys, inst, p.snap[id])
+		added++
+	}
+	f.pmu.Unlock()
+	if added > 0 {
+		if _, err := pl.Exec(ctx); err != nil {
+			return n, fmt.Errorf("fleet: restore %d sessions: %w", added, err)
+		}
+	}
+	p.todo = p.todo[:len(p.todo)-n]
+	if !p.restore {
+		p.repaired += uint64(added)
+	}
+	return n, nil
+}
+
+func (p *pass) scanStep(ctx context.Context, f *Fleet, inst string) (int, error) {
+	ik := f.keys.inst(inst)
+	kv, next, err := f.Client.HScan(ctx, ik, p.cursor, "", scanCount).Result()
+	if err != nil {
+		return 0, fmt.Errorf("fleet: reconcile: scan: %w", err)
+	}
+	pl := f.Client.Pipeline()
+	writes := 0
+	var stale uint64
+	f.pmu.Lock()
+	for i := 0; i+1 < len(kv); i += 2 {
+		id, v := kv[i], kv[i+1]
+		if _, ok := f.track.ended[id]; ok {
+			continue // its end is or was written
+		}
+		if s, ok := p.snap[id]; ok {
+			p.seen[id] = struct{}{}
+			if enc := encodeDetail(s); enc != v {
+				pl.HSet(ctx, ik, id, enc) // byte counts moved on
+				writes++
+			}
+			continue
+		}
+		if _, ok := f.track.started[id]; ok {
+			continue // started after the snapshot
+		}
+		if _, ok := f.pending[id]; ok {
+			continue
+		}
+		pl.ZRem(ctx, f.keys.live(detailUser(v)), member(id, inst))
+		pl.HDel(ctx, ik, id)
+		writes++
+		stale++
+	}
+	f.pmu.Unlock()
+	if writes > 0 {
+		if _, err := pl.Exec(ctx); err != nil {
+			return len(kv) / 2, fmt.Errorf("fleet: reconcile: %w", err)
+		}
+	}
+	p.repaired += stale
+	p.cursor = next
+	if next == 0 {
+		p.scanning = false
+		for id := range p.snap {
+			if _, ok := p.seen[id]; !ok {
+				p.todo = append(p.todo, id)
+			}
+		}
+		p.seen = nil
+	}
+	return len(kv) / 2, nil
+}
