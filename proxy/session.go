@@ -493,13 +493,37 @@ func (s *session) splice(backendConn net.Conn) {
 	}
 }
 
+// closeNotifyTimeout bounds the close_notify of a session closed before
+// login: a client that does not read cannot hold the session longer.
+const closeNotifyTimeout = time.Second
+
+// closeClient closes the client connection. A session that ends before
+// login over TLS (LOGOUT, a BYE for a limit, a timeout or the shutdown)
+// sends close_notify first, so that the client sees the end of the
+// stream rather than a truncation: strict clients (openssl s_client) fail
+// and log a truncation attack otherwise. A spliced session has passed on
+// the backend's end of stream, or been ended by the proxy, in splice.
+func (s *session) closeClient() {
+	s.mu.Lock()
+	spliced := s.spliced
+	s.mu.Unlock()
+	if tc, ok := s.conn.(*tls.Conn); ok && !spliced && !s.closed.Load() {
+		// tls.Conn.Close sends close_notify under its own 5 s write
+		// deadline; closing the socket under it cuts that short.
+		t := time.AfterFunc(closeNotifyTimeout, func() { s.raw.Close() })
+		tc.Close()
+		t.Stop()
+	}
+	s.raw.Close()
+}
+
 // finish closes the client connection and logs the one line per session.
 func (s *session) finish() {
 	defer s.srv.sessionDone(s)
 	s.srv.unregister(s)
 	s.flush()
 	s.releaseIO()
-	s.raw.Close()
+	s.closeClient()
 	if s.up != nil {
 		s.up.Conn.Close()
 	}

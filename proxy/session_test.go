@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os/exec"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -248,6 +249,25 @@ type client struct {
 	c       net.Conn
 	br      *bufio.Reader
 	replies []string // every line received
+	under   *eofConn // under the TLS connection, once upgraded
+}
+
+// eofConn records whether its reader has met the end of the TCP stream.
+// Under a tls.Conn, that tells a clean close from a truncation: after
+// close_notify, crypto/tls returns io.EOF without reading any further,
+// while a TCP close without it reaches the tls.Conn as the socket's EOF
+// (which crypto/tls, at a record boundary, also returns as io.EOF).
+type eofConn struct {
+	net.Conn
+	eof atomic.Bool
+}
+
+func (c *eofConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		c.eof.Store(true)
+	}
+	return n, err
 }
 
 func (h *harness) dial(t *testing.T, addr string) *client {
@@ -275,7 +295,8 @@ func (c *client) upgrade(cfg *tls.Config) {
 	if n := c.br.Buffered(); n > 0 {
 		c.t.Fatalf("%d bytes buffered before the TLS handshake", n)
 	}
-	tc := tls.Client(c.c, cfg)
+	c.under = &eofConn{Conn: c.c}
+	tc := tls.Client(c.under, cfg)
 	tc.SetDeadline(time.Now().Add(5 * time.Second))
 	if err := tc.Handshake(); err != nil {
 		c.t.Fatalf("TLS handshake: %v", err)
@@ -359,6 +380,23 @@ func (c *client) expectEOF() {
 	}
 	if err != nil && !isReset(err) {
 		c.t.Fatalf("waiting for close: %v", err)
+	}
+}
+
+// expectCloseNotify checks that the server ends the TLS connection
+// cleanly: close_notify, and nothing else before it.
+func (c *client) expectCloseNotify() {
+	c.t.Helper()
+	if c.under == nil {
+		c.t.Fatal("expectCloseNotify on a connection without TLS")
+	}
+	c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(c.br)
+	if len(rest) > 0 || err != nil {
+		c.t.Fatalf("waiting for close_notify: %v (got %q)", err, rest)
+	}
+	if c.under.eof.Load() {
+		c.t.Fatal("the server closed the TCP connection without close_notify")
 	}
 }
 
@@ -1076,6 +1114,94 @@ func TestPreauthDeadline(t *testing.T) {
 	}
 }
 
+// TestPreauthCloseNotify: a session that ends before login over TLS, by
+// LOGOUT or by a BYE (limits, timeout), sends close_notify before the TCP
+// close, so that the client sees the end of the stream and not a
+// truncation. Shutdown is checked in TestShutdown.
+func TestPreauthCloseNotify(t *testing.T) {
+	const timeout = 2 * time.Second
+	h := newHarness(t, func(l *proxy.Limits) { l.PreauthTimeout = timeout })
+	for _, tc := range []struct {
+		name string
+		end  func(c *client)
+	}{
+		{"LOGOUT", func(c *client) {
+			c.send("a LOGOUT\r\n")
+			c.expectPrefix("* BYE ")
+			c.expectPrefix("a OK ")
+		}},
+		{"bad commands", func(c *client) {
+			for _, tag := range []string{"a", "b", "c"} {
+				c.send(tag + " FOO\r\n")
+				c.expectPrefix(tag + " BAD ")
+			}
+			c.expect("* BYE Too many invalid commands")
+		}},
+		{"failed logins", func(c *client) {
+			for _, tag := range []string{"a", "b", "c"} {
+				c.send(tag + " LOGIN alice@example.test wrong\r\n")
+				c.expect(tag + " " + failText)
+			}
+			c.expectPrefix("* BYE ")
+		}},
+		{"line too long", func(c *client) {
+			c.send("a NOOP " + strings.Repeat("x", 9000) + "\r\n")
+			c.expectPrefix("* BAD [TOOBIG] ")
+			c.expectPrefix("* BYE ")
+		}},
+		{"timeout", func(c *client) {
+			c.expect("* BYE Timeout before login")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			t.Run("imaps", func(t *testing.T) {
+				t.Parallel()
+				c := h.dialTLS(t, h.imaps)
+				c.greeting()
+				tc.end(c)
+				c.expectCloseNotify()
+			})
+			t.Run("STARTTLS", func(t *testing.T) {
+				t.Parallel()
+				c := h.dial(t, h.imap)
+				c.greeting()
+				c.send("s STARTTLS\r\n")
+				c.expectPrefix("s OK ")
+				c.upgrade(h.clientTLS)
+				tc.end(c)
+				c.expectCloseNotify()
+			})
+		})
+	}
+}
+
+// TestLogoutOpenSSL: `openssl s_client -ign_eof`, which fails on a TLS
+// stream that ends without close_notify, exits 0 after a LOGOUT before
+// login, over implicit TLS and over STARTTLS.
+func TestLogoutOpenSSL(t *testing.T) {
+	openssl := testsrv.LookPath(t, "openssl")
+	h := newHarness(t, nil)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"imaps", []string{"-connect", h.imaps}},
+		{"STARTTLS", []string{"-connect", h.imap, "-starttls", "imap"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, openssl, append([]string{"s_client", "-servername", "localhost", "-ign_eof"}, tc.args...)...)
+			cmd.Stdin = strings.NewReader("a LOGOUT\r\n")
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "a OK ") {
+				t.Fatalf("openssl s_client: %v\n%s", err, out)
+			}
+		})
+	}
+}
+
 func TestHandshakeTimeout(t *testing.T) {
 	const timeout = 500 * time.Millisecond
 	h := newHarness(t, func(l *proxy.Limits) { l.HandshakeTimeout = timeout })
@@ -1213,8 +1339,9 @@ func TestShutdown(t *testing.T) {
 	}()
 	for _, c := range []*client{preTLS, preClear} {
 		c.expect("* BYE [UNAVAILABLE] Server shutting down")
-		c.expectEOF()
 	}
+	preTLS.expectCloseNotify()
+	preClear.expectEOF()
 	// Listeners are closed, the spliced session still runs.
 	h.waitServe()
 	if c, err := net.Dial("tcp", h.imaps); err == nil {

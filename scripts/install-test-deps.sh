@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite runs for real: redis-server, dovecot
-# (dovecot-imapd), pebble (an ACME test CA), curl, python3, and a C toolchain for `go test -race`.
+# (dovecot-imapd), pebble (an ACME test CA), curl, python3, openssl, and a C toolchain for `go test -race`.
 # Idempotent: it does nothing when everything is present. Debian/Ubuntu only;
 # elsewhere it names what is missing and fails.
 set -euo pipefail
@@ -11,6 +11,7 @@ declare -A pkg=(
 	[dovecot]=dovecot-imapd
 	[curl]=curl
 	[python3]=python3
+	[openssl]=openssl
 	[make]=make
 	[gcc]=gcc
 	[pebble]=pebble
@@ -35,7 +36,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		sudo=(sudo -n)
 	else
 		echo "install-test-deps: not root and no password-less sudo; install them with:" >&2
-		echo "  apt-get install redis-server dovecot-imapd pebble curl python3 ca-certificates make gcc libc6-dev" >&2
+		echo "  apt-get install redis-server dovecot-imapd pebble curl python3 openssl ca-certificates make gcc libc6-dev" >&2
 		exit 1
 	fi
 	if ! command -v apt-get >/dev/null 2>&1; then
@@ -60,7 +61,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	"${sudo[@]}" apt-get update -q
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-		redis-server dovecot-imapd pebble curl python3 ca-certificates make gcc libc6-dev
+		redis-server dovecot-imapd pebble curl python3 openssl ca-certificates make gcc libc6-dev
 
 	# systemd ignores policy-rc.d: stop whatever apt started anyway.
 	"${sudo[@]}" service dovecot stop >/dev/null 2>&1 || true
