@@ -987,6 +987,13 @@ func TestWarnings(t *testing.T) {
 		{"defaults insecure", []string{"", "backend_defaults:\n  security: tls\n  tls: {insecure_skip_verify: true}\n"}, []string{`backend_defaults.tls.insecure_skip_verify`}},
 		{"defaults plain", []string{"", "backend_defaults:\n  security: plain\n"}, []string{`backend_defaults.security: "plain": users' passwords are sent in clear to every host:port backend that a Redis route record names`}},
 		{"defaults plain without redis", []string{"  redis:\n" + redisAddrs + "\n", "", "", "backend_defaults:\n  security: plain\n"}, nil},
+		// TLS settings next to a plain default serve the route records
+		// that choose starttls or tls: accepted, and quiet about it.
+		{"defaults tls with plain", []string{"", "backend_defaults:\n  security: plain\n  tls: {ca_file: " + f.cert + ", cert_file: " + f.cert + ", key_file: " + f.key + "}\n"}, []string{`backend_defaults.security: "plain": users' passwords are sent in clear`}},
+		{"defaults tls with starttls", []string{"", "backend_defaults:\n  security: starttls\n  tls: {ca_file: " + f.cert + "}\n"}, nil},
+		// Without Redis, no route record can use them.
+		{"defaults tls without redis", []string{"  redis:\n" + redisAddrs + "\n", "", "", "backend_defaults:\n  security: plain\n  tls: {ca_file: " + f.cert + "}\n"}, []string{`backend_defaults.tls: has no effect without routing.redis`}},
+		{"defaults starttls and tls without redis", []string{"  redis:\n" + redisAddrs + "\n", "", "", "backend_defaults:\n  security: starttls\n  tls: {server_name: x}\n"}, []string{`backend_defaults.tls: has no effect without routing.redis`}},
 		{"redis insecure", []string{redisAddrs, redisAddrs + "\n    tls: {insecure_skip_verify: true}"}, []string{`routing.redis.tls.insecure_skip_verify`}},
 		{"redis password in clear", []string{redisAddrs, `    addrs: ["127.0.0.1:6379", "10.0.0.2:6379"]` + "\n    password: x"}, []string{`routing.redis.tls: is not set: the Redis password is sent in clear to 10.0.0.2:6379`}},
 		{"redis password on loopback", []string{redisAddrs, redisAddrs + "\n    password: x"}, nil},

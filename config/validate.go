@@ -363,7 +363,14 @@ func (c *Config) validateBackends(v *validator) {
 		}
 		c.validateBackendPool(v, p, &b)
 		checkBackendOptions(v, p, &b.BackendOptions)
+		if b.Security == "plain" && b.TLS != nil {
+			v.add(p+".tls", `is only used with security "starttls" or "tls", but security is "plain"`)
+		}
 	}
+	// backend_defaults.tls is accepted next to security "plain": a route
+	// record's own security field may choose starttls or tls for its
+	// address, and then needs these settings (a CA, a client certificate).
+	// Warnings says when nothing can use them.
 	checkBackendOptions(v, "backend_defaults", &c.BackendDefaults)
 }
 
@@ -382,11 +389,7 @@ func validName(s string) bool {
 
 func checkBackendOptions(v *validator, p string, o *BackendOptions) {
 	switch o.Security {
-	case "plain":
-		if o.TLS != nil {
-			v.add(p+".tls", `is only used with security "starttls" or "tls", but security is "plain"`)
-		}
-	case "starttls", "tls":
+	case "plain", "starttls", "tls":
 	default:
 		v.add(p+".security", `must be "plain", "starttls" or "tls", not %q`, o.Security)
 	}

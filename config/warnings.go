@@ -81,6 +81,9 @@ func (c *Config) Warnings() []string {
 	if c.Routing.Redis != nil && c.BackendDefaults.Security == "plain" {
 		add("backend_defaults.security", `"plain": users' passwords are sent in clear to every host:port backend that a Redis route record names; use "starttls" or "tls", or make route records name configured backends only`)
 	}
+	if c.Routing.Redis == nil && c.BackendDefaults.TLS != nil {
+		add("backend_defaults.tls", "has no effect without routing.redis: backend_defaults apply only to the host:port backends that Redis route records name")
+	}
 	if t := c.BackendDefaults.TLS; t != nil && t.InsecureSkipVerify {
 		add("backend_defaults.tls.insecure_skip_verify", "backends' certificates are not verified: anyone on the path can impersonate them and collect users' passwords")
 	}

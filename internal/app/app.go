@@ -154,7 +154,9 @@ func backend(name, addr string, o config.BackendOptions) (*routing.Backend, erro
 		Name: name, Addr: addr, TLS: mode, ForwardID: o.ForwardID, ProxyProtocol: o.ProxyProtocol,
 		ConnectTimeout: o.ConnectTimeout, LoginTimeout: o.LoginTimeout,
 	}
-	if mode != routing.Plain {
+	// backend_defaults may carry TLS settings next to security "plain":
+	// they serve the route records that choose starttls or tls.
+	if mode != routing.Plain || o.TLS != nil {
 		opts := ptls.ClientOptions{}
 		if o.TLS != nil {
 			opts = clientOptions(o.TLS)

@@ -1,0 +1,121 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testsrv"
+	"github.com/portico-mail/portico/proxy/upstream"
+	"github.com/portico-mail/portico/routing"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+// tlsFront serves a TLS listener in front of a cleartext backend: an IMAPS
+// backend whose certificate is cert.
+func tlsFront(t *testing.T, cert tls.Certificate, backend string) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				b, err := net.Dial("tcp", backend)
+				if err != nil {
+					return
+				}
+				defer b.Close()
+				go func() { io.Copy(b, c); b.Close() }()
+				io.Copy(c, b)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestBackendDefaultsTLSWithPlain: backend_defaults.tls next to security
+// "plain" serves the Redis route records that choose tls for their
+// address: the backend is verified with backend_defaults' CA.
+func TestBackendDefaultsTLSWithPlain(t *testing.T) {
+	r := testsrv.StartRedis(t)
+	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	const user, pass = "alice@example.test", "alice-pw"
+	mem, err := membackend.Start("127.0.0.1:0", membackend.User{Name: user, Password: pass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	imaps := tlsFront(t, cert, mem.Addr())
+
+	cfg, err := config.Parse([]byte(`
+listeners:
+  - {mode: imaps, address: "127.0.0.1:0"}
+tls:
+  certificates:
+    - {cert_file: `+certFile+`, key_file: `+keyFile+`}
+routing:
+  redis: {addrs: ["`+r.Addr+`"]}
+  health: {disabled: true}
+  cache: {disabled: true}
+backend_defaults:
+  security: plain
+  tls: {ca_file: `+certFile+`}
+`), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, rec := range []routing.Record{
+		{Addr: imaps, Security: "tls"},
+		{Addr: imaps, Security: "tls", ServerName: "localhost"},
+		{Addr: mem.Addr()}, // plain, the default
+	} {
+		if err := rt.RedisRouter.SetRoute(ctx, user, rec); err != nil {
+			t.Fatal(err)
+		}
+		b, err := rt.RedisRouter.Lookup(ctx, user)
+		if err != nil {
+			t.Fatalf("%s: %v", rec, err)
+		}
+		res, err := upstream.Login(ctx, b, user, pass, nil)
+		if err != nil {
+			t.Fatalf("%s: login: %v", rec, err)
+		}
+		res.Conn.Close()
+	}
+}
