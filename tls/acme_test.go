@@ -61,12 +61,26 @@ func TestACMEOptions(t *testing.T) {
 		t.Error("wantsRSA")
 	}
 
-	// Everything but the challenge path is a 404, not a redirect.
-	rec := &recorder{header: http.Header{}}
-	req, _ := http.NewRequest("GET", "http://mail.test/inbox", nil)
-	a.HTTPHandler().ServeHTTP(rec, req)
-	if rec.code != http.StatusNotFound {
-		t.Errorf("GET /inbox = %d, want 404", rec.code)
+	// As the example config says of http_address: only the challenge
+	// path of a managed host is answered (an unknown token is a 404),
+	// another host gets 403, and every other path 404, not a redirect.
+	for _, tc := range []struct {
+		url  string
+		want int
+	}{
+		{"http://mail.test/inbox", http.StatusNotFound},
+		{"http://mail.test/", http.StatusNotFound},
+		{"http://192.0.2.1/", http.StatusNotFound},
+		{"http://mail.test/.well-known/acme-challenge/unknown-token", http.StatusNotFound},
+		{"http://192.0.2.1/.well-known/acme-challenge/unknown-token", http.StatusForbidden},
+		{"http://other.test/.well-known/acme-challenge/unknown-token", http.StatusForbidden},
+	} {
+		rec := &recorder{header: http.Header{}}
+		req, _ := http.NewRequest("GET", tc.url, nil)
+		a.HTTPHandler().ServeHTTP(rec, req)
+		if rec.code != tc.want {
+			t.Errorf("GET %s = %d, want %d", tc.url, rec.code, tc.want)
+		}
 	}
 }
 
