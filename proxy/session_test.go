@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -654,6 +655,41 @@ func TestIDForwardedWithoutClientXFields(t *testing.T) {
 }
 
 // loginAlike logs in as user and checks the tagged OK.
+// TestIDLimits: client ID fields over RFC 2971's limits (30 pairs, 30-byte
+// names, 1024-byte values) are dropped, silently, and the rest forwarded.
+func TestIDLimits(t *testing.T) {
+	h := newHarness(t, nil)
+	be := h.rawBackend("fake@example.test", true, "IMAP4rev1 ID SASL-IR AUTH=PLAIN", "IMAP4rev1 IDLE", "")
+
+	c := h.dialTLS(t, h.imaps)
+	c.greeting()
+	long := strings.Repeat("k", 31)
+	big := strings.Repeat("v", 1025)
+	fields := `"name" "foo" "` + long + `" "long name" "bigvalue" "` + big + `" "fits" "` + big[:1024] + `"`
+	for i := range 40 {
+		fields += fmt.Sprintf(` "f%d" "%d"`, i, i)
+	}
+	c.send("a ID (" + fields + ")\r\n")
+	c.expect("* ID NIL")
+	c.expectPrefix("a OK ")
+	c.loginAlike("b", "fake@example.test", "pw")
+
+	id := be.next(t, "ID ")
+	for _, want := range []string{`"name" "foo"`, `"fits" "` + big[:1024] + `"`, `"f0" "0"`} {
+		if !strings.Contains(id, want) {
+			t.Errorf("backend's ID line lacks %.40s: %q", want, id)
+		}
+	}
+	for _, bad := range []string{long, "long name", "bigvalue", big} {
+		if strings.Contains(id, bad) {
+			t.Errorf("backend's ID line carries %.40s: %q", bad, id)
+		}
+	}
+	if n := len(regexp.MustCompile(`"[^"]*"`).FindAllString(id, -1)); n != 60 {
+		t.Errorf("backend's ID line has %d pairs, want 30 (the limit): %q", n/2, id)
+	}
+}
+
 func (c *client) loginAlike(tag, user, pass string) {
 	c.t.Helper()
 	c.send(tag + " LOGIN " + user + " " + pass + "\r\n")
