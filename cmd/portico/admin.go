@@ -78,6 +78,7 @@ func subcommand(name string, args []string, actions map[string]func([]string) er
 	fmt.Fprintf(os.Stderr, "Usage: portico %s %s\n", name, usage)
 	return errUsage
 }
+
 func runRoute(args []string) error {
 	return subcommand("route", args, map[string]func([]string) error{
 		"get":     routeGet,
