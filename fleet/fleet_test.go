@@ -676,6 +676,7 @@ func TestCluster(t *testing.T) {
 	}
 
 	// a crashes: only b's sessions remain.
+	aInst := a.instance()
 	stopA()
 	waitFor(t, 3*hb+time.Second, "expiry of a's sessions", func() bool {
 		for _, r := range list(t, c, "") {
@@ -688,6 +689,12 @@ func TestCluster(t *testing.T) {
 	if p, err := Proxies(ctx, c, ""); err != nil || len(p) != 1 || p[0] != "b" {
 		t.Errorf("Proxies = %q, %v", p, err)
 	}
+	// b sweeps a's entries, across the masters.
+	waitFor(t, 5*time.Second, "sweep of a", func() bool {
+		n, _ := c.Exists(ctx, keysFor("").inst(aInst)).Result()
+		m, _ := c.ZCard(ctx, keysFor("").live("u0")).Result()
+		return n == 0 && m == 1
+	})
 }
 
 func TestMain(m *testing.M) {

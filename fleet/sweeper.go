@@ -100,17 +100,12 @@ func (f *Fleet) sweep(ctx context.Context, inst string, keep func() (bool, error
 		cctx, cancel := context.WithTimeout(ctx, f.opTimeout())
 		kv, next, err := f.Client.HScan(cctx, ik, cursor, "", scanCount).Result()
 		if err == nil && len(kv) > 0 {
-			p := f.Client.Pipeline()
-			ids := make([]string, 0, len(kv)/2)
+			b := f.newBatch(inst)
 			for i := 0; i+1 < len(kv); i += 2 {
-				if u := detailUser(kv[i+1]); u != "" {
-					p.ZRem(cctx, f.keys.live(u), member(kv[i], inst))
-				}
-				ids = append(ids, kv[i])
+				b.remove(cctx, kv[i], detailUser(kv[i+1]))
 			}
-			p.HDel(cctx, ik, ids...)
-			if _, err = p.Exec(cctx); err == nil {
-				f.bump(func(s *Stats) { s.Swept += uint64(len(ids)) })
+			if err = b.exec(cctx); err == nil {
+				f.bump(func(s *Stats) { s.Swept += uint64(len(kv) / 2) })
 			}
 		}
 		if err == nil && next == 0 {

@@ -27,6 +27,10 @@ const (
 	// commands each, at most 1,000 commands, each pipeline with its own
 	// deadline.
 	chunkSessions = 500
+	// flushLinger gathers the changes of this long into one pipeline:
+	// Redis spends more on a round trip than on the few commands in it,
+	// and 2 million sessions churn thousands of times a second.
+	flushLinger = 50 * time.Millisecond
 )
 
 // change is a session start or end still to be written.
@@ -320,6 +324,7 @@ func (f *Fleet) writer(ctx context.Context) {
 		inst      string
 		p         *pass
 		retryAt   time.Time // no write before, after a failure
+		flushed   time.Time // last write of changes, for flushLinger
 		stepAt    time.Time // next chunk of the pass, by the write rate
 		reconcile = time.Now().Add(f.reconcile)
 	)
@@ -328,8 +333,11 @@ func (f *Fleet) writer(ctx context.Context) {
 	defer f.endPass()
 	for {
 		now := time.Now()
-		if inst != "" && !now.Before(retryAt) {
-			err := f.flush(ctx, inst)
+		if inst != "" && !now.Before(later(retryAt, flushed.Add(flushLinger))) {
+			n, err := f.flush(ctx, inst)
+			if n > 0 {
+				flushed = now
+			}
 			if err == nil && p == nil {
 				f.pmu.Lock()
 				due := f.repair || !now.Before(reconcile)
@@ -361,12 +369,14 @@ func (f *Fleet) writer(ctx context.Context) {
 		// Sleep until something is to do.
 		wait := time.Hour
 		if inst != "" {
-			if f.pendingLen() > 0 {
-				wait = time.Until(retryAt)
-			} else if p != nil {
-				wait = time.Until(later(stepAt, retryAt))
-			} else {
-				wait = time.Until(later(reconcile, retryAt))
+			gate := later(retryAt, flushed.Add(flushLinger))
+			switch {
+			case f.pendingLen() > 0:
+				wait = time.Until(gate)
+			case p != nil:
+				wait = time.Until(later(stepAt, gate))
+			default:
+				wait = time.Until(later(reconcile, gate))
 			}
 		}
 		if wait <= 0 {
@@ -402,17 +412,20 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-// flush writes every pending change, in chunks.
-func (f *Fleet) flush(ctx context.Context, inst string) error {
+// flush writes every pending change, in chunks, and returns how many it
+// wrote.
+func (f *Fleet) flush(ctx context.Context, inst string) (int, error) {
+	n := 0
 	for {
 		cs := f.takePending(chunkSessions)
 		if len(cs) == 0 {
-			return nil
+			return n, nil
 		}
 		if err := f.writeChanges(ctx, inst, cs); err != nil {
 			f.requeue(cs)
-			return err
+			return n, err
 		}
+		n += len(cs)
 		f.pmu.Lock()
 		f.inflight = 0
 		f.pmu.Unlock()
@@ -422,29 +435,70 @@ func (f *Fleet) flush(ctx context.Context, inst string) error {
 func (f *Fleet) writeChanges(ctx context.Context, inst string, cs []change) error {
 	ctx, cancel := context.WithTimeout(ctx, f.opTimeout())
 	defer cancel()
-	p := f.Client.Pipeline()
-	ik := f.keys.inst(inst)
+	b := f.newBatch(inst)
 	for _, c := range cs {
 		if c.start {
-			addSession(ctx, p, f.keys, inst, c.info)
+			b.add(ctx, c.info)
 		} else {
-			p.ZRem(ctx, f.keys.live(c.info.User), member(c.info.ID, inst))
-			p.HDel(ctx, ik, c.info.ID)
+			b.remove(ctx, c.info.ID, c.info.User)
 		}
 	}
-	if _, err := p.Exec(ctx); err != nil {
+	if err := b.exec(ctx); err != nil {
 		return fmt.Errorf("fleet: write %d session changes: %w", len(cs), err)
 	}
 	return nil
 }
 
-func addSession(ctx context.Context, p redis.Pipeliner, k keys, inst string, s SessionInfo) {
+// batch gathers the writes of one pipeline: a ZADD or ZREM per session
+// in its user's set, but a single HSET and a single HDEL for all the
+// fields of the instance's hash, because one command of 500 fields costs
+// Redis far less than 500 commands of one.
+type batch struct {
+	p    redis.Pipeliner
+	k    keys
+	inst string
+	set  []any // field, value, …
+	del  []string
+}
+
+func (f *Fleet) newBatch(inst string) *batch {
+	return &batch{p: f.Client.Pipeline(), k: f.keys, inst: inst}
+}
+
+func (b *batch) add(ctx context.Context, s SessionInfo) {
 	since := s.Since
 	if since.IsZero() {
 		since = time.Now()
 	}
-	p.ZAdd(ctx, k.live(s.User), redis.Z{Score: float64(since.UnixMilli()), Member: member(s.ID, inst)})
-	p.HSet(ctx, k.inst(inst), s.ID, encodeDetail(s))
+	b.p.ZAdd(ctx, b.k.live(s.User), redis.Z{Score: float64(since.UnixMilli()), Member: member(s.ID, b.inst)})
+	b.set = append(b.set, s.ID, encodeDetail(s))
+}
+
+// update rewrites a session's details only.
+func (b *batch) update(s SessionInfo) { b.set = append(b.set, s.ID, encodeDetail(s)) }
+
+func (b *batch) remove(ctx context.Context, id, user string) {
+	if user != "" {
+		b.p.ZRem(ctx, b.k.live(user), member(id, b.inst))
+	}
+	b.del = append(b.del, id)
+}
+
+func (b *batch) empty() bool { return len(b.set) == 0 && len(b.del) == 0 }
+
+func (b *batch) exec(ctx context.Context) error {
+	if b.empty() {
+		return nil
+	}
+	ik := b.k.inst(b.inst)
+	if len(b.set) > 0 {
+		b.p.HSet(ctx, ik, b.set...)
+	}
+	if len(b.del) > 0 {
+		b.p.HDel(ctx, ik, b.del...)
+	}
+	_, err := b.p.Exec(ctx)
+	return err
 }
 
 // beginPass starts tracking session changes, then takes the snapshot the
@@ -524,7 +578,7 @@ func (p *pass) step(ctx context.Context, f *Fleet, inst string) (int, error) {
 	}
 	n := min(chunkSessions, len(p.todo))
 	chunk := p.todo[len(p.todo)-n:]
-	pl := f.Client.Pipeline()
+	b := f.newBatch(inst)
 	added := 0
 	f.pmu.Lock()
 	for _, id := range chunk {
@@ -534,14 +588,12 @@ func (p *pass) step(ctx context.Context, f *Fleet, inst string) (int, error) {
 		if c, ok := f.pending[id]; ok && c.start {
 			continue // the writer has it
 		}
-		addSession(ctx, pl, f.keys, inst, p.snap[id])
+		b.add(ctx, p.snap[id])
 		added++
 	}
 	f.pmu.Unlock()
-	if added > 0 {
-		if _, err := pl.Exec(ctx); err != nil {
-			return n, fmt.Errorf("fleet: restore %d sessions: %w", added, err)
-		}
+	if err := b.exec(ctx); err != nil {
+		return n, fmt.Errorf("fleet: restore %d sessions: %w", added, err)
 	}
 	p.todo = p.todo[:len(p.todo)-n]
 	if !p.restore {
@@ -556,8 +608,7 @@ func (p *pass) scanStep(ctx context.Context, f *Fleet, inst string) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("fleet: reconcile: scan: %w", err)
 	}
-	pl := f.Client.Pipeline()
-	writes := 0
+	b := f.newBatch(inst)
 	var stale uint64
 	f.pmu.Lock()
 	for i := 0; i+1 < len(kv); i += 2 {
@@ -567,9 +618,8 @@ func (p *pass) scanStep(ctx context.Context, f *Fleet, inst string) (int, error)
 		}
 		if s, ok := p.snap[id]; ok {
 			p.seen[id] = struct{}{}
-			if enc := encodeDetail(s); enc != v {
-				pl.HSet(ctx, ik, id, enc) // byte counts moved on
-				writes++
+			if encodeDetail(s) != v {
+				b.update(s) // byte counts moved on
 			}
 			continue
 		}
@@ -579,16 +629,12 @@ func (p *pass) scanStep(ctx context.Context, f *Fleet, inst string) (int, error)
 		if _, ok := f.pending[id]; ok {
 			continue
 		}
-		pl.ZRem(ctx, f.keys.live(detailUser(v)), member(id, inst))
-		pl.HDel(ctx, ik, id)
-		writes++
+		b.remove(ctx, id, detailUser(v))
 		stale++
 	}
 	f.pmu.Unlock()
-	if writes > 0 {
-		if _, err := pl.Exec(ctx); err != nil {
-			return len(kv) / 2, fmt.Errorf("fleet: reconcile: %w", err)
-		}
+	if err := b.exec(ctx); err != nil {
+		return len(kv) / 2, fmt.Errorf("fleet: reconcile: %w", err)
 	}
 	p.repaired += stale
 	p.cursor = next
