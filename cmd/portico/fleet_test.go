@@ -132,6 +132,15 @@ fleet: {heartbeat: 1s}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if out := admin("sessions"); !strings.Contains(out, user) || !strings.Contains(out, "\n1 session(s)") {
+		t.Errorf("sessions (all):\n%s", out)
+	}
+	if out := admin("sessions", "-count"); out != "1 session(s)\n" {
+		t.Errorf("sessions -count: %q", out)
+	}
+	if out := admin("sessions", "-limit", "1"); !strings.Contains(out, user) {
+		t.Errorf("sessions -limit 1:\n%s", out)
+	}
 
 	// move: the IDLE client gets a BYE, reconnects and lands on d2.
 	if out := admin("move", "-hold", "10s", user, "d2"); !strings.Contains(out, "moved to d2") {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -112,8 +113,14 @@ func runMove(args []string) error {
 }
 
 func runSessions(args []string) error {
-	synopsis := "[-config FILE] [USER]\n\nLists live sessions across the fleet."
-	return adminCommand("sessions", synopsis, args, []string{"[USER]"}, nil, func(rt *app.App, cfg *config.Config, args []string) error {
+	synopsis := "[-config FILE] [-limit N] [-count] [USER]\n\nLists live sessions across the fleet: a user's sorted by start, or every\nsession streamed proxy by proxy (paged from Redis, never read whole)."
+	var limit int
+	var countOnly bool
+	extra := func(fs *flag.FlagSet) {
+		fs.IntVar(&limit, "limit", 0, "list at most `N` sessions (0: all)")
+		fs.BoolVar(&countOnly, "count", false, "print only the number of sessions")
+	}
+	return adminCommand("sessions", synopsis, args, []string{"[USER]"}, extra, func(rt *app.App, cfg *config.Config, args []string) error {
 		var user string
 		if len(args) == 1 {
 			var err error
@@ -121,24 +128,67 @@ func runSessions(args []string) error {
 				return err
 			}
 		}
-		return printSessions(rt, user)
+		if limit < 0 {
+			return fmt.Errorf("-limit %d: must be 0 or more", limit)
+		}
+		if countOnly {
+			ctx, cancel := adminContext()
+			defer cancel()
+			n, err := fleet.CountSessions(ctx, rt.Redis, rt.RedisPrefix, user)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%d session(s)\n", n)
+			return nil
+		}
+		return printSessions(rt, user, limit)
 	})
 }
 
-func printSessions(rt *app.App, user string) error {
-	ctx, cancel := adminContext()
+// sessionPage is how many lines are aligned together: a listing of every
+// session is printed as it streams in, a page at a time.
+const sessionPage = 1000
+
+func printSessions(rt *app.App, user string, limit int) error {
+	// Streaming two million sessions takes longer than one admin action.
+	ctx, cancel := adminContextFor(10 * time.Minute)
 	defer cancel()
-	recs, err := fleet.ListSessions(ctx, rt.Redis, rt.RedisPrefix, user)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "USER\tPROXY\tCLIENT\tBACKEND\tSINCE\tTO BACKEND\tTO CLIENT")
+	n := 0
+	errLimit := errors.New("limit reached")
+	print := func(r fleet.Record) error {
+		if limit > 0 && n == limit {
+			return errLimit
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.User, r.Proxy, r.Client, r.Backend,
+			r.Since.UTC().Format(time.RFC3339), r.BytesToBackend, r.BytesToClient)
+		if n++; n%sessionPage == 0 {
+			tw.Flush()
+		}
+		return nil
+	}
+	var err error
+	if user != "" {
+		var recs []fleet.Record
+		if recs, err = fleet.ListSessions(ctx, rt.Redis, rt.RedisPrefix, user); err == nil {
+			for _, r := range recs {
+				if err = print(r); err != nil {
+					break
+				}
+			}
+		}
+	} else {
+		err = fleet.ScanSessions(ctx, rt.Redis, rt.RedisPrefix, print)
+	}
+	tw.Flush()
+	if errors.Is(err, errLimit) {
+		fmt.Printf("%d session(s) shown (-limit %d)\n", n, limit)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "USER\tPROXY\tCLIENT\tBACKEND\tSINCE\tTO BACKEND\tTO CLIENT")
-	for _, r := range recs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.User, r.Proxy, r.Client, r.Backend,
-			r.Since.UTC().Format(time.RFC3339), r.BytesToBackend, r.BytesToClient)
-	}
-	tw.Flush()
-	fmt.Printf("%d session(s)\n", len(recs))
+	fmt.Printf("%d session(s)\n", n)
 	return nil
 }
