@@ -66,24 +66,28 @@ const (
 // Move moves user to backend without the user ever having sessions on two
 // backends at once:
 //
-//  1. it sets the hold P move:{user} (SET NX with TTL Hold), so that every
-//     proxy's LoginGate makes the user's new logins wait; a hold already
-//     there means another move is under way (ErrMoveInProgress);
-//  2. it sets the route to backend with routes.SetRoute, which also
-//     invalidates every proxy's route cache;
-//  3. it publishes a kick: every proxy ends the user's sessions, and any
-//     session of the user that starts on another backend during the hold
-//     (a login that passed the gate before step 1) is ended too;
+//  1. it sets the hold P move:{user} (SET NX with TTL Hold); a hold
+//     already there means another move is under way (ErrMoveInProgress);
+//  2. it announces the hold in P moves and publishes a move: every proxy
+//     holds the user's new logins (LoginGate) and ends the user's
+//     sessions; a proxy that missed the message learns the hold from P
+//     moves at its next resync, and one whose control channel is not
+//     healthy reads the hold key for every login;
+//  3. it sets the route to backend with routes.SetRoute, which also
+//     invalidates every proxy's route cache, and publishes the move again;
+//     any session of the user that starts on another backend during the
+//     hold (a login that passed the gate before step 2) is ended too;
 //  4. it waits until CountSessions(user) has stayed 0 for a moment, kicking
 //     again every second while sessions remain, at most Wait;
-//  5. it removes the hold (only its own) and publishes the release, so
-//     that held logins proceed at once, now routed to backend.
+//  5. it removes the hold and its announcement (only its own) and
+//     publishes the release, so that held logins proceed at once, now
+//     routed to backend.
 //
 // On timeout the hold is removed all the same (keeping it would only delay
 // logins until its TTL) and the error wraps ErrSessionsOpen and gives the
 // number of sessions still open; ListSessions shows them. When ctx ends
-// or step 2 fails, the hold is removed as well. The route stays changed in
-// every case after step 2.
+// or a step fails, the hold is removed as well. The route stays changed in
+// every case after step 3.
 func Move(ctx context.Context, client redis.UniversalClient, prefix string, routes *routing.Redis, user, backend string, opts MoveOptions) (err error) {
 	if user == "" || backend == "" {
 		return fmt.Errorf("fleet: move %q to %q: empty user or backend", user, backend)
@@ -112,11 +116,16 @@ func Move(ctx context.Context, client redis.UniversalClient, prefix string, rout
 	if !ok {
 		return fmt.Errorf("fleet: move %q: %w", user, ErrMoveInProgress)
 	}
+	until := start.Add(hold)
+	announced := backend + " " + strconv.FormatInt(until.UnixMilli(), 10) + " " + hex.EncodeToString(tok[:])
 	defer func() {
 		// Release even when ctx is done: the hold blocks logins.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		rerr := releaseScript.Run(rctx, client, []string{k.move(user)}, value).Err()
+		if rerr == nil {
+			rerr = releaseFieldScript.Run(rctx, client, []string{k.moves}, user, announced).Err()
+		}
 		if rerr == nil {
 			rerr = publish(rctx, client, k, message{Op: opRelease, User: user})
 		}
@@ -125,12 +134,23 @@ func Move(ctx context.Context, client redis.UniversalClient, prefix string, rout
 		}
 	}()
 
+	// Announce the hold before the route changes: proxies learn of it
+	// from the message, or from the moves hash if they miss it, and hold
+	// the user's logins without reading Redis for every login.
+	if err := drainSetScript.Run(ctx, client, []string{k.moves}, user, announced, (hold + drainGrace).Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("fleet: move %q: announce hold: %w", user, err)
+	}
+	kick := func() error {
+		return publish(ctx, client, k, message{Op: opMove, User: user, Backend: backend, Hold: time.Until(until).Milliseconds()})
+	}
+	if err := kick(); err != nil {
+		return fmt.Errorf("fleet: move %q: kick: %w", user, err)
+	}
 	if err := routes.SetRoute(ctx, user, routing.Record{Backend: backend}); err != nil {
 		return fmt.Errorf("fleet: move %q: %w", user, err)
 	}
-	kick := func() error {
-		return publish(ctx, client, k, message{Op: opMove, User: user, Backend: backend, Hold: hold.Milliseconds()})
-	}
+	// Kick again once the route has changed, for a login that passed the
+	// gate before the hold and read the old route.
 	if err := kick(); err != nil {
 		return fmt.Errorf("fleet: move %q: kick: %w", user, err)
 	}
@@ -181,6 +201,41 @@ func Move(ctx context.Context, client redis.UniversalClient, prefix string, rout
 	}
 }
 
+// releaseFieldScript deletes hash field ARGV[1] only if it is still
+// ARGV[2].
+var releaseFieldScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0`)
+
+// movesUnderWay returns the moves announced in the moves hash whose hold
+// has not expired, by user; it deletes the expired ones (left by a Move
+// that crashed).
+func movesUnderWay(ctx context.Context, client redis.UniversalClient, k keys) (map[string]moveState, error) {
+	m, err := client.HGetAll(ctx, k.moves).Result()
+	if err != nil {
+		return nil, fmt.Errorf("fleet: read moves: %w", err)
+	}
+	out := make(map[string]moveState, len(m))
+	now := time.Now()
+	var expired []string
+	for user, v := range m {
+		f := strings.Fields(v)
+		var ms int64
+		if len(f) == 3 {
+			ms, err = strconv.ParseInt(f[1], 10, 64)
+		}
+		if len(f) != 3 || err != nil || now.After(time.UnixMilli(ms)) {
+			expired = append(expired, user)
+			continue
+		}
+		out[user] = moveState{backend: f[0], until: time.UnixMilli(ms)}
+	}
+	if len(expired) > 0 {
+		client.HDel(ctx, k.moves, expired...) // best effort; readers skip them anyway
+	}
+	return out, nil
+}
+
 // releaseScript deletes a hold only if it is still the caller's.
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -191,7 +246,7 @@ return 0`)
 const drainGrace = time.Minute
 
 // drainSetScript stores field ARGV[1] = ARGV[2] and extends the key's TTL
-// to at least ARGV[3] ms.
+// to at least ARGV[3] ms; drain-kicks and announced moves use it.
 var drainSetScript = redis.NewScript(`
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end

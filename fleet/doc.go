@@ -46,6 +46,10 @@
 //	P move:{USER}      STRING a move's hold, "BACKEND TOKEN", with a TTL
 //	                          (MoveOptions.Hold). New logins of USER wait
 //	                          while it exists.
+//	P moves            HASH   field USER = "BACKEND UNTIL TOKEN" (UNTIL in
+//	                          ms): the moves under way, read by every proxy
+//	                          at each resync so that a missed message does
+//	                          not let logins past a hold.
 //	P drainkicks       HASH   field BACKEND = "DEADLINE WINDOW" (ms, ms):
 //	                          pending drain-kicks, for proxies that were not
 //	                          listening when one was published. The key's
@@ -99,7 +103,9 @@
 // an outage longer than three heartbeats, since readers have meanwhile
 // taken the proxy for dead.
 //
-// Pub/sub delivery is at most once, so on every (re)subscription a proxy
-// re-reads the pending drain-kicks and re-checks every held login; move
-// holds themselves are always read from Redis, never from memory.
+// Pub/sub delivery is at most once, so on every (re)subscription, and
+// every heartbeat, a proxy re-reads the pending drain-kicks and the moves
+// under way, and publishes a ping that it expects back: while its pings
+// come back, it knows every move hold from memory and a login costs no
+// Redis read for the gate; otherwise LoginGate reads the hold key.
 package fleet

@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -82,6 +84,9 @@ type Fleet struct {
 
 	initOnce  sync.Once
 	running   atomic.Bool
+	ctlToken  string       // this fleet's pings on the control channel
+	ctlSynced atomic.Bool  // subscribed, and the last resync worked
+	ctlEcho   atomic.Int64 // when our last ping came back, Unix ns
 	subs      atomic.Int64 // subscriptions so far, for tests
 	dropped   atomic.Uint64
 	log       *slog.Logger
@@ -152,6 +157,9 @@ func (f *Fleet) init() {
 			f.rate = DefaultWriteRate
 		}
 		f.keys = keysFor(f.Prefix)
+		var tok [8]byte
+		rand.Read(tok[:])
+		f.ctlToken = hex.EncodeToString(tok[:])
 		f.drains = make(map[string]*drainState)
 		f.moving = make(map[string]moveState)
 		f.release = make(chan struct{})
@@ -233,14 +241,21 @@ func (f *Fleet) control(ctx context.Context) {
 	// reconnect (go-redis drops one when the channel stays full).
 	retry := time.NewTimer(f.hb)
 	defer retry.Stop()
+	subscribed := false
+	defer f.ctlSynced.Store(false)
 	resync := func() {
 		err := f.resync(ctx)
 		if ctx.Err() != nil {
 			return
 		}
+		if err == nil && subscribed && !f.ctlSynced.Load() {
+			// Subscribed before the read: whatever the read missed
+			// arrives as a message.
+			f.ctlEcho.Store(time.Now().UnixNano())
+			f.ctlSynced.Store(true)
+		}
 		retry.Reset(h.next(err, f.hb))
 	}
-	subscribed := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -260,6 +275,7 @@ func (f *Fleet) control(ctx context.Context) {
 					f.log.Info("fleet: control channel resubscribed", "channel", f.keys.control)
 				}
 				subscribed = true
+				f.ctlSynced.Store(false)
 				f.subs.Add(1)
 				f.wakeGates()
 				resync()
@@ -279,6 +295,7 @@ type message struct {
 	Deadline int64  `json:"deadline,omitempty"` // Unix ms
 	Window   int64  `json:"window,omitempty"`   // ms
 	Hold     int64  `json:"hold,omitempty"`     // ms
+	From     string `json:"from,omitempty"`     // a ping's sender
 }
 
 const (
@@ -287,6 +304,7 @@ const (
 	opRelease = "release"
 	opDrain   = "drain"
 	opUndrain = "undrain"
+	opPing    = "ping"
 )
 
 func (f *Fleet) handle(payload string) {
@@ -296,12 +314,14 @@ func (f *Fleet) handle(payload string) {
 		return
 	}
 	switch m.Op {
+	case opPing:
+		if m.From == f.ctlToken {
+			f.ctlEcho.Store(time.Now().UnixNano())
+		}
 	case opKick:
 		f.kickUser(m.User, orDefault(m.Reason, ReasonKick))
 	case opMove:
-		f.mu.Lock()
-		f.moving[m.User] = moveState{backend: m.Backend, until: time.Now().Add(time.Duration(m.Hold) * time.Millisecond)}
-		f.mu.Unlock()
+		f.hold(m.User, m.Backend, time.Now().Add(time.Duration(m.Hold)*time.Millisecond))
 		f.kickUser(m.User, ReasonMove)
 	case opRelease:
 		f.mu.Lock()
@@ -337,8 +357,9 @@ func (f *Fleet) kickUser(user, reason string) {
 	}()
 }
 
-// resync re-reads the pending drain-kicks: schedules the new ones and
-// cancels the ones withdrawn while this proxy was not listening.
+// resync re-reads the pending drain-kicks and the moves under way, which
+// messages may have missed, and pings the channel to prove it still
+// listens. Three small commands per heartbeat, whatever the fleet's size.
 func (f *Fleet) resync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, f.opTimeout())
 	defer cancel()
@@ -346,20 +367,66 @@ func (f *Fleet) resync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	moves, err := movesUnderWay(ctx, f.Client, f.keys)
+	if err != nil {
+		return err
+	}
+	if err := publish(ctx, f.Client, f.keys, message{Op: opPing, From: f.ctlToken}); err != nil {
+		return err
+	}
 	seen := make(map[string]bool, len(pending))
 	for _, d := range pending {
 		seen[d.Backend] = true
 		f.scheduleDrain(d.Backend, d.Deadline, d.Window)
 	}
+	var learnt []string
+	released := false
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	for b, d := range f.drains {
 		if !seen[b] {
 			d.timer.Stop()
 			delete(f.drains, b)
 		}
 	}
+	for user, m := range moves {
+		if _, known := f.moving[user]; !known {
+			learnt = append(learnt, user)
+		}
+		f.moving[user] = m
+	}
+	for user := range f.moving {
+		if _, ok := moves[user]; !ok {
+			delete(f.moving, user) // released while we were not listening
+			released = true
+		}
+	}
+	f.mu.Unlock()
+	if released {
+		f.wakeGates()
+	}
+	// A move this proxy missed: its sessions of the user may be on the old
+	// backend, as its logins may have gone there.
+	for _, user := range learnt {
+		f.kickUser(user, ReasonMove)
+	}
 	return nil
+}
+
+// hold records a move of user to backend until the given time.
+func (f *Fleet) hold(user, backend string, until time.Time) {
+	f.mu.Lock()
+	f.moving[user] = moveState{backend: backend, until: until}
+	f.mu.Unlock()
+}
+
+// controlHealthy says whether this proxy knows every move hold from the
+// control channel: subscribed, resynced since, and its own last ping came
+// back recently. Otherwise LoginGate asks Redis.
+func (f *Fleet) controlHealthy() bool {
+	if !f.running.Load() || !f.ctlSynced.Load() {
+		return false
+	}
+	return time.Since(time.Unix(0, f.ctlEcho.Load())) < 2*f.hb+time.Second
 }
 
 // scheduleDrain arranges Local.KickBackend at deadline. A drain-kick
@@ -432,13 +499,26 @@ const gateTimeout = time.Second
 // then waits until the hold is gone and returns nil, so that the login
 // proceeds with the new route. If ctx ends first it returns an error
 // wrapping ErrMoveInProgress (the client should get NO [UNAVAILABLE]).
-// A Redis failure opens the gate: holds last seconds, and a login cannot
-// be routed without Redis anyway.
+//
+// While the control channel is healthy (controlHealthy), holds are known
+// from its messages and from the resync every heartbeat, and a login of a
+// user who is not moving costs no Redis command. Otherwise, and while a
+// hold is known, the hold key is read from Redis. A Redis failure opens
+// the gate: holds last seconds, and a login cannot be routed without
+// Redis anyway.
 func (f *Fleet) LoginGate(ctx context.Context, user string) error {
 	if f == nil || f.Client == nil {
 		return nil
 	}
 	f.init()
+	if f.controlHealthy() {
+		f.mu.Lock()
+		m, held := f.moving[user]
+		f.mu.Unlock()
+		if !held || time.Now().After(m.until) {
+			return nil
+		}
+	}
 	key := f.keys.move(user)
 	for {
 		f.mu.Lock()

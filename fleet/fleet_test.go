@@ -439,9 +439,11 @@ func TestMoveTimeoutAndHolds(t *testing.T) {
 		t.Errorf("LoginGate after the move: %v", err)
 	}
 
-	// A hold in place: a second move refuses, a login gives up with its ctx.
+	// A hold in place, as a Move that crashed leaves it, learnt by the
+	// proxy at its next resync: a second move refuses, a login gives up
+	// with its ctx.
 	key := keysFor("").move("frank")
-	c.Set(ctx, key, "imap9 tok", 5*time.Second)
+	announce(t, c, a, "frank", 5*time.Second)
 	if err := Move(ctx, c, "", routes, "frank", "imap2", MoveOptions{}); !errors.Is(err, ErrMoveInProgress) {
 		t.Errorf("Move during a hold = %v, want ErrMoveInProgress", err)
 	}
@@ -452,13 +454,76 @@ func TestMoveTimeoutAndHolds(t *testing.T) {
 		t.Errorf("LoginGate = %v, want ErrMoveInProgress and DeadlineExceeded", err)
 	}
 	// A hold that simply expires (its mover crashed) lets the login go.
-	c.Set(ctx, key, "imap9 tok", 400*time.Millisecond)
+	c.Del(ctx, key)
+	announce(t, c, a, "frank", 400*time.Millisecond)
 	start = time.Now()
 	if err := a.LoginGate(ctx, "frank"); err != nil {
 		t.Errorf("LoginGate = %v", err)
 	}
 	if d := time.Since(start); d < 300*time.Millisecond || d > time.Second {
 		t.Errorf("LoginGate waited %v for a 400ms hold", d)
+	}
+}
+
+// announce leaves a hold of user for d as a Move would, without its
+// message, and waits until f has learnt it from a resync.
+func announce(t *testing.T, c redis.UniversalClient, f *Fleet, user string, d time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	k := keysFor("")
+	c.Set(ctx, k.move(user), "imap9 tok", d)
+	c.HSet(ctx, k.moves, user, fmt.Sprintf("imap9 %d tok", time.Now().Add(d).UnixMilli()))
+	waitFor(t, 3*f.hb, "hold learnt at a resync", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		_, ok := f.moving[user]
+		return ok
+	})
+}
+
+// pttlCalls returns how many PTTL commands Redis has run.
+func pttlCalls(t *testing.T, c redis.UniversalClient) int {
+	t.Helper()
+	s, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(s, "cmdstat_pttl:calls=")
+	if !ok {
+		return 0
+	}
+	n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+	return n
+}
+
+// TestLoginGateWithoutRedis: while the control channel is healthy, a
+// login of a user who is not moving costs no Redis command; when it is
+// not (before Run, or Redis gone), the gate reads the hold key.
+func TestLoginGateWithoutRedis(t *testing.T) {
+	c, _ := redisClient(t)
+	ctx := context.Background()
+	f, _, _ := newFleet(c, "p1", 200*time.Millisecond)
+	if err := f.LoginGate(ctx, "ann"); err != nil {
+		t.Fatal(err)
+	}
+	if n := pttlCalls(t, c); n != 1 {
+		t.Errorf("%d PTTL before Run, want 1 (no control channel yet)", n)
+	}
+	run(t, f)
+	waitFor(t, 2*time.Second, "healthy control channel", f.controlHealthy)
+	before := pttlCalls(t, c)
+	for range 100 {
+		if err := f.LoginGate(ctx, "ann"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pttlCalls(t, c) - before; n != 0 {
+		t.Errorf("%d PTTL for 100 logins with a healthy control channel, want 0", n)
+	}
+	// Stays healthy over several heartbeats: the pings come back.
+	time.Sleep(time.Second)
+	if !f.controlHealthy() {
+		t.Error("control channel unhealthy after a second")
 	}
 }
 

@@ -20,6 +20,7 @@ type keys struct {
 	instances string
 	sweeper   string
 	drains    string
+	moves     string
 	control   string
 }
 
@@ -32,6 +33,7 @@ func keysFor(prefix string) keys {
 		instances: prefix + "instances",
 		sweeper:   prefix + "sweeper",
 		drains:    prefix + "drainkicks",
+		moves:     prefix + "moves",
 		control:   prefix + "control",
 	}
 }
