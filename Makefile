@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 20s
 
-.PHONY: test deps fmt-check vet unit fuzz bench demo build
+.PHONY: test deps fmt-check vet unit fuzz bench demo build compare
 
 test: deps fmt-check vet unit fuzz
 
@@ -29,6 +29,11 @@ bench:
 
 demo:
 	$(GO) run ./cmd/portico demo
+
+# Portico against nginx, a Dovecot proxy and Dovecot itself on this
+# machine, with portico bench (as root; a few minutes). Not part of test.
+compare:
+	bash scripts/compare-peers.sh
 
 build:
 	$(GO) build ./...

@@ -1,0 +1,418 @@
+#!/usr/bin/env bash
+# Compares Portico with its peers, measured the way an operator would
+# (`portico bench`, CPU and memory read from /proc), on this machine, in
+# one run, on 127.0.0.1 only:
+#
+#   Portico         portico serve, routes in Redis
+#   nginx           nginx mail proxy with an auth_http service (scripts/nginx-auth.py)
+#   Dovecot proxy   a Dovecot with proxy=y host=... in a passwd-file passdb
+#   Dovecot direct  the first backend itself, over TLS
+#
+# The front ends terminate TLS with the same ECDSA P-256 certificate and
+# reach the same two Dovecot backends over plain IMAP; every user has one
+# 1 MiB message in INBOX. Then it runs, for each test, each front end in
+# turn (so that the machine's drift hits every column alike), and prints
+# one table. Usage, as root (Dovecot drops privileges itself):
+#
+#   bash scripts/compare-peers.sh          # or: make compare
+#
+# Knobs (environment): USERS (300), LOGINS (1000), IDLE (2000), HOLD (20s),
+# KEEP=1 keeps the scratch directory (configs, logs, JSON reports).
+# Needs dovecot, redis-server, python3, openssl and go; installs nginx-light
+# and libnginx-mod-mail when nginx or its mail module is missing.
+#
+# Configuration choices, the same for every front end where they apply:
+# TLS 1.3 with X25519 (the bench client offers X25519,P256; one row repeats
+# the login run with Go's default, X25519MLKEM768 first, which only Portico
+# accepts), no TLS session resumption (a full handshake per session), two
+# worker processes for nginx (one per core), Dovecot's login processes in
+# their high-performance mode (service_count = 0, one per core) as its
+# documentation advises for many connections, and every server at its
+# default log level, logging to a file.
+set -euo pipefail
+
+USERS=${USERS:-300}
+LOGINS=${LOGINS:-1000}
+IDLE=${IDLE:-2000}
+HOLD=${HOLD:-20s}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+die() { echo "compare-peers: $*" >&2; exit 1; }
+log() { echo "compare-peers: $*" >&2; }
+
+[ "$(id -u)" = 0 ] || die "run as root: dovecot and nginx drop privileges themselves"
+export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
+for b in dovecot redis-server redis-cli python3 openssl go; do
+	command -v "$b" >/dev/null || die "$b is missing (bash scripts/install-test-deps.sh installs the servers)"
+done
+if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_mail_module.so ]; then
+	log "installing nginx-light and libnginx-mod-mail"
+	# Debian starts a packaged nginx on :80 after install; policy-rc.d
+	# 101 forbids that for this install only.
+	had_policy=0
+	[ -e /usr/sbin/policy-rc.d ] && had_policy=1
+	[ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+	chmod +x /usr/sbin/policy-rc.d
+	(apt-get install -y nginx-light libnginx-mod-mail >/dev/null ||
+		{ apt-get update >/dev/null && apt-get install -y nginx-light libnginx-mod-mail >/dev/null; }) ||
+		{ [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d; die "cannot install nginx"; }
+	[ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+fi
+
+# An idle session through a proxy holds two sockets there, one in the
+# bench and one on the backend: take all the open files allowed (20,000
+# on this machine).
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ]; then hard=65536; fi
+ulimit -n "$hard"
+[ "$hard" -ge $((IDLE * 2 + 100)) ] || die "open files limit $hard is too low for IDLE=$IDLE"
+
+T=$(mktemp -d /tmp/portico-compare-XXXXXX)
+chmod 755 "$T" # dovecot's unprivileged processes read configs and mail here
+GROUPS_STARTED=()
+
+cleanup() {
+	local g
+	for g in "${GROUPS_STARTED[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
+	sleep 1
+	for g in "${GROUPS_STARTED[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if [ "${KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi
+}
+BENCH=
+trap cleanup EXIT
+# bench runs in the background (where SIGINT is ignored, hence TERM), so
+# that a signal is handled at once, not after the running measurement.
+trap '[ -z "$BENCH" ] || kill -TERM "$BENCH" 2>/dev/null; exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in its own process group (so that cleanup
+# ends its children too, such as Dovecot's imap processes), output in
+# $T/NAME.out; sets PID.
+start() {
+	local name=$1
+	shift
+	setsid "$@" >"$T/$name.out" 2>&1 &
+	PID=$!
+	GROUPS_STARTED+=("$PID")
+}
+
+# wait_greeting PORT [tls]: until a real IMAP greeting (Dovecot first says
+# "Waiting for authentication process" while its auth starts).
+wait_greeting() {
+	local i line
+	for i in $(seq 100); do
+		if [ "${2:-}" = tls ]; then
+			line=$(timeout 3 openssl s_client -quiet -connect "127.0.0.1:$1" </dev/null 2>/dev/null | head -1 || true)
+		else
+			line=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && head -1 <&3" 2>/dev/null || true)
+		fi
+		case $line in
+		"* OK"*Waiting*) ;;
+		"* OK"*) return 0 ;;
+		esac
+		sleep 0.2
+	done
+	die "no IMAP greeting on port $1"
+}
+
+wait_port() {
+	local i
+	for i in $(seq 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	die "nothing listens on port $1"
+}
+
+# Ports below the ephemeral range, which outgoing connections take from.
+read -r P_DOVA P_DOVA_TLS P_DOVB P_DPROXY P_REDIS P_AUTH P_NGINX P_PORTICO < <(python3 - <<'EOF'
+import random, socket
+lo = 20000
+hi = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ports = []
+while len(ports) < 8:
+    p = random.randrange(lo, hi)
+    if p in ports:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        ports.append(p)
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(*ports)
+EOF
+)
+
+log "building portico into $T"
+(cd "$ROOT" && go build -o "$T/portico" ./cmd/portico)
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+	-keyout "$T/key.pem" -out "$T/cert.pem" -subj /CN=localhost \
+	-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+chmod 644 "$T/key.pem" # nginx and dovecot read it as root; a throw-away key
+
+# One 1 MiB message, hard-linked into every mailbox.
+python3 - "$T/msg" <<'EOF'
+import sys
+head = b"From: <load@example.test>\r\nTo: <user@example.test>\r\nSubject: 1 MiB\r\n" \
+       b"Date: Mon, 02 Nov 2026 10:00:00 +0000\r\nMessage-ID: <big@example.test>\r\n\r\n"
+line = b"x" * 76 + b"\r\n"
+body = (line * (((1 << 20) - len(head)) // len(line) + 1))[: (1 << 20) - len(head)]
+open(sys.argv[1], "wb").write(head + body)
+EOF
+chown 65534:65534 "$T/msg"
+chmod 600 "$T/msg"
+
+half=$((USERS / 2))
+: >"$T/routes.redis"
+: >"$T/routes.nginx"
+for d in dova dovb dproxy; do mkdir -p "$T/$d/run" "$T/$d/state" "$T/$d/home"; : >"$T/$d/users"; done
+for i in $(seq "$USERS"); do
+	u="user$i@example.test"
+	if [ "$i" -le "$half" ]; then d=dova be=dovA port=$P_DOVA; else d=dovb be=dovB port=$P_DOVB; fi
+	echo "$u:{PLAIN}pw$i" >>"$T/$d/users"
+	echo "$u:{PLAIN}pw$i::::::proxy=y host=127.0.0.1 port=$port" >>"$T/dproxy/users"
+	echo "HSET portico:route:$u backend $be" >>"$T/routes.redis"
+	echo "$u 127.0.0.1:$port" >>"$T/routes.nginx"
+	md="$T/$d/home/$u/Maildir"
+	mkdir -p "$md/cur" "$md/new" "$md/tmp"
+	ln "$T/msg" "$md/new/1700000000.big.compare:2,"
+done
+chown -R 65534:65534 "$T/dova/home" "$T/dovb/home"
+
+# dovecot_conf DIR: the settings every instance shares.
+dovecot_conf() {
+	cat <<EOF
+base_dir = $1/run
+state_dir = $1/state
+log_path = $1/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+auth_mechanisms = plain login
+login_trusted_networks = 127.0.0.1/32
+mail_max_userip_connections = 100000
+default_process_limit = 6000
+default_client_limit = 20000
+default_vsz_limit = 1G
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $1/users
+}
+# imap's own default of 1024 would cap the direct idle test.
+service imap {
+  process_limit = 6000
+}
+userdb {
+  driver = static
+  args = uid=65534 gid=65534 home=$1/home/%u
+}
+mail_location = maildir:~/Maildir
+ssl_cert = <$T/cert.pem
+ssl_key = <$T/key.pem
+service anvil {
+  chroot =
+}
+EOF
+}
+
+backend_conf() { # DIR PLAIN_PORT TLS_PORT
+	dovecot_conf "$1"
+	cat <<EOF
+ssl = yes
+disable_plaintext_auth = no
+service imap-login {
+  chroot =
+  service_count = 0
+  process_min_avail = 2
+  client_limit = 10000
+  inet_listener imap {
+    port = $2
+  }
+  inet_listener imaps {
+    port = $3
+  }
+}
+EOF
+}
+
+backend_conf "$T/dova" "$P_DOVA" "$P_DOVA_TLS" >"$T/dova/dovecot.conf"
+backend_conf "$T/dovb" "$P_DOVB" 0 >"$T/dovb/dovecot.conf"
+{
+	dovecot_conf "$T/dproxy"
+	cat <<EOF
+ssl = required
+service imap-login {
+  chroot =
+  service_count = 0
+  process_min_avail = 2
+  client_limit = 10000
+  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
+    port = $P_DPROXY
+  }
+}
+EOF
+} >"$T/dproxy/dovecot.conf"
+
+log "starting dovecot (2 backends, 1 proxy), redis, auth_http, nginx, portico"
+start dova dovecot -F -c "$T/dova/dovecot.conf"
+PID_DOVA=$PID
+start dovb dovecot -F -c "$T/dovb/dovecot.conf"
+start dproxy dovecot -F -c "$T/dproxy/dovecot.conf"
+PID_DPROXY=$PID
+mkdir -p "$T/redis"
+start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendonly no --dir "$T/redis"
+PID_REDIS=$PID
+start auth python3 "$ROOT/scripts/nginx-auth.py" "$P_AUTH" "$T/routes.nginx"
+PID_AUTH=$PID
+
+mkdir -p "$T/nginx"
+cat >"$T/nginx/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $T/nginx/nginx.pid;
+error_log $T/nginx/error.log;
+events {
+  worker_connections 10000;
+}
+mail {
+  server_name localhost;
+  auth_http 127.0.0.1:$P_AUTH/auth;
+  proxy_pass_error_message on;
+  imap_capabilities IMAP4rev1 SASL-IR LITERAL+ IDLE;
+  imap_auth plain login;
+  ssl_certificate $T/cert.pem;
+  ssl_certificate_key $T/key.pem;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  server {
+    listen 127.0.0.1:$P_NGINX ssl;
+    protocol imap;
+  }
+}
+EOF
+start nginx nginx -e "$T/nginx/error.log" -p "$T/nginx" -c "$T/nginx/nginx.conf" -g "daemon off;"
+PID_NGINX=$PID
+
+cat >"$T/portico.yaml" <<EOF
+listeners:
+  - {name: imaps, mode: imaps, address: "127.0.0.1:$P_PORTICO"}
+tls:
+  certificates:
+    - {cert_file: $T/cert.pem, key_file: $T/key.pem}
+routing:
+  redis: {addrs: ["127.0.0.1:$P_REDIS"]}
+backends:
+  - {name: dovA, address: "127.0.0.1:$P_DOVA", security: plain, forward_id: true}
+  - {name: dovB, address: "127.0.0.1:$P_DOVB", security: plain, forward_id: true}
+backend_defaults: {security: starttls} # no route names a host:port
+EOF
+wait_port "$P_REDIS"
+redis-cli -p "$P_REDIS" <"$T/routes.redis" >/dev/null
+start portico "$T/portico" serve -config "$T/portico.yaml"
+PID_PORTICO=$PID
+
+for p in "$P_DOVA" "$P_DOVB"; do wait_greeting "$p"; done
+for p in "$P_DOVA_TLS" "$P_DPROXY" "$P_NGINX" "$P_PORTICO"; do wait_greeting "$p" tls; done
+wait_port "$P_AUTH"
+
+FRONTS=(portico nginx dproxy direct)
+declare -A ADDR=([portico]=$P_PORTICO [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS)
+# The front end's processes; the second pid, where there is one, is its
+# lookup service, reported on its own row.
+declare -A PIDS=([portico]="$PID_PORTICO,$PID_REDIS" [nginx]="$PID_NGINX,$PID_AUTH" [dproxy]=$PID_DPROXY [direct]=$PID_DOVA)
+declare -A NUSERS=([portico]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half)
+mkdir -p "$T/results"
+
+# bench FRONT TEST ARGS...: one `portico bench` run, its JSON kept.
+bench() {
+	local f=$1 test=$2
+	shift 2
+	"$T/portico" bench "$@" -addr "127.0.0.1:${ADDR[$f]}" -ca "$T/cert.pem" \
+		-user 'user%d@example.test' -pass 'pw%d' -nusers "${NUSERS[$f]}" \
+		-pid "${PIDS[$f]}" -json >"$T/results/$f-$test.json" &
+	BENCH=$!
+	wait "$BENCH" || true
+	BENCH=
+	python3 - "$T/results/$f-$test.json" "$f" "$test" <<'EOF' >&2
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except ValueError:
+    print(f"  {sys.argv[2]:8} {sys.argv[3]:9} no report"); sys.exit()
+print(f"  {sys.argv[2]:8} {sys.argv[3]:9} sessions {r['sessions']:5}  ops {r.get('ops', 0):5}  "
+      f"errors {r['errors']:4}  {r['elapsed_s']:6.1f} s  {r.get('tls', '')}  {r.get('error_kinds') or ''}")
+EOF
+}
+
+CURVES=X25519,P256
+log "warm-up: every user logs in once through every front end (mailbox indexes, route caches)"
+for f in "${FRONTS[@]}"; do bench "$f" warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
+# Idle first, so that the memory the front ends hold from the bulk tests
+# (FETCH buffers the GC has not returned yet) does not hide the growth.
+log "$IDLE idle sessions held $HOLD"
+for f in "${FRONTS[@]}"; do bench "$f" idle idle -w 64 -n "$IDLE" -duration "$HOLD" -curves $CURVES; done
+log "login, one client at a time"
+for f in "${FRONTS[@]}"; do bench "$f" login1 login -w 1 -n 200 -curves $CURVES; done
+log "login, 64 clients"
+for f in "${FRONTS[@]}"; do bench "$f" login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
+log "login, 64 clients offering Go's default key exchanges (X25519MLKEM768 first)"
+for f in "${FRONTS[@]}"; do bench "$f" loginpq login -w 64 -n "$LOGINS"; done
+log "FETCH of the 1 MiB message, one session"
+for f in "${FRONTS[@]}"; do bench "$f" fetch fetch -w 1 -n 50 -curves $CURVES; done
+log "NOOP round trips, one session"
+for f in "${FRONTS[@]}"; do bench "$f" latency latency -w 1 -n 2000 -curves $CURVES; done
+
+python3 - "$T/results" "$IDLE" <<'EOF'
+import json, os, sys
+dir, idle = sys.argv[1], int(sys.argv[2])
+fronts = [("portico", "Portico"), ("nginx", "nginx"), ("dproxy", "Dovecot proxy"), ("direct", "Dovecot direct")]
+
+def rep(f, test):
+    try:
+        return json.load(open(os.path.join(dir, f"{f}-{test}.json")))
+    except (OSError, ValueError):
+        return None
+
+def cpu(f, test, which):
+    r = rep(f, test)
+    if not r or not r.get("cpu") or not r["sessions"]:
+        return "–"
+    procs = r["cpu"]["processes"]
+    if which >= len(procs):
+        return "(in the above)" if f == "dproxy" else "–"
+    return f"{procs[which]['cpu_s'] * 1000 / r['sessions']:.2f}"
+
+def get(f, test, fn):
+    r = rep(f, test)
+    try:
+        return fn(r)
+    except (TypeError, KeyError, ZeroDivisionError):
+        return "–"
+
+rows = [
+    ("CPU per login session, ms (X25519)", lambda f: cpu(f, "login64", 0)),
+    ("+ its lookup service, ms (Redis / auth_http)", lambda f: cpu(f, "login64", 1) if f != "direct" else "–"),
+    ("CPU per login session, ms (X25519MLKEM768 offered)", lambda f: cpu(f, "loginpq", 0)),
+    ("key exchange negotiated by default", lambda f: get(f, "loginpq", lambda r: r["tls"].split()[-1])),
+    ("logins/s, 64 clients", lambda f: get(f, "login64", lambda r: f"{r['rate_per_s']:.0f}")),
+    ("one at a time: session p50, ms", lambda f: get(f, "login1", lambda r: f"{r['session']['p50_ms']:.1f}")),
+    ("one at a time: login p50, ms", lambda f: get(f, "login1", lambda r: f"{r['login']['p50_ms']:.2f}")),
+    ("FETCH 1 MiB, MiB/s (one session)", lambda f: get(f, "fetch", lambda r: f"{r['mib_per_s']:.0f}")),
+    ("CPU per MiB fetched, ms", lambda f: get(f, "fetch", lambda r: f"{r['cpu']['processes'][0]['cpu_s'] * 1000 * 1048576 / r['bytes']:.2f}")),
+    ("NOOP p50 / p99, ms", lambda f: get(f, "latency", lambda r: f"{r['op']['p50_ms']:.3f} / {r['op']['p99_ms']:.3f}")),
+    (f"idle sessions held / survived (of {idle})", lambda f: get(f, "idle", lambda r: f"{r['sessions']} / {r.get('survived', 0)}")),
+    ("RSS per idle session, KiB (sum of VmRSS)", lambda f: get(f, "idle", lambda r: f"{r['memory']['rss_per_session_bytes'] / 1024:.1f}")),
+    ("PSS per idle session, KiB", lambda f: get(f, "idle", lambda r: f"{r['memory']['pss_per_session_bytes'] / 1024:.1f}")),
+    ("errors, all runs", lambda f: str(sum((rep(f, t) or {}).get("errors", 0) for t in ("login1", "login64", "loginpq", "fetch", "latency", "idle")))),
+]
+print("| | " + " | ".join(name for _, name in fronts) + " |")
+print("|---|" + "---:|" * len(fronts))
+for label, fn in rows:
+    print(f"| {label} | " + " | ".join(fn(f) for f, _ in fronts) + " |")
+EOF
