@@ -515,8 +515,6 @@ func (r *runner) idle(ctx context.Context) {
 		return true
 	})
 	r.rep.Survived = int(survived.Load())
-	// closeAll merged the DONE failures; count them in the report too.
-	r.errorsToReport()
 }
 
 // closeAll logs out every open session, Workers at a time. before, if
