@@ -666,11 +666,14 @@ func TestNULRejected(t *testing.T) {
 
 func TestForwardID(t *testing.T) {
 	var idLine string
+	var pipelined bool
 	addr, done := startFake(t, func(f *fake) {
 		f.send("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN ID] ready\r\n")
 		l := f.line()
 		tag, cmd, _ := strings.Cut(l, " ")
 		idLine = cmd
+		// The login came in the same write, before the ID reply.
+		pipelined = f.r.Buffered() > 0
 		// An untagged ID reply carrying a literal must be skipped whole.
 		f.send("* ID (\"name\" {7}\r\np1 OK\r\n \"x\" \"y\")\r\n" + tag + " OK ID done\r\n")
 		serveLogin(f, "OK [CAPABILITY IMAP4rev1] Logged in\r\n")
@@ -700,6 +703,9 @@ func TestForwardID(t *testing.T) {
 		`"version" "1??2?" "os" "` + strings.Repeat("a", 1024) + `")`
 	if idLine != want {
 		t.Errorf("ID line\n got %s\nwant %s", idLine, want)
+	}
+	if !pipelined {
+		t.Error("the login did not follow ID in the same write")
 	}
 
 	// ForwardID off: no ID even though the backend supports it.
