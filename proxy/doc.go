@@ -8,7 +8,8 @@
 //		Router:    router,    // a routing.Router: user -> backend
 //		TLSConfig: tlsConfig, // for implicit TLS and STARTTLS
 //	}
-//	ln, _ := net.Listen("tcp", ":993")
+//	ln, _ := proxy.Listen(ctx, ":993") // keep-alive set once, inherited
+//	                                    // by every accepted connection
 //	go srv.Serve(ln, proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS})
 //	...
 //	srv.Shutdown(ctx) // BYE to clients not logged in; spliced sessions may finish

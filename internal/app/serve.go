@@ -30,7 +30,7 @@ func (rt *App) Start(ctx context.Context, logger *slog.Logger) (reload func(), e
 func (rt *App) Serve(ctx context.Context, timeout time.Duration, logger *slog.Logger) error {
 	lns := make([]net.Listener, 0, len(rt.Listeners))
 	for _, spec := range rt.Listeners {
-		ln, err := net.Listen("tcp", spec.Addr)
+		ln, err := proxy.Listen(ctx, spec.Addr)
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
