@@ -390,7 +390,7 @@ backends:
 			Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second,
 		}}},
 		BackendDefaults: BackendOptions{Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second},
-		Fleet:           Fleet{Heartbeat: 10 * time.Second, MoveHold: 30 * time.Second, DrainWindow: 5 * time.Minute},
+		Fleet:           Fleet{Heartbeat: 10 * time.Second, Reconcile: 5 * time.Minute, WriteRate: 5000, MoveHold: 30 * time.Second, DrainWindow: 5 * time.Minute},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		got, _ := json.MarshalIndent(c, "", " ")
@@ -1084,7 +1084,7 @@ func TestPools(t *testing.T) {
 `, `    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"
     weight: 1000
     fallback: b2
-    proxy_protocol: true`, "", "fleet: {proxy_id: \"imap1.example.com:4711\", heartbeat: 1s, move_hold: 10m, drain_window: 24h}\n")
+    proxy_protocol: true`, "", "fleet: {proxy_id: \"imap1.example.com:4711\", heartbeat: 1s, reconcile: 1m, write_rate: 200, move_hold: 10m, drain_window: 24h}\n")
 	c, err := Parse([]byte(yml), "portico.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -1108,7 +1108,7 @@ func TestPools(t *testing.T) {
 	if want := (Health{Interval: time.Second, Timeout: 999 * time.Millisecond, Rise: 1, Fall: 100}); r.Health != want {
 		t.Errorf("health = %+v", r.Health)
 	}
-	if want := (Fleet{ProxyID: "imap1.example.com:4711", Heartbeat: time.Second, MoveHold: 10 * time.Minute, DrainWindow: 24 * time.Hour}); c.Fleet != want {
+	if want := (Fleet{ProxyID: "imap1.example.com:4711", Heartbeat: time.Second, Reconcile: time.Minute, WriteRate: 200, MoveHold: 10 * time.Minute, DrainWindow: 24 * time.Hour}); c.Fleet != want {
 		t.Errorf("fleet = %+v", c.Fleet)
 	}
 	b := c.Backends
@@ -1246,6 +1246,8 @@ func TestPoolValidation(t *testing.T) {
 		{"move hold short", "", []string{"", "fleet: {move_hold: 100ms}\n"}, `fleet.move_hold: must be between 1s and 10m, not 100ms`},
 		{"drain window negative", "", []string{"", "fleet: {drain_window: -1s}\n"}, `fleet.drain_window: must be between 0 (the default, 5m) and 24h, not -1s`},
 		{"drain window long", "", []string{"", "fleet: {drain_window: 25h}\n"}, `fleet.drain_window: must be between 0 (the default, 5m) and 24h, not 25h`},
+		{"reconcile short", "", []string{"", "fleet: {reconcile: 1s}\n"}, `fleet.reconcile`},
+		{"write rate low", "", []string{"", "fleet: {write_rate: 5}\n"}, `fleet.write_rate: must be between 100 and 1000000 sessions per second, not 5`},
 		{"proxy id space", "", []string{"", "fleet:\n  proxy_id: \"imap 1\"\n"}, `portico.yaml:22: fleet.proxy_id: "imap 1" must be at most 128 characters: letters, digits, '.', '_', '-' and ':'`},
 		{"proxy id braces", "", []string{"", "fleet: {proxy_id: \"{imap1}\"}\n"}, `fleet.proxy_id: "{imap1}" must be at most 128 characters`},
 		{"proxy id long", "", []string{"", "fleet: {proxy_id: " + strings.Repeat("a", 129) + "}\n"}, `must be at most 128 characters`},
@@ -1287,10 +1289,12 @@ func TestPoolWarnings(t *testing.T) {
 			`routing.domain_pools: has no effect without routing.redis`,
 			`routing.default_pool: has no effect without routing.redis`,
 		}},
-		{"fleet without redis", "", []string{redis, "", "", "fleet: {proxy_id: imap1, heartbeat: 5s, move_hold: 1m, drain_window: 1h}\n"}, []string{
+		{"fleet without redis", "", []string{redis, "", "", "fleet: {proxy_id: imap1, heartbeat: 5s, reconcile: 1m, write_rate: 100, move_hold: 1m, drain_window: 1h}\n"}, []string{
 			`fleet.proxy_id: has no effect without routing.redis`,
 			`fleet.heartbeat: has no effect`,
 			`fleet.move_hold: has no effect`,
+			`fleet.reconcile: has no effect`,
+			`fleet.write_rate: has no effect`,
 			`fleet.drain_window: has no effect`,
 		}},
 		{"fleet defaults without redis", "", []string{redis, "", "", "fleet: {heartbeat: 10s, move_hold: 30s, drain_window: 5m}\n"}, nil},

@@ -39,6 +39,8 @@ const (
 	defaultHealthRise        = 2
 	defaultHealthFall        = 3
 	defaultHeartbeat         = 10 * time.Second
+	defaultReconcile         = 5 * time.Minute
+	defaultWriteRate         = 5000
 	defaultMoveHold          = 30 * time.Second
 	defaultDrainWindow       = 5 * time.Minute
 )
@@ -103,6 +105,8 @@ func (c *Config) ApplyDefaults() {
 	// config file shared by a fleet cannot know.
 	f := &c.Fleet
 	setDur(&f.Heartbeat, defaultHeartbeat)
+	setDur(&f.Reconcile, defaultReconcile)
+	setInt(&f.WriteRate, defaultWriteRate)
 	setDur(&f.MoveHold, defaultMoveHold)
 	setDur(&f.DrainWindow, defaultDrainWindow)
 }

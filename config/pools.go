@@ -190,6 +190,10 @@ func (c *Config) validateFleet(v *validator) {
 		v.add("fleet.proxy_id", "%q must be at most %d characters: letters, digits, '.', '_', '-' and ':'", f.ProxyID, maxProxyID)
 	}
 	checkDur(v, "fleet.heartbeat", f.Heartbeat, time.Second, 5*time.Minute)
+	checkDur(v, "fleet.reconcile", f.Reconcile, 10*time.Second, 24*time.Hour)
+	if f.WriteRate < 100 || f.WriteRate > 1_000_000 {
+		v.add("fleet.write_rate", "must be between 100 and 1000000 sessions per second, not %d", f.WriteRate)
+	}
 	checkDur(v, "fleet.move_hold", f.MoveHold, time.Second, 10*time.Minute)
 	if f.DrainWindow < 0 || f.DrainWindow > 24*time.Hour {
 		v.add("fleet.drain_window", "must be between 0 (the default, %s) and 24h, not %s", fmtDur(defaultDrainWindow), fmtDur(f.DrainWindow))
@@ -235,6 +239,12 @@ func (c *Config) poolWarnings(add func(path, format string, args ...any)) {
 		}
 		if f.MoveHold != defaultMoveHold {
 			add("fleet.move_hold", why)
+		}
+		if f.Reconcile != defaultReconcile {
+			add("fleet.reconcile", why)
+		}
+		if f.WriteRate != defaultWriteRate {
+			add("fleet.write_rate", why)
 		}
 		if f.DrainWindow != defaultDrainWindow {
 			add("fleet.drain_window", why)

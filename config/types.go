@@ -188,9 +188,18 @@ type Fleet struct {
 	// ProxyID names this proxy in session listings. Empty (the default)
 	// means hostname:pid, which the binary fills in.
 	ProxyID string `yaml:"proxy_id"`
-	// Heartbeat refreshes this proxy's session registry; entries expire
-	// after three missed heartbeats. Default 10s.
+	// Heartbeat tells the registry this proxy is alive (one small command,
+	// whatever its number of sessions); readers ignore the sessions of a
+	// proxy that missed three. Default 10s.
 	Heartbeat time.Duration `yaml:"heartbeat"`
+	// Reconcile is how often the proxy compares its registry entries with
+	// its sessions, repairing the difference and refreshing byte counts.
+	// Default 5m.
+	Reconcile time.Duration `yaml:"reconcile"`
+	// WriteRate bounds the sessions per second a restore (after Redis
+	// lost the registry), a reconciliation or a sweep of a dead proxy
+	// writes. Default 5000.
+	WriteRate int `yaml:"write_rate"`
 	// MoveHold is how long `portico move` holds a user's new logins at
 	// most while the old sessions end. Default 30s.
 	MoveHold time.Duration `yaml:"move_hold"`

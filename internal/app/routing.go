@@ -150,7 +150,8 @@ func (rt *App) buildFleet(cfg *config.Config, srv *proxy.Server, logger *slog.Lo
 	}
 	f := &fleet.Fleet{
 		Client: rt.Redis, Prefix: rt.RedisPrefix, ProxyID: id,
-		Heartbeat: cfg.Fleet.Heartbeat, Logger: logger,
+		Heartbeat: cfg.Fleet.Heartbeat, Reconcile: cfg.Fleet.Reconcile,
+		WriteRate: cfg.Fleet.WriteRate, Logger: logger,
 	}
 	JoinFleet(srv, f)
 	rt.fleet = f
