@@ -21,11 +21,11 @@
 // enforces the pre-auth limits in Limits. On a successful login the session
 // writes the client's tagged OK with the backend's capabilities, passes on
 // the bytes each side sent past the login exchange, and hands both
-// connections to a splicer, which owns them until they close. On Linux, a
-// splice whose backend has been silent for a second gives that
-// direction's goroutine up to the server's epoll set (poller_linux.go),
-// so that an idle session costs one goroutine; Shutdown releases the set
-// once the last session has ended.
+// connections to a splicer, which owns them until they close. On Linux,
+// each direction of a splice that has been silent for a second gives its
+// goroutine up to the server's epoll set (poller_linux.go), so that an
+// idle session costs no goroutine at all; Shutdown releases the set once
+// the last session has ended.
 //
 // A spliced session can be listed (Sessions), observed (OnSplice, OnEnd)
 // and ended cleanly (KickUser, KickBackend): the splicer follows the

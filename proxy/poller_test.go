@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -36,13 +37,13 @@ func needPoller(t *testing.T) {
 	}
 }
 
-// waitParked waits until p's backend->client direction is parked.
+// waitParked waits until both directions of p are parked.
 func waitParked(t *testing.T, p *splicer) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for p.downState.Load() != downParked {
+	for p.dirs[dirUp].state.Load() != dirParked || p.dirs[dirDown].state.Load() != dirParked {
 		if time.Now().After(deadline) {
-			t.Fatalf("direction not parked (state %d)", p.downState.Load())
+			t.Fatalf("directions not parked (states %d, %d)", p.dirs[dirUp].state.Load(), p.dirs[dirDown].state.Load())
 		}
 		time.Sleep(parkAfter / 2)
 	}
@@ -54,7 +55,7 @@ func goroutinesIn(fn string) int {
 	return strings.Count(string(buf[:runtime.Stack(buf, true)]), fn)
 }
 
-// An idle session holds one goroutine; data from the backend resumes the
+// An idle session holds no goroutine; data from either side resumes its
 // parked direction, which parks again once quiet.
 func TestSpliceParksIdleDirection(t *testing.T) {
 	needPoller(t)
@@ -75,12 +76,11 @@ func testSpliceParks(t *testing.T, backendTLS bool) {
 	buf := make([]byte, 64)
 	for round := range 3 {
 		waitParked(t, p)
-		// Only the client's direction has a goroutine.
 		if n := goroutinesIn("(*splicer).spliceToClient("); n != 0 {
 			t.Errorf("round %d: %d goroutines copy to the client of a parked session, want 0", round, n)
 		}
-		if n := goroutinesIn("(*splicer).spliceToBackend("); n != 1 {
-			t.Errorf("round %d: %d goroutines copy to the backend, want 1", round, n)
+		if n := goroutinesIn("(*splicer).spliceToBackend("); n != 0 {
+			t.Errorf("round %d: %d goroutines copy to the backend of a parked session, want 0", round, n)
 		}
 		msg := fmt.Sprintf("* %d EXISTS\r\n", round)
 		io.WriteString(backend, msg)
@@ -120,8 +120,10 @@ func TestSpliceParkedCancel(t *testing.T) {
 	if r := waitSplice(t, res); !errors.Is(r.err, context.Canceled) {
 		t.Errorf("splice = %v, want Canceled", r.err)
 	}
-	if s := p.downState.Load(); s != downDone {
-		t.Errorf("direction state %d after close, want done", s)
+	for i := range p.dirs {
+		if s := p.dirs[i].state.Load(); s != dirDone {
+			t.Errorf("direction %d: state %d after close, want done", i, s)
+		}
 	}
 	checkGoroutines(t, g)
 }
@@ -151,8 +153,9 @@ func TestSpliceParkedHalfCloseGrace(t *testing.T) {
 	checkGoroutines(t, g)
 }
 
-// Many sessions park and resume at random while closes race with events;
-// every byte arrives in order and nothing is left running.
+// Many sessions park and resume both directions at random while closes
+// race with events; every byte arrives in order and nothing is left
+// running.
 func TestSpliceParkingStress(t *testing.T) {
 	needPoller(t)
 	g := runtime.NumGoroutine()
@@ -180,6 +183,19 @@ func TestSpliceParkingStress(t *testing.T) {
 				if _, err := io.ReadFull(client, got); err != nil || string(got) != string(msg) {
 					errs <- fmt.Errorf("session %d step %d: read %q, %v, want %q", i, step, got, err, msg)
 					return
+				}
+				if step%2 == 1 { // and the other way, to resume the client's side
+					up := fmt.Appendf(nil, "a%d NOOP %d\r\n", step, i)
+					if _, err := client.Write(up); err != nil {
+						errs <- err
+						return
+					}
+					got := make([]byte, len(up))
+					backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+					if _, err := io.ReadFull(backend, got); err != nil || string(got) != string(up) {
+						errs <- fmt.Errorf("session %d step %d: backend read %q, %v, want %q", i, step, got, err, up)
+						return
+					}
 				}
 				// Sometimes quiet long enough to park, sometimes not.
 				time.Sleep(time.Duration(r.IntN(int(3 * parkAfter))))
@@ -223,16 +239,34 @@ func (c *splitConn) Write(p []byte) (int, error) {
 	return n + m, err
 }
 
-// A TLS backend's record that arrives in two parts, with the direction
-// parking in between, still reaches the client whole: the tls.Conn keeps
-// the first part while the socket waits in the poller.
+// A TLS record that arrives in two parts, from the backend or from the
+// client, with the direction parking in between, still reaches the other
+// side whole: the tls.Conn keeps the first part while the socket waits in
+// the poller.
 func TestSpliceParksInsideTLSRecord(t *testing.T) {
 	needPoller(t)
+	for _, fromClient := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fromClient=%v", fromClient), func(t *testing.T) {
+			testSpliceParksInsideTLSRecord(t, fromClient)
+		})
+	}
+}
+
+func testSpliceParksInsideTLSRecord(t *testing.T, fromClient bool) {
 	g := runtime.NumGoroutine()
-	d, a := tcpPair(t)
-	sc := &splitConn{Conn: d}
-	backend, pb := tlsPair(t, sc, a, false)
-	client, pc := connPair(t, true, true)
+	bd, ba := tcpPair(t)
+	cd, ca := tcpPair(t)
+	var sc *splitConn
+	var backend, pb, client, pc *tls.Conn
+	if fromClient {
+		sc = &splitConn{Conn: cd}
+		backend, pb = tlsPair(t, bd, ba, false)
+		client, pc = tlsPair(t, sc, ca, true)
+	} else {
+		sc = &splitConn{Conn: bd}
+		backend, pb = tlsPair(t, sc, ba, false)
+		client, pc = tlsPair(t, cd, ca, true)
+	}
 	defer client.Close()
 	defer backend.Close()
 	p := &splicer{poller: testPoller}
@@ -246,15 +280,19 @@ func TestSpliceParksInsideTLSRecord(t *testing.T) {
 
 	sc.pause = 20 * parkAfter
 	const msg = "* 7 FETCH (FLAGS (\\Seen))\r\n"
+	from, to := net.Conn(backend), net.Conn(client)
+	if fromClient {
+		from, to = client, backend
+	}
 	wrote := make(chan error, 1)
-	go func() { _, err := io.WriteString(backend, msg); wrote <- err }()
+	go func() { _, err := io.WriteString(from, msg); wrote <- err }()
 	// Half the record is in; the direction parks again before the rest.
 	time.Sleep(5 * parkAfter)
 	waitParked(t, p)
 	buf := make([]byte, len(msg))
-	client.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != msg {
-		t.Fatalf("client read %q, %v", buf, err)
+	to.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(to, buf); err != nil || string(buf) != msg {
+		t.Fatalf("read %q, %v", buf, err)
 	}
 	if err := <-wrote; err != nil {
 		t.Fatal(err)

@@ -461,9 +461,11 @@ func (s *session) handOff() net.Conn {
 	return backendConn
 }
 
-// splice runs a logged-in session to its end. It owns both connections.
+// splice starts a logged-in session. It owns both connections from now on.
+// It returns once the session's directions run or are parked; spliceDone
+// ends the session later, in whichever goroutine ends its last direction,
+// so that an idle session holds no goroutine.
 func (s *session) splice(backendConn net.Conn) {
-	defer s.finish()
 	p := s.sp
 	p.client, p.backend = s.conn, backendConn
 	s.since = time.Now()
@@ -475,7 +477,13 @@ func (s *session) splice(backendConn net.Conn) {
 		// Kicked between its login and now; the login reply is out.
 		p.kick(bye, s.lim.KickTimeout)
 	}
-	toBackend, toClient, err := p.splice(s.srv.ctx, s.conn, backendConn)
+	p.start(s.srv.ctx, s.conn, backendConn, s.spliceDone)
+}
+
+// spliceDone runs once both directions of the splice are over.
+func (s *session) spliceDone(toBackend, toClient int64, err error) {
+	defer s.finish()
+	p := s.sp
 	s.srv.unregister(s)
 	s.toBackend, s.toClient = toBackend, toClient
 	switch {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -21,11 +23,13 @@ import (
 //     RawConn.Read and takes a pooled 16 KiB buffer only once data is there,
 //     so an idle direction holds no buffer at all;
 //   - from a *tls.Conn (which has its own record buffer), the loop blocks on
-//     a 512-byte buffer and switches to a pooled 16 KiB one while reads come
-//     back full, so bulk transfers still move whole TLS records;
-//   - with a poller (Linux), the backend->client direction gives up its
-//     goroutine after parkAfter without data and waits in the server's
-//     epoll set instead, so an idle session holds one goroutine, not two.
+//     a pooled 512-byte buffer and switches to a pooled 16 KiB one while
+//     reads come back full, so bulk transfers still move whole TLS records;
+//   - with a poller (Linux), a direction that has read nothing for
+//     parkAfter gives up its goroutine (and its buffer) and waits in the
+//     server's epoll set instead. Both directions park, so an idle session
+//     holds no goroutine at all; the idle timeout is a timer, and the
+//     session ends in whichever goroutine ends its last direction.
 //
 // io.Copy and io.CopyBuffer are avoided on purpose: with a *net.TCPConn on
 // either side they pick ReadFrom/WriteTo and allocate 32 KiB per direction
@@ -40,29 +44,43 @@ const (
 // ended with EOF. A variable so that tests can shorten it.
 var halfCloseGrace = 30 * time.Second
 
-// parkAfter is how long the backend->client direction waits for data in its
-// own goroutine before parking with the poller. Long enough that a session
-// moving data never parks between two reads; short next to how long IMAP
-// clients stay idle. A variable so that tests can shorten it.
+// parkAfter is how long a direction waits for data in its own goroutine
+// before parking with the poller. Long enough that a session moving data
+// never parks between two reads; short next to how long IMAP clients stay
+// idle. A variable so that tests can shorten it.
 var parkAfter = defaultParkAfter
 
 const defaultParkAfter = time.Second
 
+// A direction's state. The zero value is running: a direction that has not
+// started yet is not parked, so closeBoth leaves it to end by itself.
 const (
-	downRunning = iota
-	downParked
-	downDone
+	dirRunning = iota
+	dirParked
+	dirDone
+)
+
+// The two directions of a splicer, indexes into splicer.dirs.
+const (
+	dirUp   = 0 // client->backend
+	dirDown = 1 // backend->client
 )
 
 // errParked ends a copy loop whose direction the poller now holds.
 var errParked = errors.New("proxy: direction parked")
+
+// errIdle ends a session that has carried no byte for its idle timeout.
+var errIdle = fmt.Errorf("proxy: spliced session idle: %w", os.ErrDeadlineExceeded)
 
 // minIdle is the shortest idle timeout a spliced session may get: RFC 9051
 // §5.4 (autologout timer ≥ 30 min; IDLE clients stay silent up to 29 min).
 // A variable so that tests can shorten it.
 var minIdle = 30 * time.Minute
 
-var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
+var (
+	spliceBufPool = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
+	smallBufPool  = sync.Pool{New: func() any { b := make([]byte, spliceIdleBuf); return &b }}
+)
 
 // tcpBufPool serves reads from a plain TCP backend. They are larger than a
 // TLS record so that a FETCH burst costs a quarter of the read system
@@ -88,20 +106,22 @@ type splicer struct {
 	// as 30 minutes.
 	Idle time.Duration
 
-	// poller, when set, takes over the backend->client direction after
-	// parkAfter without data, so that an idle session holds one goroutine
-	// instead of two. nil: a goroutine per direction for the whole session.
-	poller    *poller
-	pk        parking
-	parkRC    syscall.RawConn // the backend's socket, with a poller
-	downState atomic.Int32    // downRunning, downParked or downDone, with a poller
-	downDone  chan struct{}   // closed by endDown, with a poller
-	downOnce  sync.Once
+	// poller, when set, takes over a direction after parkAfter without
+	// data, so that an idle session holds no goroutine. nil: a goroutine
+	// per direction for the whole session.
+	poller *poller
+	dirs   [2]direction // dirUp and dirDown
+	live   atomic.Int32 // directions not done yet
+
+	ctx     context.Context
+	stopCtx func() bool // stops the context.AfterFunc
+	onDone  func(toBackend, toClient int64, err error)
 
 	toBackend, toClient atomic.Int64
 
 	client, backend net.Conn
 	idle            time.Duration
+	idleTimer       *time.Timer                // with an idle timeout; set before the directions start
 	epoch           time.Time                  // lastActive is measured from here (monotonic)
 	lastActive      atomic.Int64               // ns since epoch of the last read, either direction
 	grace           atomic.Pointer[time.Timer] // started when the first direction ends with EOF
@@ -123,134 +143,155 @@ type splicer struct {
 	kickTimer  atomic.Pointer[time.Timer]
 }
 
-// splice runs the session; see the package-level splice. Both directions
-// run until EOF: an EOF is passed on as a half-close and the other direction
-// then gets halfCloseGrace to finish. Any other error, and ctx being done,
-// close both at once. The byte counts can also be read while it runs.
+// A direction copies src to the other side through write. It runs in a
+// goroutine of its own, or, with a poller and an idle socket, is parked.
+type direction struct {
+	src    net.Conn
+	dst    net.Conn // what an EOF from src is passed on to
+	write  chunkWriter
+	count  *atomic.Int64
+	rc     syscall.RawConn // src's socket when the direction parks; nil: it never does
+	state  atomic.Int32    // dirRunning, dirParked or dirDone
+	pk     parking
+	resume func() // for the poller; one func value for the session's life
+}
+
+// splice runs the session and returns when both directions are done; see
+// the package-level splice. The byte counts can also be read while it runs.
 func (p *splicer) splice(ctx context.Context, client, backend net.Conn) (toBackend, toClient int64, err error) {
+	done := make(chan struct{})
+	p.start(ctx, client, backend, func(b, c int64, e error) {
+		toBackend, toClient, err = b, c, e
+		close(done)
+	})
+	<-done
+	return toBackend, toClient, err
+}
+
+// start runs the session: the backend->client direction in a new
+// goroutine, the client->backend one in this goroutine until it parks or
+// ends. Both run until EOF: an EOF is passed on as a half-close and the
+// other direction then gets halfCloseGrace to finish. Any other error, the
+// idle timeout and ctx being done close both at once. done is called once
+// both directions are over and both conns closed, in the goroutine that
+// ended the last direction (never one holding downMu).
+func (p *splicer) start(ctx context.Context, client, backend net.Conn, done func(toBackend, toClient int64, err error)) {
 	if p.client == nil {
 		// Not set by the session already (a kick may be reading them).
 		p.client, p.backend = client, backend
 	}
 	p.batch = batchFor(client)
-	if p.poller != nil {
-		p.parkRC = socketOf(backend)
-		if p.parkRC == nil {
-			p.poller = nil // parking needs the backend's socket
+	p.ctx, p.onDone = ctx, done
+	up, down := &p.dirs[dirUp], &p.dirs[dirDown]
+	up.src, up.dst, up.write, up.count = client, backend, p.writeBackend, &p.toBackend
+	down.src, down.dst, down.write, down.count = backend, client, p.writeClient, &p.toClient
+	for i := range p.dirs {
+		d := &p.dirs[i]
+		if p.poller != nil {
+			d.rc = socketOf(d.src) // nil: no socket to park on, d keeps its goroutine
+		}
+		d.resume = func() {
+			if d.state.CompareAndSwap(dirParked, dirRunning) {
+				p.run(d)
+			}
 		}
 	}
 	if p.Idle > 0 {
 		p.idle = max(p.Idle, minIdle)
 		p.epoch = time.Now()
-		p.touch()
-		dl := time.Now().Add(p.idle)
-		client.SetReadDeadline(dl)
-		if p.poller == nil {
-			// A parking direction does without: the client's direction
-			// sees both directions' activity (rearm).
-			backend.SetReadDeadline(dl)
-		}
+		// Armed only once stored: idleCheck reads the field.
+		p.idleTimer = time.AfterFunc(time.Duration(math.MaxInt64), p.idleCheck)
+		p.idleTimer.Reset(p.idle)
 	}
-	stop := context.AfterFunc(ctx, p.closeBoth)
-	defer stop()
-	defer func() {
-		for _, t := range []*time.Timer{p.kickTimer.Load(), p.grace.Load()} {
-			if t != nil {
-				t.Stop()
-			}
-		}
-	}()
+	p.live.Store(2)
+	p.stopCtx = context.AfterFunc(ctx, p.closeBoth)
+	go p.run(down)
+	p.run(up)
+}
 
-	if p.poller != nil {
-		// The backend->client direction starts in a fresh goroutine, which
-		// ends when the direction parks; this one reads the client.
-		p.downDone = make(chan struct{})
-		go p.spliceToClient()
+// run copies d until it parks or ends. spliceToBackend and spliceToClient
+// exist so that stack dumps say which direction a goroutine copies.
+func (p *splicer) run(d *direction) {
+	if d == &p.dirs[dirUp] {
 		p.spliceToBackend()
-		<-p.downDone
 	} else {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			p.spliceToBackend()
-		}()
 		p.spliceToClient()
-		<-done
 	}
-	p.closeBoth()
-
-	err = p.err
-	if ctx.Err() != nil {
-		err = context.Cause(ctx)
-	}
-	return p.toBackend.Load(), p.toClient.Load(), err
 }
 
-// spliceToBackend and spliceToClient exist so that stack dumps say which
-// direction a goroutine copies.
-func (p *splicer) spliceToBackend() {
-	p.finish(p.backend, p.copy(p.writeBackend, p.client, &p.toBackend))
-}
+func (p *splicer) spliceToBackend() { p.copyDir(&p.dirs[dirUp]) }
 
-func (p *splicer) spliceToClient() {
-	err := p.copy(p.writeClient, p.backend, &p.toClient)
+func (p *splicer) spliceToClient() { p.copyDir(&p.dirs[dirDown]) }
+
+func (p *splicer) copyDir(d *direction) {
+	err := p.copy(d)
 	if err == errParked {
 		return // the poller resumes the direction in a new goroutine
 	}
-	p.finish(p.client, err)
-	p.endDown()
+	d.state.Store(dirDone)
+	p.finish(d.dst, err)
+	p.ended(1)
 }
 
-// resumeToClient runs the backend->client direction again once the poller
-// has seen its socket readable, unless closeBoth has ended it meanwhile.
-func (p *splicer) resumeToClient() {
-	if p.downState.CompareAndSwap(downParked, downRunning) {
-		p.spliceToClient()
+// ended counts n directions as done; the last one ends the session.
+func (p *splicer) ended(n int32) {
+	if p.live.Add(-n) == 0 {
+		p.complete()
 	}
 }
 
-// parkToClient hands the backend->client direction to the poller once a
-// read has waited parkAfter in vain. A TLS backend's tls.Conn may hold the
-// start of a record then, but never a whole one (it would have been
-// returned), so the socket turning readable is still what to wait for.
+// complete ends the session once both directions are done.
+func (p *splicer) complete() {
+	p.closeBoth()
+	p.stopCtx()
+	for _, t := range []*time.Timer{p.kickTimer.Load(), p.grace.Load(), p.idleTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	p.errMu.Lock()
+	err := p.err
+	p.errMu.Unlock()
+	if p.ctx.Err() != nil {
+		err = context.Cause(p.ctx)
+	}
+	p.onDone(p.toBackend.Load(), p.toClient.Load(), err)
+}
+
+// park hands d to the poller once a read has waited parkAfter in vain. A
+// TLS source's tls.Conn may hold the start of a record then, but never a
+// whole one (it would have been returned), so the socket turning readable
+// is still what to wait for.
 //
-// parkToClient reports false when the direction must carry on in this
-// goroutine (the socket could not be armed); true means the goroutine must
-// return at once without touching the direction: it is parked, or already
-// ended.
-func (p *splicer) parkToClient() bool {
-	p.backend.SetReadDeadline(time.Time{}) // a resumed loop sets its own
-	p.downState.Store(downParked)
-	if err := p.poller.park(&p.pk, p.parkRC, p.resumeToClient); err != nil {
+// park reports false when the direction must carry on in this goroutine
+// (the socket could not be armed); true means the goroutine must return at
+// once without touching the direction: it is parked, or already ended.
+func (p *splicer) park(d *direction) bool {
+	d.src.SetReadDeadline(time.Time{}) // a resumed loop sets its own
+	d.state.Store(dirParked)
+	if err := p.poller.park(&d.pk, d.rc, d.resume); err != nil {
 		// Not armed. Carry on unless closeBoth ended the direction in
 		// the meantime.
-		return !p.downState.CompareAndSwap(downParked, downRunning)
+		return !d.state.CompareAndSwap(dirParked, dirRunning)
 	}
 	// closeBoth may have run before the direction was marked parked, and
 	// then left it to us.
-	if p.closed.Load() && p.downState.CompareAndSwap(downParked, downDone) {
-		p.poller.forget(&p.pk)
-		p.endDown()
+	if p.closed.Load() && d.state.CompareAndSwap(dirParked, dirDone) {
+		p.poller.forget(&d.pk)
+		p.ended(1)
 	}
 	return true
-}
-
-// endDown marks the backend->client direction finished, with a poller.
-func (p *splicer) endDown() {
-	if p.downDone != nil {
-		p.downOnce.Do(func() { close(p.downDone) })
-	}
 }
 
 // A chunkWriter passes one chunk on to the other side: writeBackend or
 // writeClient, which follow the frames on the way.
 type chunkWriter func([]byte) (int, error)
 
-func (p *splicer) copy(dst chunkWriter, src net.Conn, n *atomic.Int64) error {
-	if tc, ok := src.(*net.TCPConn); ok {
-		return p.copyFromTCP(dst, tc, n)
+func (p *splicer) copy(d *direction) error {
+	if tc, ok := d.src.(*net.TCPConn); ok {
+		return p.copyFromTCP(d, tc)
 	}
-	return p.copyBuffered(dst, src, n)
+	return p.copyBuffered(d)
 }
 
 // finish is called when the copy into dst has ended with err (nil = EOF).
@@ -264,7 +305,7 @@ func (p *splicer) finish(dst net.Conn, err error) {
 	// bounded time to finish (say, Dovecot's BYE after a client EOF).
 	closeWrite(dst)
 	// A timer rather than a read deadline: a parked direction has no read
-	// to time out, and the idle logic (rearm) owns the read deadlines.
+	// to time out.
 	if p.grace.Load() == nil {
 		t := time.AfterFunc(halfCloseGrace, p.closeBoth)
 		if !p.grace.CompareAndSwap(nil, t) {
@@ -281,16 +322,26 @@ func (p *splicer) setErr(err error) {
 	p.errMu.Unlock()
 }
 
+// closeBoth closes both conns and ends the parked directions; running ones
+// end by themselves on the closed conns. It may run under downMu (a kick),
+// so a session that it ends is completed in a goroutine of its own.
 func (p *splicer) closeBoth() {
 	p.closeOnce.Do(func() {
 		p.closed.Store(true)
 		p.client.Close()
 		p.backend.Close()
-		// Closing the socket drops its epoll registration without an
-		// event, so a parked direction is ended here.
-		if p.downState.CompareAndSwap(downParked, downDone) {
-			p.poller.forget(&p.pk)
-			p.endDown()
+		// Closing a socket drops its epoll registration without an event,
+		// so parked directions are ended here.
+		var n int32
+		for i := range p.dirs {
+			d := &p.dirs[i]
+			if d.state.CompareAndSwap(dirParked, dirDone) {
+				p.poller.forget(&d.pk)
+				n++
+			}
+		}
+		if n > 0 {
+			go p.ended(n)
 		}
 	})
 }
@@ -301,33 +352,34 @@ func (p *splicer) touch() {
 	}
 }
 
-// rearm decides, when a read deadline has passed, whether the session is
-// really idle. The deadline is set only once per idle period and direction,
-// not per read: a read just records the time, and an expired deadline is
-// pushed to lastActive+idle if the other direction moved meanwhile.
-func (p *splicer) rearm(src net.Conn, err error) bool {
-	if p.idle <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-		return false
+// idleCheck runs when the idle timer fires: it ends the session if neither
+// direction has read anything for the idle timeout, or sets the timer to
+// the new end of the idle period. Reads only record the time, so a busy
+// session costs no timer update per read.
+func (p *splicer) idleCheck() {
+	if p.closed.Load() {
+		return
 	}
 	next := p.epoch.Add(time.Duration(p.lastActive.Load()) + p.idle)
-	if !time.Now().Before(next) {
-		return false // idle in both directions
+	if d := time.Until(next); d > 0 {
+		p.idleTimer.Reset(d)
+		if p.closed.Load() {
+			p.idleTimer.Stop() // complete's Stop may have come first
+		}
+		return
 	}
-	src.SetReadDeadline(next)
-	return true
+	p.setErr(errIdle)
+	p.closeBoth()
 }
 
 // readFailed decides what a copy loop does after a read error: read again
-// (a parking that did not take, or an idle deadline pushed back), or end
-// with the error it returns, errParked when the direction is now parked.
-func (p *splicer) readFailed(src net.Conn, parks bool, err error) (again bool, _ error) {
-	if parks && errors.Is(err, os.ErrDeadlineExceeded) {
-		if p.parkToClient() {
+// (a parking that did not take), or end with the error it returns,
+// errParked when the direction is now parked.
+func (p *splicer) readFailed(d *direction, err error) (again bool, _ error) {
+	if d.rc != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if p.park(d) {
 			return false, errParked
 		}
-		return true, nil
-	}
-	if p.rearm(src, err) {
 		return true, nil
 	}
 	return false, err
@@ -336,17 +388,19 @@ func (p *splicer) readFailed(src net.Conn, parks bool, err error) (again bool, _
 // copyFromTCP copies from a plain TCP source without holding a buffer while
 // waiting: the buffer is taken from the pool only inside the readiness
 // callback, once the socket has data.
-func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.Int64) error {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		return err
+func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
+	rc := d.rc
+	if rc == nil {
+		var err error
+		if rc, err = src.SyscallConn(); err != nil {
+			return err
+		}
 	}
-	parks := p.poller != nil && src == p.backend
 	for {
 		var bp *[]byte
 		var n int
 		var rerr error
-		if parks {
+		if d.rc != nil {
 			src.SetReadDeadline(time.Now().Add(parkAfter))
 		}
 		err := rc.Read(func(fd uintptr) bool {
@@ -372,8 +426,8 @@ func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.I
 		}
 		if n > 0 {
 			p.touch()
-			wn, werr := dst((*bp)[:n])
-			count.Add(int64(wn))
+			wn, werr := d.write((*bp)[:n])
+			d.count.Add(int64(wn))
 			if werr != nil {
 				tcpBufPool.Put(bp)
 				return werr
@@ -386,7 +440,7 @@ func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.I
 			return nil
 		}
 		if err != nil {
-			if again, err := p.readFailed(src, parks, err); !again {
+			if again, err := p.readFailed(d, err); !again {
 				return err
 			}
 		}
@@ -396,26 +450,28 @@ func (p *splicer) copyFromTCP(dst chunkWriter, src *net.TCPConn, count *atomic.I
 // copyBuffered copies from a source with its own buffering (a *tls.Conn,
 // or any other net.Conn): it blocks on a small buffer and uses a pooled
 // 16 KiB one only while reads fill the buffer they are given.
-func (p *splicer) copyBuffered(dst chunkWriter, src net.Conn, count *atomic.Int64) error {
-	small := make([]byte, spliceIdleBuf)
+func (p *splicer) copyBuffered(d *direction) error {
+	src := d.src
+	sp := smallBufPool.Get().(*[]byte)
+	small := *sp
 	buf := small
 	var big *[]byte
 	rest := false
 	defer func() {
+		smallBufPool.Put(sp)
 		if big != nil {
 			spliceBufPool.Put(big)
 		}
 	}()
-	parks := p.poller != nil && src == p.backend
 	for {
-		if parks {
+		if d.rc != nil {
 			src.SetReadDeadline(time.Now().Add(parkAfter))
 		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			p.touch()
-			wn, werr := dst(buf[:n])
-			count.Add(int64(wn))
+			wn, werr := d.write(buf[:n])
+			d.count.Add(int64(wn))
 			if werr != nil {
 				return werr
 			}
@@ -442,19 +498,24 @@ func (p *splicer) copyBuffered(dst chunkWriter, src net.Conn, count *atomic.Int6
 			return nil // TCP FIN, or TLS close_notify
 		}
 		if rerr != nil {
-			if again, err := p.readFailed(src, parks, rerr); !again {
+			if again, err := p.readFailed(d, rerr); !again {
 				return err
 			}
 		}
 	}
 }
 
-// socketOf returns the raw socket under a backend connection, plain or
-// TLS, or nil when there is none to park on.
+// socketOf returns the raw socket under a connection, plain or TLS, or nil
+// when there is none to park on.
 func socketOf(c net.Conn) syscall.RawConn {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
+	if bc, ok := c.(*batchConn); ok {
+		c = bc.Conn
+	}
+	// Anything else between the tls.Conn and the socket (prefixConn after
+	// a STARTTLS with bytes read ahead) may hold data of its own.
 	tcp, ok := c.(*net.TCPConn)
 	if !ok {
 		return nil

@@ -354,9 +354,6 @@ func TestSpliceIdle(t *testing.T) {
 	minIdle = 0
 	const idle = 300 * time.Millisecond
 	for _, m := range spliceModes {
-		if m.backendTLS {
-			continue
-		}
 		t.Run(m.name, func(t *testing.T) {
 			g := runtime.NumGoroutine()
 			client, backend, res := startSplice(t, context.Background(), m.splicer(idle), m.clientTLS, m.backendTLS)
