@@ -104,6 +104,7 @@ type Fleet struct {
 	repair   bool     // changes were dropped: reconcile soon
 	track    *tracker // while a pass runs
 	inst     string   // the registered instance; "" before the first heartbeat
+	retired  bool     // Retire was called: no more heartbeats
 	live     map[string]bool
 	liveAt   time.Time
 	stats    Stats

@@ -294,6 +294,35 @@ func TestReconcileRepairsAndCrashIsSwept(t *testing.T) {
 	}
 }
 
+// TestRetire: a proxy that shuts down cleanly leaves no session counted,
+// at once, and its entries are swept.
+func TestRetire(t *testing.T) {
+	c, _ := redisClient(t)
+	ctx := context.Background()
+	const hb = 200 * time.Millisecond
+	f, l, _ := newFleet(c, "p1", hb)
+	l.add(session("r1", "rita", "imap1"))
+	stop := run(t, f)
+	waitFor(t, time.Second, "registration", func() bool { return count(t, c, "rita") == 1 })
+	inst := f.instance()
+	stop()
+	if err := f.Retire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, c, "rita"); n != 0 {
+		t.Errorf("%d sessions right after Retire, want 0", n)
+	}
+	sweeper, _, _ := newFleet(c, "p2", hb)
+	run(t, sweeper)
+	waitFor(t, 3*time.Second, "sweep", func() bool {
+		n, _ := c.Exists(ctx, keysFor("").inst(inst), keysFor("").live("rita")).Result()
+		return n == 0
+	})
+	if p, _ := Proxies(ctx, c, ""); len(p) != 1 || p[0] != "p2" {
+		t.Errorf("Proxies = %q, want [p2]", p)
+	}
+}
+
 func TestEventsNeverBlock(t *testing.T) {
 	f := &Fleet{}
 	for i := range MaxPending + 10 {

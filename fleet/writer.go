@@ -226,6 +226,12 @@ func (f *Fleet) heartbeats(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
+		f.pmu.Lock()
+		retired := f.retired
+		f.pmu.Unlock()
+		if retired {
+			return
+		}
 		if fresh {
 			inst = f.newInstance()
 		}
@@ -284,6 +290,36 @@ func (f *Fleet) heartbeats(ctx context.Context) {
 		f.pruneMoving()
 		timer.Reset(f.hb)
 	}
+}
+
+// retireScript marks instance ARGV[1] dead (score 0) if it is there.
+var retireScript = redis.NewScript(`
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1]) end
+return 0`)
+
+// Retire marks this proxy's instance dead at once, for a clean shutdown:
+// every reader stops counting its sessions now rather than three
+// heartbeats later (a client that reconnects to another proxy is not
+// counted twice against a per-user limit meanwhile), and the sweeper
+// deletes whatever entries are left. Call it after the server's sessions
+// have ended and Run has returned, or is returning: Run does not register
+// again after it.
+func (f *Fleet) Retire(ctx context.Context) error {
+	if f == nil || f.Client == nil {
+		return nil
+	}
+	f.init()
+	f.pmu.Lock()
+	f.retired = true
+	inst := f.inst
+	f.pmu.Unlock()
+	if inst == "" {
+		return nil
+	}
+	if err := retireScript.Run(ctx, f.Client, []string{f.keys.instances}, inst).Err(); err != nil {
+		return fmt.Errorf("fleet: retire %s: %w", inst, err)
+	}
+	return nil
 }
 
 func boolArg(b bool) string {

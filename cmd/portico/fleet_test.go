@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,7 +111,7 @@ fleet: {heartbeat: 1s}
 		t.Fatalf("route explain: %s", out)
 	}
 
-	_, stderr := startServe(t, bin, p, imaps, 10*time.Second)
+	serve, stderr := startServe(t, bin, p, imaps, 10*time.Second)
 
 	// A session in IDLE on d1.
 	c := dialIMAP(t, imaps)
@@ -201,5 +202,20 @@ fleet: {heartbeat: 1s}
 	}
 	if strings.Contains(stderr.String(), pass) {
 		t.Fatal("a password reached the log")
+	}
+
+	// A clean stop takes the proxy's sessions out of the registry at once,
+	// not three heartbeats later.
+	deadline = time.Now().Add(3 * time.Second)
+	for admin("sessions", "-count") == "0 session(s)\n" {
+		if time.Now().After(deadline) {
+			t.Fatal("the last login never reached the registry")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	serve.Process.Signal(syscall.SIGTERM)
+	serve.Wait()
+	if n := admin("sessions", "-count"); n != "0 session(s)\n" {
+		t.Errorf("sessions -count right after a clean stop: %q", n)
 	}
 }

@@ -57,6 +57,14 @@ func (rt *App) Serve(ctx context.Context, timeout time.Duration, logger *slog.Lo
 	if serr := rt.Server.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
 		logger.Warn("shutdown", "err", serr)
 	}
+	if rt.fleet != nil {
+		// The sessions are gone: say so now, not three heartbeats later.
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if rerr := rt.fleet.Retire(rctx); rerr != nil {
+			logger.Warn("shutdown: session registry", "err", rerr)
+		}
+		cancel()
+	}
 	if errors.Is(err, proxy.ErrServerClosed) {
 		err = nil
 	}
