@@ -81,8 +81,9 @@
 //
 // # Failures
 //
-// A proxy that crashes stops its heartbeat: within three heartbeats every
-// reader ignores its sessions. The sweeper, one proxy elected with SET NX
+// A proxy that stops cleanly retires its instance (Retire): readers ignore
+// its sessions at once. A proxy that crashes stops its heartbeat: within
+// three heartbeats every reader ignores its sessions. The sweeper, one proxy elected with SET NX
 // PX, then deletes them in paced chunks and removes the dead instance.
 //
 // SessionStarted and SessionEnded never block: they record a pending
