@@ -18,6 +18,12 @@ const (
 	defaultAuthFailureDelay  = 2 * time.Second
 	defaultIdleTimeout       = 31 * time.Minute
 	defaultShutdownTimeout   = 30 * time.Second
+	defaultPreauthPerIP      = 100
+	defaultIPv6Prefix        = 64
+	defaultSessionsPerUser   = 100
+	defaultSessionsPerUserIP = 10
+	defaultLoginsInProgress  = 1000
+	defaultLoginsPerBackend  = 100
 	defaultLookupTimeout     = 2 * time.Second
 	defaultRedisKeyPrefix    = "portico:"
 	defaultRedisTimeout      = time.Second
@@ -149,6 +155,14 @@ func (l *Limits) ApplyDefaults() {
 	setDur(&l.AuthFailureDelay, defaultAuthFailureDelay)
 	setDur(&l.IdleTimeout, defaultIdleTimeout)
 	setDur(&l.ShutdownTimeout, defaultShutdownTimeout)
+	// MaxConnections stays 0: the binary derives it from the open-file
+	// limit, which the config cannot know.
+	setInt(&l.MaxPreauthConnectionsPerIP, defaultPreauthPerIP)
+	setInt(&l.IPv6Prefix, defaultIPv6Prefix)
+	setInt(&l.MaxSessionsPerUser, defaultSessionsPerUser)
+	setInt(&l.MaxSessionsPerUserIP, defaultSessionsPerUserIP)
+	setInt(&l.MaxLoginsInProgress, defaultLoginsInProgress)
+	setInt(&l.MaxLoginsInProgressPerBackend, defaultLoginsPerBackend)
 }
 
 // ApplyDefaults replaces zero backend options with their defaults.

@@ -36,6 +36,19 @@ type Listener struct {
 	// entry draws a warning. Empty (the default) means TLS is required for
 	// every login.
 	CleartextLoginNetworks []string `yaml:"cleartext_login_networks"`
+	// ProxyProtocol makes the listener take the client's address from a
+	// PROXY protocol header (v1 or v2) sent by a load balancer. Nil (the
+	// default) means no header is expected.
+	ProxyProtocol *ProxyProtocolIn `yaml:"proxy_protocol"`
+}
+
+// ProxyProtocolIn says who may put a listener's connections behind a
+// PROXY protocol header.
+type ProxyProtocolIn struct {
+	// TrustedNetworks are the balancers' CIDR networks: connections from
+	// them must start with a header, connections from anywhere else must
+	// not. Required, at least one.
+	TrustedNetworks []string `yaml:"trusted_networks"`
 }
 
 // TLS holds the certificates clients see and how they are negotiated.
@@ -130,6 +143,23 @@ type Limits struct {
 	AuthFailureDelay  time.Duration `yaml:"auth_failure_delay"`   // before every NO [AUTHENTICATIONFAILED]; default 2s
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`         // spliced session without traffic; default 31m, minimum 30m
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`     // on SIGTERM; default 30s
+
+	// Connection limits. Client addresses are counted per address, IPv6
+	// addresses per IPv6Prefix.
+	MaxConnections             int `yaml:"max_connections"`                // per proxy, at once; 0 (default): from the open-file limit
+	MaxPreauthConnectionsPerIP int `yaml:"max_preauth_connections_per_ip"` // not logged in yet; default 100
+	IPv6Prefix                 int `yaml:"ipv6_prefix"`                    // default 64
+	MaxSessionsPerUser         int `yaml:"max_sessions_per_user"`          // fleet-wide with Redis; default 100
+	MaxSessionsPerUserIP       int `yaml:"max_sessions_per_user_ip"`       // on each proxy; default 10
+	// Backend logins in progress (connect to login reply): bounds what a
+	// routing loop or a stuck backend can hold.
+	MaxLoginsInProgress           int `yaml:"max_logins_in_progress"`             // default 1000
+	MaxLoginsInProgressPerBackend int `yaml:"max_logins_in_progress_per_backend"` // default 100
+	// TrustedNetworks are Portico's own front proxies and webmails: CIDR
+	// networks whose ID fields x-originating-ip/-port, x-connected-ip/-port,
+	// x-session-id and x-proxy-ttl are believed, and whose own address is
+	// exempt from the per-address limits. Default [].
+	TrustedNetworks []string `yaml:"trusted_networks"`
 }
 
 // Routing says where users' mailboxes are.

@@ -90,6 +90,12 @@ func (c *Config) validateListeners(v *validator) {
 				v.add(fmt.Sprintf("%s.cleartext_login_networks[%d]", p, j), "%v", err)
 			}
 		}
+		if pp := l.ProxyProtocol; pp != nil {
+			if len(pp.TrustedNetworks) == 0 {
+				v.add(p+".proxy_protocol.trusted_networks", "at least one network is required: the load balancers that send PROXY headers")
+			}
+			checkTrusted(v, p+".proxy_protocol.trusted_networks", pp.TrustedNetworks)
+		}
 	}
 
 	if needCert && len(c.TLS.Certificates) == 0 && c.TLS.ACME == nil {
@@ -233,6 +239,29 @@ func (c *Config) validateLimits(v *validator) {
 	checkDur(v, "limits.auth_failure_delay", l.AuthFailureDelay, time.Millisecond, 30*time.Second)
 	checkDur(v, "limits.idle_timeout", l.IdleTimeout, minIdleTimeout, maxIdleTimeout)
 	checkDur(v, "limits.shutdown_timeout", l.ShutdownTimeout, time.Second, time.Hour)
+	checkInt(v, "limits.max_connections", l.MaxConnections, 0, 10_000_000)
+	checkInt(v, "limits.max_preauth_connections_per_ip", l.MaxPreauthConnectionsPerIP, 1, 1_000_000)
+	checkInt(v, "limits.ipv6_prefix", l.IPv6Prefix, 32, 128)
+	checkInt(v, "limits.max_sessions_per_user", l.MaxSessionsPerUser, 1, 1_000_000)
+	checkInt(v, "limits.max_sessions_per_user_ip", l.MaxSessionsPerUserIP, 1, 1_000_000)
+	checkInt(v, "limits.max_logins_in_progress", l.MaxLoginsInProgress, 1, 1_000_000)
+	checkInt(v, "limits.max_logins_in_progress_per_backend", l.MaxLoginsInProgressPerBackend, 1, 1_000_000)
+	checkTrusted(v, "limits.trusted_networks", l.TrustedNetworks)
+}
+
+// checkTrusted checks a list of networks that are believed about client
+// addresses: anything, but not everything.
+func checkTrusted(v *validator, path string, nets []string) {
+	for i, s := range nets {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		pfx, err := parseNetwork(s)
+		switch {
+		case err != nil:
+			v.add(p, "%v", err)
+		case pfx.Bits() == 0:
+			v.add(p, "%q would let every client choose the address Portico believes; list your proxies' networks", s)
+		}
+	}
 }
 
 func checkInt(v *validator, path string, x, lo, hi int) {
