@@ -41,7 +41,11 @@ func (s *session) login(tag, method, rawUser, password string) action {
 	start := time.Now()
 	user, err := routing.Normalize(rawUser, s.srv.DefaultDomain)
 	if err != nil {
+		s.limitFailed("", password)
 		return s.authFailed(tag, start, "", "invalid user name")
+	}
+	if act, ok := s.limitCheck(tag, start, user); !ok {
+		return act
 	}
 	if gate := s.srv.LoginGate; gate != nil {
 		ctx, cancel := context.WithTimeout(s.srv.stopping, s.lim.LoginGateTimeout)
@@ -67,6 +71,7 @@ func (s *session) loginTo(tag, method, user, password string, start time.Time) a
 	b, err := s.srv.Router.Lookup(ctx, user)
 	cancel()
 	if errors.Is(err, routing.ErrNotFound) {
+		s.limitFailed(user, password)
 		return s.authFailed(tag, start, user, "unknown user")
 	}
 	if err != nil {
@@ -75,12 +80,14 @@ func (s *session) loginTo(tag, method, user, password string, start time.Time) a
 	}
 	res, err := s.srv.login()(s.srv.ctx, b, user, password, s.idInfo())
 	if errors.Is(err, upstream.ErrAuthFailed) {
+		s.limitFailed(user, password)
 		return s.authFailed(tag, start, user, "backend rejected credentials")
 	}
 	if err != nil {
 		s.srv.logger().Warn("backend login failed", "session", s.id, "user", user, "backend", b.String(), "err", err)
 		return s.unavailable(tag)
 	}
+	s.limitSucceeded(user)
 	s.user, s.backend = user, b
 	if !s.srv.commitLogin(s) {
 		res.Conn.Close()
@@ -102,6 +109,12 @@ func (s *session) unavailable(tag string) action {
 // looks exactly like a wrong password.
 func (s *session) authFailed(tag string, start time.Time, user, reason string) action {
 	s.srv.logger().Info("login failed", "session", s.id, "client", s.client.String(), "user", user, "reason", reason)
+	return s.failLogin(tag, start)
+}
+
+// failLogin is authFailed without the log line, for logins a LoginLimiter
+// blocked: the answer and its timing are the same.
+func (s *session) failLogin(tag string, start time.Time) action {
 	if d := s.lim.AuthFailureDelay - time.Since(start); d > 0 {
 		t := time.NewTimer(d)
 		select {

@@ -139,6 +139,10 @@ type Server struct {
 	// answers the login with NO [UNAVAILABLE]; the client may retry.
 	LoginGate func(ctx context.Context, user string) error
 
+	// Limiter, if set, limits failed logins per client address and user
+	// (see LoginLimiter); nil means none.
+	Limiter LoginLimiter
+
 	// OnSplice is called when a session is logged in and spliced, and
 	// OnEnd when that session has ended, once each per session and in that
 	// order. They run on the session's goroutine and must not block: a
