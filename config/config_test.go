@@ -66,6 +66,7 @@ func newFixture(t *testing.T) *fixture {
 // and sets the Redis password variable it needs.
 func (f *fixture) example(t *testing.T) []byte {
 	t.Setenv("PORTICO_REDIS_PASSWORD", "redis-pw-from-env")
+	t.Setenv("PORTICO_BRUTE_FORCE_KEY", "brute-force-key-from-env")
 	s := strings.ReplaceAll(string(Example), "/etc/portico/tls/cert.pem", f.cert)
 	s = strings.ReplaceAll(s, "/etc/portico/tls/key.pem", f.key)
 	return []byte(s)
@@ -380,6 +381,18 @@ backends:
 			MaxSessionsPerUserIP:          10,
 			MaxLoginsInProgress:           1000,
 			MaxLoginsInProgressPerBackend: 100,
+
+			BruteForce: BruteForce{
+				IP:                     FailureLimit{DelayAfter: 10, BlockAfter: 30, Window: 30 * time.Minute, BlockFor: 30 * time.Minute},
+				UserIP:                 FailureLimit{DelayAfter: 3, BlockAfter: 10, Window: 15 * time.Minute, BlockFor: 15 * time.Minute},
+				User:                   FailureLimit{DelayAfter: 10, BlockAfter: 50, Window: time.Hour, BlockFor: 15 * time.Minute},
+				Delay:                  time.Second,
+				MaxDelay:               15 * time.Second,
+				KnownAddressTTL:        720 * time.Hour,
+				KnownAddresses:         16,
+				RepeatedPasswordWindow: time.Hour,
+				OnRedisError:           "open",
+			},
 		},
 		Routing: Routing{
 			LookupTimeout: 2 * time.Second,
@@ -555,6 +568,13 @@ func TestValidation(t *testing.T) {
 		{"sessions per user", []string{"", "limits:\n  max_sessions_per_user: -5\n"}, `limits.max_sessions_per_user: must be between 1 and 1000000, not -5`},
 		{"trusted everyone", []string{"", "limits:\n  trusted_networks: [0.0.0.0/0]\n"}, `portico.yaml:20: limits.trusted_networks[0]: "0.0.0.0/0" would let every client choose the address Portico believes`},
 		{"trusted address", []string{"", "limits:\n  trusted_networks: [10.1.2.3]\n"}, `limits.trusted_networks[0]: "10.1.2.3" is an address, not a network; write "10.1.2.3/32"`},
+		{"brute_force delay_after", []string{"", "limits:\n  brute_force:\n    ip: {delay_after: 40, block_after: 30}\n"}, `limits.brute_force.ip.delay_after: must be between 1 and 30, not 40`},
+		{"brute_force block_after", []string{"", "limits:\n  brute_force:\n    user: {block_after: -1}\n"}, `limits.brute_force.user.block_after: must be between 1 and 1000000, not -1`},
+		{"brute_force window", []string{"", "limits:\n  brute_force:\n    user_ip: {window: 1000h}\n"}, `limits.brute_force.user_ip.window: must be between 1s and 720h, not 1000h`},
+		{"brute_force max_delay", []string{"", "limits:\n  brute_force:\n    delay: 2s\n    max_delay: 1s\n"}, `limits.brute_force.max_delay: must be between 2s and 5m, not 1s`},
+		{"brute_force on_redis_error", []string{"", "limits:\n  brute_force:\n    on_redis_error: maybe\n"}, `limits.brute_force.on_redis_error: must be "open" or "closed", not "maybe"`},
+		{"brute_force known_addresses", []string{"", "limits:\n  brute_force:\n    known_addresses: 5000\n"}, `limits.brute_force.known_addresses: must be between 1 and 1000, not 5000`},
+		{"brute_force key", []string{"", "limits:\n  brute_force:\n    password_hash_key: {env: PORTICO_TEST_UNSET_VARIABLE}\n"}, `limits.brute_force.password_hash_key: environment variable PORTICO_TEST_UNSET_VARIABLE is not set`},
 		{"handshake", []string{"", "limits:\n  handshake_timeout: -1s\n"}, `limits.handshake_timeout: must be between 1s and 2m, not -1s`},
 		{"bad commands", []string{"", "limits:\n  max_bad_commands: -3\n"}, `limits.max_bad_commands: must be between 1 and 100, not -3`},
 		{"auth failures", []string{"", "limits:\n  max_auth_failures: 1000\n"}, `limits.max_auth_failures: must be between 1 and 100, not 1000`},
@@ -1028,6 +1048,10 @@ func TestWarnings(t *testing.T) {
 		}},
 		{"ticket key short", []string{"tls:\n", "tls:\n  session_tickets: {redis: true, key: short}\n"}, []string{`tls.session_tickets.key: is shorter than 16 characters`}},
 		{"ticket key long", []string{"tls:\n", "tls:\n  session_tickets: {redis: true, key: {env: PORTICO_TEST_LONG_KEY}}\n"}, nil},
+		// brute-force limits
+		{"brute_force disabled", []string{"", "limits:\n  brute_force: {disabled: true}\n"}, []string{`limits.brute_force.disabled: password guessing is then limited per connection only`}},
+		{"brute_force short key", []string{"", "limits:\n  brute_force: {password_hash_key: short}\n"}, []string{`limits.brute_force.password_hash_key: is shorter than 16 characters`}},
+		{"brute_force long key", []string{"", "limits:\n  brute_force: {password_hash_key: {env: PORTICO_TEST_LONG_KEY}}\n"}, nil},
 		// ACME
 		{"acme production", acme("    cache_key: {env: PORTICO_TEST_LONG_KEY}\n"), nil},
 		{"acme staging", acme("    directory_url: https://acme-staging-v02.api.letsencrypt.org/directory\n    cache_key: {env: PORTICO_TEST_LONG_KEY}\n"), []string{

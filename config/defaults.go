@@ -163,6 +163,29 @@ func (l *Limits) ApplyDefaults() {
 	setInt(&l.MaxSessionsPerUserIP, defaultSessionsPerUserIP)
 	setInt(&l.MaxLoginsInProgress, defaultLoginsInProgress)
 	setInt(&l.MaxLoginsInProgressPerBackend, defaultLoginsPerBackend)
+	l.BruteForce.ApplyDefaults()
+}
+
+// ApplyDefaults replaces zero brute-force limits with their defaults,
+// which are limits.DefaultConfig's.
+func (b *BruteForce) ApplyDefaults() {
+	tier := func(t *FailureLimit, delayAfter, blockAfter int, window, blockFor time.Duration) {
+		setInt(&t.DelayAfter, delayAfter)
+		setInt(&t.BlockAfter, blockAfter)
+		setDur(&t.Window, window)
+		setDur(&t.BlockFor, blockFor)
+	}
+	tier(&b.IP, 10, 30, 30*time.Minute, 30*time.Minute)
+	tier(&b.UserIP, 3, 10, 15*time.Minute, 15*time.Minute)
+	tier(&b.User, 10, 50, time.Hour, 15*time.Minute)
+	setDur(&b.Delay, time.Second)
+	setDur(&b.MaxDelay, 15*time.Second)
+	setDur(&b.KnownAddressTTL, 720*time.Hour)
+	setInt(&b.KnownAddresses, 16)
+	setDur(&b.RepeatedPasswordWindow, time.Hour)
+	if b.OnRedisError == "" {
+		b.OnRedisError = "open"
+	}
 }
 
 // ApplyDefaults replaces zero backend options with their defaults.

@@ -111,6 +111,7 @@ func (c *Config) resolveSecrets() error {
 		resolve(&c.Routing.Redis.Password, "routing.redis.password")
 	}
 	resolve(&c.TLS.SessionTickets.Key, "tls.session_tickets.key")
+	resolve(&c.Limits.BruteForce.PasswordHashKey, "limits.brute_force.password_hash_key")
 	if c.TLS.ACME != nil {
 		resolve(&c.TLS.ACME.CacheKey, "tls.acme.cache_key")
 	}

@@ -160,6 +160,49 @@ type Limits struct {
 	// x-session-id and x-proxy-ttl are believed, and whose own address is
 	// exempt from the per-address limits. Default [].
 	TrustedNetworks []string `yaml:"trusted_networks"`
+
+	// BruteForce limits failed logins per client address, per user and
+	// per user and address, fleet-wide through routing.redis.
+	BruteForce BruteForce `yaml:"brute_force"`
+}
+
+// BruteForce configures the failed-login limits (package limits). Client
+// addresses are counted per address, IPv6 addresses per
+// Limits.IPv6Prefix; Limits.TrustedNetworks are exempt.
+type BruteForce struct {
+	Disabled bool `yaml:"disabled"` // default false: limits on
+	// The three families of counters. Defaults: ip 10/30 per 30m, block
+	// 30m; user_ip 3/10 per 15m, block 15m; user 10/50 per 1h, block 15m.
+	IP     FailureLimit `yaml:"ip"`
+	UserIP FailureLimit `yaml:"user_ip"`
+	User   FailureLimit `yaml:"user"`
+	// Delay is the first wait past delay_after, doubled with each further
+	// failure up to MaxDelay. Defaults 1s and 15s.
+	Delay    time.Duration `yaml:"delay"`
+	MaxDelay time.Duration `yaml:"max_delay"`
+	// KnownAddressTTL keeps an address a user logged in from exempt from
+	// the user and ip limits for the user; at most KnownAddresses per
+	// user. Defaults 720h and 16.
+	KnownAddressTTL time.Duration `yaml:"known_address_ttl"`
+	KnownAddresses  int           `yaml:"known_addresses"`
+	// RepeatedPasswordWindow: the same wrong password for a user within
+	// this long counts once. Default 1h.
+	RepeatedPasswordWindow time.Duration `yaml:"repeated_password_window"`
+	// PasswordHashKey keys the HMAC by which wrong passwords are
+	// recognised; the same on every proxy. Empty: a random key per
+	// process.
+	PasswordHashKey Secret `yaml:"password_hash_key"`
+	// OnRedisError is "open" (default: this proxy's own counters decide
+	// while Redis is unreachable) or "closed" (NO [UNAVAILABLE]).
+	OnRedisError string `yaml:"on_redis_error"`
+}
+
+// FailureLimit is one family of failure counters.
+type FailureLimit struct {
+	DelayAfter int           `yaml:"delay_after"` // failures from which attempts wait
+	BlockAfter int           `yaml:"block_after"` // the failure that blocks
+	Window     time.Duration `yaml:"window"`      // the count drains block_after per window
+	BlockFor   time.Duration `yaml:"block_for"`
 }
 
 // Routing says where users' mailboxes are.

@@ -247,6 +247,30 @@ func (c *Config) validateLimits(v *validator) {
 	checkInt(v, "limits.max_logins_in_progress", l.MaxLoginsInProgress, 1, 1_000_000)
 	checkInt(v, "limits.max_logins_in_progress_per_backend", l.MaxLoginsInProgressPerBackend, 1, 1_000_000)
 	checkTrusted(v, "limits.trusted_networks", l.TrustedNetworks)
+	l.BruteForce.validate(v, "limits.brute_force")
+}
+
+func (b *BruteForce) validate(v *validator, p string) {
+	for _, t := range []struct {
+		name string
+		l    FailureLimit
+	}{{"ip", b.IP}, {"user_ip", b.UserIP}, {"user", b.User}} {
+		tp := p + "." + t.name
+		checkInt(v, tp+".block_after", t.l.BlockAfter, 1, 1_000_000)
+		checkInt(v, tp+".delay_after", t.l.DelayAfter, 1, max(t.l.BlockAfter, 1))
+		checkDur(v, tp+".window", t.l.Window, time.Second, 720*time.Hour)
+		checkDur(v, tp+".block_for", t.l.BlockFor, time.Second, 720*time.Hour)
+	}
+	checkDur(v, p+".delay", b.Delay, time.Millisecond, time.Minute)
+	checkDur(v, p+".max_delay", b.MaxDelay, b.Delay, 5*time.Minute)
+	checkDur(v, p+".known_address_ttl", b.KnownAddressTTL, time.Hour, 8760*time.Hour)
+	checkInt(v, p+".known_addresses", b.KnownAddresses, 1, 1000)
+	checkDur(v, p+".repeated_password_window", b.RepeatedPasswordWindow, time.Minute, 24*time.Hour)
+	switch b.OnRedisError {
+	case "open", "closed":
+	default:
+		v.add(p+".on_redis_error", `must be "open" or "closed", not %q`, b.OnRedisError)
+	}
 }
 
 // checkTrusted checks a list of networks that are believed about client

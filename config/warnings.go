@@ -88,7 +88,18 @@ func (c *Config) Warnings() []string {
 		add("backend_defaults.tls.insecure_skip_verify", "backends' certificates are not verified: anyone on the path can impersonate them and collect users' passwords")
 	}
 	c.poolWarnings(add)
+	c.bruteForceWarnings(add)
 	return w
+}
+
+func (c *Config) bruteForceWarnings(add func(path, format string, args ...any)) {
+	b := &c.Limits.BruteForce
+	switch {
+	case b.Disabled:
+		add("limits.brute_force.disabled", "password guessing is then limited per connection only (limits.max_auth_failures): an attacker opens more connections")
+	case b.PasswordHashKey.Value != "" && len(b.PasswordHashKey.Value) < minKeyLength:
+		add("limits.brute_force.password_hash_key", "is shorter than %d characters; use a long random string (openssl rand -base64 32)", minKeyLength)
+	}
 }
 
 // within reports whether every address of p is in one of nets.

@@ -79,7 +79,7 @@ func exampleConfig(t *testing.T) string {
 func TestCommands(t *testing.T) {
 	bin := binary(t)
 	example := exampleConfig(t)
-	env := []string{"PORTICO_REDIS_PASSWORD=secret-from-env"}
+	env := []string{"PORTICO_REDIS_PASSWORD=secret-from-env", "PORTICO_BRUTE_FORCE_KEY=brute-force-key-from-env"}
 
 	t.Run("check-config example", func(t *testing.T) {
 		out, code := run(t, bin, env, "check-config", example)
