@@ -14,6 +14,7 @@ import (
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/fleet"
+	"github.com/portico-mail/portico/limits"
 	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
@@ -43,6 +44,10 @@ type App struct {
 	FleetState  *routing.Fleet  // nil without Redis
 	routeCache  *routing.Cache  // nil when disabled or without Redis
 	fleet       *fleet.Fleet    // nil without Redis
+
+	// Limiter limits failed logins; nil when limits.brute_force is
+	// disabled. See limits.go.
+	Limiter *limits.Limiter
 }
 
 // Listener is one client listener to open.
@@ -117,6 +122,9 @@ func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 	}
 	srv.Router = rt.router
 	srv.Login = rt.loginWithHealth(srv.Login)
+	if err := rt.buildLimits(cfg, srv, logger); err != nil {
+		return nil, err
+	}
 	rt.buildFleet(cfg, srv, logger)
 
 	for _, l := range cfg.Listeners {
