@@ -8,6 +8,7 @@ import (
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/app"
+	"github.com/portico-mail/portico/internal/gcpolicy"
 )
 
 func runServe(args []string) error {
@@ -36,6 +37,7 @@ func runServe(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go new(gcpolicy.Settler).Run(ctx) // see the package doc
 	// Certificates first: ACME issuance happens before any listener opens.
 	reload, err := rt.Start(ctx, logger)
 	if err != nil {
