@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -126,6 +127,10 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 		return nil, fmt.Errorf("upstream: %s: connect: %w", b, err)
 	}
 	raw := nc.(*net.TCPConn)
+	if h, ok := ctx.Value(connectedKey{}).(func(local netip.AddrPort) func()); ok {
+		done := h(raw.LocalAddr().(*net.TCPAddr).AddrPort())
+		defer done()
+	}
 	if b.ProxyProtocol {
 		// The header comes first, before TLS and before the greeting.
 		raw.SetWriteDeadline(time.Now().Add(connectTimeout))
@@ -163,6 +168,17 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 	}
 	raw.SetDeadline(time.Time{})
 	return res, nil
+}
+
+type connectedKey struct{}
+
+// WithConnected returns a context that makes Login call connected with
+// the local address of its backend connection as soon as it is
+// connected, and the function connected returns when Login returns. A
+// proxy uses it to recognise its own logins coming back to it (a routing
+// loop).
+func WithConnected(ctx context.Context, connected func(local netip.AddrPort) (done func())) context.Context {
+	return context.WithValue(ctx, connectedKey{}, connected)
 }
 
 // conn is one login in progress.
