@@ -78,13 +78,19 @@ func (s *session) loginTo(tag, method, user, password string, start time.Time) a
 		s.srv.logger().Warn("routing lookup failed", "session", s.id, "user", user, "err", err)
 		return s.unavailable(tag)
 	}
-	res, err := s.srv.login()(s.srv.ctx, b, user, password, s.idInfo())
+	res, err := s.backendLogin(b, user, password)
 	if errors.Is(err, upstream.ErrAuthFailed) {
 		s.limitFailed(user, password)
 		return s.authFailed(tag, start, user, "backend rejected credentials")
 	}
+	var lim *limitError
+	if errors.As(err, &lim) {
+		return s.limited(tag, lim)
+	}
 	if err != nil {
-		s.srv.logger().Warn("backend login failed", "session", s.id, "user", user, "backend", b.String(), "err", err)
+		if !errors.Is(err, errRefused) { // refusals are logged already
+			s.srv.logger().Warn("backend login failed", "session", s.id, "user", user, "backend", b.String(), "err", err)
+		}
 		return s.unavailable(tag)
 	}
 	s.limitSucceeded(user)
@@ -144,8 +150,8 @@ func (s *session) idInfo() *upstream.IDInfo {
 		ClientPort:    int(s.client.Port()),
 		ConnectedIP:   s.local.Addr().String(),
 		ConnectedPort: int(s.local.Port()),
-		SessionID:     s.id,
-		TTL:           s.lim.ProxyTTL,
+		SessionID:     s.forwardSessionID(),
+		TTL:           s.forwardTTL(),
 		ClientFields:  s.clientID,
 	}
 }

@@ -5,12 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/portico-mail/portico/proxy/upstream"
@@ -41,6 +41,12 @@ type Listener struct {
 	// CleartextLogin lists the networks whose clients may log in without
 	// TLS on a StartTLS listener. Empty means TLS is always required.
 	CleartextLogin []netip.Prefix
+	// ProxyProtocolFrom lists the networks of the load balancers in front
+	// of the listener: their connections must start with a PROXY protocol
+	// header (v1 or v2), whose client address is then the session's, and
+	// connections from anywhere else must not. Empty means no header is
+	// expected.
+	ProxyProtocolFrom []netip.Prefix
 }
 
 func (l *Listener) allowsCleartext(a netip.Addr) bool {
@@ -69,6 +75,16 @@ type Limits struct {
 	ProxyTTL         int           // x-proxy-ttl sent to backends (5)
 	KickTimeout      time.Duration // a kicked session's wait for a response boundary, then it is closed (10s)
 	LoginGateTimeout time.Duration // longest wait in Server.LoginGate (15s)
+
+	// Connection limits; zero means none unless a default is given. See
+	// abuse.go for the answers.
+	MaxConnections       int // client connections at once (none; FileLimitConnections fits the open-file limit)
+	MaxPreauthPerIP      int // sessions not logged in per client address (none)
+	IPv6Prefix           int // per-address limits count IPv6 clients by this prefix (64)
+	MaxSessionsPerUser   int // sessions of a user, with Server.UserSessions fleet-wide (none)
+	MaxSessionsPerUserIP int // sessions of a user from one client address (none)
+	MaxLoginsInProgress  int // backend logins in progress (1000)
+	MaxLoginsPerBackend  int // backend logins in progress to one backend (100)
 }
 
 func (l Limits) withDefaults() Limits {
@@ -88,6 +104,11 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxBadCommands, 3)
 	def(&l.MaxAuthFailures, 3)
 	def(&l.ProxyTTL, 5)
+	def(&l.MaxLoginsInProgress, 1000)
+	def(&l.MaxLoginsPerBackend, 100)
+	if l.IPv6Prefix <= 0 || l.IPv6Prefix > 128 {
+		l.IPv6Prefix = 64
+	}
 	defd(&l.PreauthTimeout, 60*time.Second)
 	defd(&l.HandshakeTimeout, 10*time.Second)
 	defd(&l.AuthFailureDelay, 2*time.Second)
@@ -150,6 +171,16 @@ type Server struct {
 	OnSplice func(SessionInfo)
 	OnEnd    func(SessionInfo)
 
+	// TrustedNetworks are front proxies and webmails whose ID fields
+	// x-originating-ip/-port, x-connected-ip/-port, x-session-id and
+	// x-proxy-ttl are believed, and whose own address is exempt from
+	// Limits.MaxPreauthPerIP.
+	TrustedNetworks []netip.Prefix
+	// UserSessions, if set, counts a user's logged-in sessions fleet-wide
+	// for Limits.MaxSessionsPerUser; without it, this server's are
+	// counted. An error lets the login through.
+	UserSessions func(ctx context.Context, user string) (int, error)
+
 	initOnce sync.Once
 	limits   Limits
 
@@ -175,6 +206,8 @@ type Server struct {
 	pollerOnce sync.Once
 	poller     *poller
 	pollerShut sync.Once
+
+	ab abuse // limits and loop guards; see abuse.go
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -190,6 +223,7 @@ func (s *Server) init() {
 		s.done = make(chan struct{})
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.stopping, s.stop = context.WithCancel(s.ctx)
+		s.reserveSpare()
 	})
 }
 
@@ -220,6 +254,7 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 		return ErrServerClosed
 	}
 	defer s.trackListener(&ln, false)
+	s.addListener(ln.Addr(), l.Name)
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -227,11 +262,17 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 			if s.closing.Load() {
 				return ErrServerClosed
 			}
+			if outOfFiles(err) && s.refuseWithSpare(ln, &l) {
+				// A client was refused with the spare descriptor: the
+				// backlog moves on, and the next accept may work.
+				delay = 0
+				continue
+			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			if errors.As(err, &ne) && ne.Timeout() || outOfFiles(err) {
 				// Out of file descriptors or similar: back off, as net/http does.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.logger().Warn("accept failed; retrying", "listener", l.Name, "err", err, "delay", delay)
+				s.logLimit("accept", l.Name, "accept failed; retrying", "listener", l.Name, "err", err, "delay", delay)
 				time.Sleep(delay)
 				continue
 			}
@@ -239,18 +280,97 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 		}
 		delay = 0
 		sess := newSession(s, &l, c)
-		if !s.trackSession(sess, true) {
+		switch s.addSession(sess) {
+		case addClosed:
 			c.Close()
 			return ErrServerClosed
+		case addRefused:
+			// Past the connection limit, with refusals enough under way.
+			s.logLimit("max_connections", "", "too many connections: new ones are refused", "listener", l.Name, "max", s.limits.MaxConnections)
+			c.Close()
+			continue
 		}
 		go sess.serve() // the session calls s.sessionDone when it ends
-
 	}
+}
+
+// refuseWithSpare gives up the spare descriptor to accept one connection
+// and close it at once, with a BYE where that costs nothing (no TLS, no
+// PROXY header to read first). It reports whether a connection was
+// refused; the spare is taken back in any case, if the process has a
+// descriptor for it.
+func (s *Server) refuseWithSpare(ln net.Listener, l *Listener) bool {
+	s.ab.mu.Lock()
+	freed := s.ab.spare.release()
+	s.ab.mu.Unlock()
+	if !freed {
+		s.reserveSpare()
+		return false
+	}
+	c, err := ln.Accept()
+	if err == nil {
+		s.logLimit("out_of_files", l.Name, "out of file descriptors: new connections are refused", "listener", l.Name)
+		if l.Mode == StartTLS && len(l.ProxyProtocolFrom) == 0 {
+			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			io.WriteString(c, "* BYE [UNAVAILABLE] Server busy, try again later\r\n")
+		}
+		c.Close()
+	}
+	s.reserveSpare()
+	return err == nil
+}
+
+// reserveSpare takes the spare descriptor back, if it is not held and the
+// server is not shutting down.
+func (s *Server) reserveSpare() {
+	s.ab.mu.Lock()
+	if !s.closing.Load() {
+		s.ab.spare.acquire()
+	}
+	s.ab.mu.Unlock()
+}
+
+type addResult int
+
+const (
+	addOK addResult = iota
+	addClosed
+	addRefused
+)
+
+// addSession tracks a new session, within Limits.MaxConnections: past it,
+// the session is only admitted to be told BYE (sessionAbuse.overflow), as
+// long as fewer than maxRefusing are.
+func (s *Server) addSession(sess *session) addResult {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return addClosed
+	}
+	if max := s.limits.MaxConnections; max > 0 && len(s.sessions)-s.ab.refusing >= max {
+		if s.ab.refusing >= maxRefusing {
+			return addRefused
+		}
+		s.ab.refusing++
+		sess.ab.overflow = true
+	}
+	s.sessions[sess] = struct{}{}
+	// Under s.mu, so that it happens before Shutdown's wg.Wait: Shutdown
+	// sets closing under s.mu too, and a session added after that is
+	// refused above.
+	s.wg.Add(1)
+	return addOK
 }
 
 // sessionDone is called once by every session that Serve started.
 func (s *Server) sessionDone(sess *session) {
-	s.trackSession(sess, false)
+	s.releasePreauth(sess)
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	if sess.ab.overflow {
+		s.ab.refusing--
+	}
+	s.mu.Unlock()
 	s.wg.Done()
 }
 
@@ -268,24 +388,6 @@ func (s *Server) trackListener(ln *net.Listener, add bool) bool {
 	return true
 }
 
-func (s *Server) trackSession(sess *session, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.closing.Load() {
-			return false
-		}
-		s.sessions[sess] = struct{}{}
-		// Under s.mu, so that it happens before Shutdown's wg.Wait: Shutdown
-		// sets closing under s.mu too, and a session added after that is
-		// refused above.
-		s.wg.Add(1)
-	} else {
-		delete(s.sessions, sess)
-	}
-	return true
-}
-
 // Shutdown stops accepting, says `* BYE [UNAVAILABLE]` to every client that
 // has not logged in yet, and waits for spliced sessions to end by
 // themselves until ctx is done; it then closes those that remain.
@@ -299,6 +401,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ln := range s.listeners {
 		(*ln).Close()
 	}
+	s.ab.mu.Lock()
+	s.ab.spare.release()
+	s.ab.mu.Unlock()
 	for sess := range s.sessions {
 		sess.interruptPreauth()
 	}

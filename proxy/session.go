@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -78,6 +79,8 @@ type session struct {
 	pendingBye []byte      // a kick that came before the splice ran
 	kickTimer  *time.Timer // a scheduled kick (KickBackend)
 
+	ab sessionAbuse // PROXY header, limits, loop signals; see abuse.go
+
 	toBackend, toClient int64
 }
 
@@ -130,6 +133,9 @@ func (s *session) serve() {
 	s.deadline = s.start.Add(s.lim.PreauthTimeout)
 	// An absolute deadline: bytes trickled in one at a time do not extend it.
 	s.setDeadline(s.deadline)
+	if !s.admit() {
+		return
+	}
 
 	if s.ln.Mode == ImplicitTLS {
 		if err := s.handshake(s.raw); err != nil {
@@ -142,6 +148,9 @@ func (s *session) serve() {
 	s.writeGreeting()
 	if s.flush() != nil {
 		s.outcome = "write failed"
+		return
+	}
+	if !s.afterGreeting() {
 		return
 	}
 	for {
@@ -313,7 +322,7 @@ func (s *session) writeStatus(tag string, typ imap.StatusResponseType, code imap
 
 // canAuth reports whether credentials may be sent on this connection now.
 func (s *session) canAuth() bool {
-	return s.tlsVersion != "" || s.ln.allowsCleartext(s.client.Addr())
+	return s.tlsVersion != "" || s.ln.allowsCleartext(s.peerAddr())
 }
 
 // caps lists what Portico offers before login: only what it implements
@@ -547,5 +556,5 @@ func (s *session) finish() {
 		"bytes_to_client", s.toClient,
 		"outcome", s.outcome,
 	}
-	s.srv.logger().Info("session end", attrs...)
+	s.srv.logger().Log(context.Background(), s.endLevel(), "session end", attrs...)
 }
