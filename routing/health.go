@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -119,6 +120,12 @@ func (h *Health) ReportSuccess(b *Backend) {
 // record applies one result; add registers an unknown backend.
 func (h *Health) record(b *Backend, err error, add bool) {
 	if h == nil || b == nil {
+		return
+	}
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		// This process is out of descriptors: that says nothing about
+		// the backend, and taking it down would fail the logins that
+		// the descriptors freed later could serve.
 		return
 	}
 	rise, fall := h.Rise, h.Fall
