@@ -93,7 +93,23 @@ func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 			AuthFailureDelay: cfg.Limits.AuthFailureDelay,
 			LookupTimeout:    cfg.Routing.LookupTimeout,
 			IdleTimeout:      cfg.Limits.IdleTimeout,
+
+			MaxConnections:       cfg.Limits.MaxConnections,
+			MaxPreauthPerIP:      cfg.Limits.MaxPreauthConnectionsPerIP,
+			IPv6Prefix:           cfg.Limits.IPv6Prefix,
+			MaxSessionsPerUser:   cfg.Limits.MaxSessionsPerUser,
+			MaxSessionsPerUserIP: cfg.Limits.MaxSessionsPerUserIP,
+			MaxLoginsInProgress:  cfg.Limits.MaxLoginsInProgress,
+			MaxLoginsPerBackend:  cfg.Limits.MaxLoginsInProgressPerBackend,
 		},
+	}
+	if srv.Limits.MaxConnections == 0 {
+		// The default: what fits in the open-file limit.
+		srv.Limits.MaxConnections = proxy.FileLimitConnections()
+	}
+	var err error
+	if srv.TrustedNetworks, err = prefixes(cfg.Limits.TrustedNetworks); err != nil {
+		return nil, fmt.Errorf("limits.trusted_networks: %w", err)
 	}
 	if rc := cfg.Routing.Redis; rc != nil {
 		opts := routing.RedisOptions{
@@ -132,17 +148,31 @@ func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 		if l.Mode == "imap" {
 			pl.Mode = proxy.StartTLS
 		}
-		for _, n := range l.CleartextLoginNetworks {
-			p, err := netip.ParsePrefix(n)
-			if err != nil {
-				return nil, fmt.Errorf("listener %q: cleartext_login_networks: %w", l.Name, err)
+		if pl.CleartextLogin, err = prefixes(l.CleartextLoginNetworks); err != nil {
+			return nil, fmt.Errorf("listener %q: cleartext_login_networks: %w", l.Name, err)
+		}
+		if pp := l.ProxyProtocol; pp != nil {
+			if pl.ProxyProtocolFrom, err = prefixes(pp.TrustedNetworks); err != nil {
+				return nil, fmt.Errorf("listener %q: proxy_protocol.trusted_networks: %w", l.Name, err)
 			}
-			pl.CleartextLogin = append(pl.CleartextLogin, p.Masked())
 		}
 		rt.Listeners = append(rt.Listeners, Listener{Addr: l.Address, Config: pl})
 	}
 	rt.Server = srv
 	return rt, nil
+}
+
+// prefixes parses CIDR networks.
+func prefixes(nets []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, n := range nets {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func clientOptions(c *config.ClientTLS) ptls.ClientOptions {

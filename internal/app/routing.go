@@ -165,6 +165,7 @@ func JoinFleet(srv *proxy.Server, f *fleet.Fleet) {
 	srv.OnSplice = func(i proxy.SessionInfo) { f.SessionStarted(fleet.SessionInfo(i)) }
 	srv.OnEnd = func(i proxy.SessionInfo) { f.SessionEnded(fleet.SessionInfo(i)) }
 	srv.LoginGate = f.LoginGate
+	srv.UserSessions = f.UserSessions
 }
 
 // localServer shows a proxy.Server to the fleet package.
