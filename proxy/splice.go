@@ -143,17 +143,38 @@ type splicer struct {
 	kickTimer  atomic.Pointer[time.Timer]
 }
 
-// A direction copies src to the other side through write. It runs in a
+// A direction copies one side to the other (see ends). It runs in a
 // goroutine of its own, or, with a poller and an idle socket, is parked.
+// Kept small: an idle session is mostly its splicer and its TLS state.
 type direction struct {
-	src    net.Conn
-	dst    net.Conn // what an EOF from src is passed on to
-	write  chunkWriter
-	count  *atomic.Int64
-	rc     syscall.RawConn // src's socket when the direction parks; nil: it never does
-	state  atomic.Int32    // dirRunning, dirParked or dirDone
+	rc     syscall.RawConn // the source's socket when the direction parks; nil: it never does
 	pk     parking
-	resume func() // for the poller; one func value for the session's life
+	resume func()       // for the poller; one func value for the session's life
+	state  atomic.Int32 // dirRunning, dirParked or dirDone
+}
+
+// ends returns the conn d reads from and the one it writes to.
+func (p *splicer) ends(d *direction) (src, dst net.Conn) {
+	if d == &p.dirs[dirUp] {
+		return p.client, p.backend
+	}
+	return p.backend, p.client
+}
+
+// write passes a chunk that d has read on to its other side, through
+// writeBackend or writeClient, which follow the frames on the way, and
+// counts what was written.
+func (p *splicer) write(d *direction, b []byte) (int, error) {
+	var n int
+	var err error
+	if d == &p.dirs[dirUp] {
+		n, err = p.writeBackend(b)
+		p.toBackend.Add(int64(n))
+	} else {
+		n, err = p.writeClient(b)
+		p.toClient.Add(int64(n))
+	}
+	return n, err
 }
 
 // splice runs the session and returns when both directions are done; see
@@ -182,13 +203,11 @@ func (p *splicer) start(ctx context.Context, client, backend net.Conn, done func
 	}
 	p.batch = batchFor(client)
 	p.ctx, p.onDone = ctx, done
-	up, down := &p.dirs[dirUp], &p.dirs[dirDown]
-	up.src, up.dst, up.write, up.count = client, backend, p.writeBackend, &p.toBackend
-	down.src, down.dst, down.write, down.count = backend, client, p.writeClient, &p.toClient
 	for i := range p.dirs {
 		d := &p.dirs[i]
 		if p.poller != nil {
-			d.rc = socketOf(d.src) // nil: no socket to park on, d keeps its goroutine
+			src, _ := p.ends(d)
+			d.rc = socketOf(src) // nil: no socket to park on, d keeps its goroutine
 		}
 		d.resume = func() {
 			if d.state.CompareAndSwap(dirParked, dirRunning) {
@@ -205,8 +224,8 @@ func (p *splicer) start(ctx context.Context, client, backend net.Conn, done func
 	}
 	p.live.Store(2)
 	p.stopCtx = context.AfterFunc(ctx, p.closeBoth)
-	go p.run(down)
-	p.run(up)
+	go p.run(&p.dirs[dirDown])
+	p.run(&p.dirs[dirUp])
 }
 
 // run copies d until it parks or ends. spliceToBackend and spliceToClient
@@ -229,7 +248,8 @@ func (p *splicer) copyDir(d *direction) {
 		return // the poller resumes the direction in a new goroutine
 	}
 	d.state.Store(dirDone)
-	p.finish(d.dst, err)
+	_, dst := p.ends(d)
+	p.finish(dst, err)
 	p.ended(1)
 }
 
@@ -267,7 +287,8 @@ func (p *splicer) complete() {
 // (the socket could not be armed); true means the goroutine must return at
 // once without touching the direction: it is parked, or already ended.
 func (p *splicer) park(d *direction) bool {
-	d.src.SetReadDeadline(time.Time{}) // a resumed loop sets its own
+	src, _ := p.ends(d)
+	src.SetReadDeadline(time.Time{}) // a resumed loop sets its own
 	d.state.Store(dirParked)
 	if err := p.poller.park(&d.pk, d.rc, d.resume); err != nil {
 		// Not armed. Carry on unless closeBoth ended the direction in
@@ -283,15 +304,13 @@ func (p *splicer) park(d *direction) bool {
 	return true
 }
 
-// A chunkWriter passes one chunk on to the other side: writeBackend or
-// writeClient, which follow the frames on the way.
-type chunkWriter func([]byte) (int, error)
-
+// copy runs d's copy loop until it ends or parks.
 func (p *splicer) copy(d *direction) error {
-	if tc, ok := d.src.(*net.TCPConn); ok {
+	src, _ := p.ends(d)
+	if tc, ok := src.(*net.TCPConn); ok {
 		return p.copyFromTCP(d, tc)
 	}
-	return p.copyBuffered(d)
+	return p.copyBuffered(d, src)
 }
 
 // finish is called when the copy into dst has ended with err (nil = EOF).
@@ -426,9 +445,7 @@ func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
 		}
 		if n > 0 {
 			p.touch()
-			wn, werr := d.write((*bp)[:n])
-			d.count.Add(int64(wn))
-			if werr != nil {
+			if _, werr := p.write(d, (*bp)[:n]); werr != nil {
 				tcpBufPool.Put(bp)
 				return werr
 			}
@@ -450,8 +467,7 @@ func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
 // copyBuffered copies from a source with its own buffering (a *tls.Conn,
 // or any other net.Conn): it blocks on a small buffer and uses a pooled
 // 16 KiB one only while reads fill the buffer they are given.
-func (p *splicer) copyBuffered(d *direction) error {
-	src := d.src
+func (p *splicer) copyBuffered(d *direction, src net.Conn) error {
 	sp := smallBufPool.Get().(*[]byte)
 	small := *sp
 	buf := small
@@ -470,9 +486,7 @@ func (p *splicer) copyBuffered(d *direction) error {
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			p.touch()
-			wn, werr := d.write(buf[:n])
-			d.count.Add(int64(wn))
-			if werr != nil {
+			if _, werr := p.write(d, buf[:n]); werr != nil {
 				return werr
 			}
 		}
