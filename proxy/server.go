@@ -300,6 +300,12 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 // refused; the spare is taken back in any case, if the process has a
 // descriptor for it.
 func (s *Server) refuseWithSpare(ln net.Listener, l *Listener) bool {
+	// The accept must not block with the spare given up: the client that
+	// made accept fail may be gone.
+	dl, ok := ln.(interface{ SetDeadline(time.Time) error })
+	if !ok {
+		return false
+	}
 	s.ab.mu.Lock()
 	freed := s.ab.spare.release()
 	s.ab.mu.Unlock()
@@ -307,7 +313,9 @@ func (s *Server) refuseWithSpare(ln net.Listener, l *Listener) bool {
 		s.reserveSpare()
 		return false
 	}
+	dl.SetDeadline(time.Now().Add(10 * time.Millisecond))
 	c, err := ln.Accept()
+	dl.SetDeadline(time.Time{})
 	if err == nil {
 		s.logLimit("out_of_files", l.Name, "out of file descriptors: new connections are refused", "listener", l.Name)
 		if l.Mode == StartTLS && len(l.ProxyProtocolFrom) == 0 {
