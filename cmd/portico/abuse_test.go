@@ -388,6 +388,7 @@ func loopCheck(t *testing.T, addr string, pids []int, logs []*testsrv.Buffer, wa
 	if extra, err := c.line(200 * time.Millisecond); err == nil {
 		t.Errorf("a second line after the answer: %q", extra)
 	}
+	t.Logf("answered %q after %v", l, took.Round(time.Millisecond))
 	for i := range pids {
 		t.Logf("process %d: %d descriptors before, %d at most during the login", i, base[i], peak[i])
 		if peak[i] > base[i]+50 {
