@@ -31,4 +31,12 @@
 // and ended cleanly (KickUser, KickBackend): the splicer follows the
 // backend's stream by line and literal boundaries so that a BYE never
 // lands inside a literal.
+//
+// Before a session speaks, admit (admit.go) reads a trusted balancer's
+// PROXY header where Listener.ProxyProtocolFrom asks for one and applies
+// the connection limits; at login, backendLogin (abuse.go) applies the
+// loop guards, the bounds on backend logins in progress and, once the
+// backend has accepted the password, the per-user session limits. Every
+// refusal has its IMAP answer and is logged at most once a minute per
+// client address.
 package proxy
