@@ -223,7 +223,6 @@ func (s *Server) init() {
 		s.done = make(chan struct{})
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.stopping, s.stop = context.WithCancel(s.ctx)
-		s.reserveSpare()
 	})
 }
 
@@ -255,6 +254,7 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 	}
 	defer s.trackListener(&ln, false)
 	s.addListener(ln.Addr(), l.Name)
+	s.reserveSpare() // released by Shutdown
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
