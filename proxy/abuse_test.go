@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -537,4 +538,57 @@ func (s *fakeServer) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+// TestLoopThroughRelay: a route through a relay that passes nothing back
+// to the proxy ends in one NO [UNAVAILABLE], with the proxy's goroutines
+// and connections bounded by the user's logins in progress.
+func TestLoopThroughRelay(t *testing.T) {
+	h := newHarness(t, func(l *proxy.Limits) { l.MaxSessionsPerUserIP = 10 }) // the config's default
+	target := h.imapClear
+	relay := startFakeServer(t, func(c net.Conn) {
+		b, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer b.Close()
+		go func() { io.Copy(b, c); b.Close() }()
+		io.Copy(c, b)
+	})
+	t.Cleanup(relay.close)
+	h.router.add("loop@example.test", &routing.Backend{Name: "relay", Addr: relay.addr()})
+
+	base := runtime.NumGoroutine()
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			peak.Store(max(peak.Load(), int64(runtime.NumGoroutine())))
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	c := h.dialTLS(t, h.imaps)
+	c.greeting()
+	start := time.Now()
+	c.send("a LOGIN loop@example.test pw\r\n")
+	c.expect("a NO [UNAVAILABLE] Service temporarily unavailable, try again later")
+	took := time.Since(start)
+	close(stop)
+	<-done
+	t.Logf("answered after %v; goroutines %d before, %d at most", took, base, peak.Load())
+	if took > 5*time.Second || peak.Load() > int64(base)+60 {
+		t.Errorf("answered after %v; goroutines %d before, %d at most", took, base, peak.Load())
+	}
+	if relay.count() > 20 {
+		t.Errorf("%d relayed connections still open", relay.count())
+	}
+	if !strings.Contains(h.logs.String(), "too many logins of the user from one address in progress") {
+		t.Errorf("no log line naming the loop:\n%s", h.logs)
+	}
 }
