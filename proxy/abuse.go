@@ -31,15 +31,17 @@ import (
 // this proxy's own, a backend address that is one of this proxy's
 // listeners, a client address that is the local end of one of this
 // proxy's own backend logins in progress; and, when none of those is
-// there (a loop through another proxy without ID forwarding), the bounds
-// on backend logins in progress end it.
+// there (a loop through a relay or another proxy without ID forwarding),
+// more logins of the user from one address in progress than it may have
+// sessions, and the bounds on backend logins in progress.
 
 // limitLogInterval is how often one kind of refusal is logged for one
 // client address at most.
 const limitLogInterval = time.Minute
 
 // maxLimitLogs bounds the lines one kind of refusal logs per interval over
-// all addresses; the rest are counted in the next line.
+// all addresses (a refusal from many addresses at once); the rest are not
+// logged.
 const maxLimitLogs = 100
 
 // abuse is the server's state for limits and loop guards.
@@ -53,7 +55,7 @@ type abuse struct {
 	ownPorts  map[uint16]string              // ports listened on every address
 	logs      map[limitLogKey]*limitLogEntry // last log line per kind and address
 	kinds     map[string]*limitLogEntry      // lines per kind this interval
-	refusing  int                            // sessions admitted only to be refused (max_connections)
+	refusing  int                            // sessions admitted only to be refused (max_connections); guarded by Server.mu
 	spare     spareFD                        // kept for when descriptors run out
 	ipsOnce   sync.Once
 	ips       map[netip.Addr]bool // this host's addresses, for wildcard listeners
