@@ -165,7 +165,7 @@ func New(cfg Config, rdb redis.UniversalClient, prefix string, logger *slog.Logg
 	}
 	l := &Limiter{cfg: cfg, logger: logger, writes: make(chan struct{}, 256)}
 	l.mem = newMemory(&l.cfg, cfg.MaxEntries)
-	l.logs = &logOnce{interval: cfg.LogInterval, max: cfg.MaxEntries}
+	l.logs = &logOnce{interval: cfg.LogInterval, max: cfg.MaxEntries, perKind: maxLogLines}
 	if rdb != nil {
 		l.redis = newRedisStore(rdb, prefix, &l.cfg)
 	}
@@ -287,7 +287,7 @@ func (l *Limiter) Succeeded(client netip.Addr, user string) {
 	case l.writes <- struct{}{}:
 	default:
 		l.probing.Store(false)
-		l.logs.do("writes", func() {
+		l.logs.do("writes", "", func(int) {
 			l.logger.Warn("brute-force limits: too many Redis writes in progress; a known address was recorded on this proxy only", "client", net.String(), "user", user)
 		})
 		return
@@ -353,7 +353,7 @@ func (l *Limiter) redisDone(err error) {
 	}
 	l.stats.redisErrors.Add(1)
 	l.downUntil.Store(time.Now().Add(redisRetry).UnixNano())
-	l.logs.do("redis", func() {
+	l.logs.do("redis", "", func(int) {
 		if l.cfg.FailClosed {
 			l.logger.Warn("brute-force limits: Redis unreachable; refusing logins (fail closed)", "err", err)
 		} else {
@@ -362,20 +362,30 @@ func (l *Limiter) redisDone(err error) {
 	})
 }
 
+// maxLogLines bounds the lines one kind of limit logs per interval, over
+// all addresses and users; the rest are not logged.
+const maxLogLines = 100
+
 // note logs a limit at most once per interval for its tier and subject
-// (the address, the user, or both).
+// (the address, the user, or both), and for at most maxLogLines subjects
+// per interval; a line says how many were not logged for its subject
+// since the last.
 func (l *Limiter) note(lvl slog.Level, msg, tier string, net netip.Prefix, user string, attrs ...any) {
-	key := msg + "\x00" + tier + "\x00"
+	var key string
 	switch tier {
 	case tierIP:
-		key += net.String()
+		key = net.String()
 	case tierUser:
-		key += user
+		key = user
 	default:
-		key += user + "\x00" + net.String()
+		key = user + "\x00" + net.String()
 	}
-	l.logs.do(key, func() {
-		l.logger.Log(context.Background(), lvl, msg, append([]any{"limit", tier, "client", net.String(), "user", user}, attrs...)...)
+	l.logs.do(msg+"\x00"+tier, key, func(skipped int) {
+		attrs = append([]any{"limit", tier, "client", net.String(), "user", user}, attrs...)
+		if skipped > 0 {
+			attrs = append(attrs, "not_logged_since", skipped)
+		}
+		l.logger.Log(context.Background(), lvl, msg, attrs...)
 	})
 }
 
@@ -395,36 +405,63 @@ func (l *Limiter) Stats() Stats {
 	}
 }
 
-// logOnce runs a function at most once per interval and key.
+// logOnce runs a function at most once per interval and key, and for at
+// most perKind keys of a kind per interval (a limit reached from many
+// addresses at once); it tells the function how many calls for its key
+// it skipped since the last.
 type logOnce struct {
 	interval time.Duration
-	max      int
+	max      int // keys remembered
+	perKind  int
 
-	mu   sync.Mutex
-	last map[string]time.Time
+	mu    sync.Mutex
+	last  map[string]*logEntry // by kind and key
+	kinds map[string]*logEntry // lines per kind this interval
 }
 
-func (o *logOnce) do(key string, f func()) {
+type logEntry struct {
+	at time.Time
+	n  int // skipped since, or lines this interval
+}
+
+func (o *logOnce) do(kind, key string, f func(skipped int)) {
 	now := time.Now()
+	k := kind + "\x00" + key
 	o.mu.Lock()
 	if o.last == nil {
-		o.last = map[string]time.Time{}
+		o.last, o.kinds = map[string]*logEntry{}, map[string]*logEntry{}
 	}
-	if t, ok := o.last[key]; ok && now.Sub(t) < o.interval {
+	e := o.last[k]
+	if e != nil && now.Sub(e.at) < o.interval {
+		e.n++
 		o.mu.Unlock()
 		return
 	}
+	kc := o.kinds[kind]
+	if kc == nil || now.Sub(kc.at) >= o.interval {
+		kc = &logEntry{at: now}
+		o.kinds[kind] = kc
+	}
+	if kc.n >= o.perKind {
+		o.mu.Unlock()
+		return
+	}
+	kc.n++
+	skipped := 0
+	if e != nil {
+		skipped = e.n
+	}
 	if len(o.last) >= o.max {
-		for k, t := range o.last {
-			if now.Sub(t) >= o.interval {
+		for k, e := range o.last {
+			if now.Sub(e.at) >= o.interval {
 				delete(o.last, k)
 			}
 		}
 		if len(o.last) >= o.max {
-			clear(o.last) // a flood of distinct keys: some lines repeat
+			clear(o.last)
 		}
 	}
-	o.last[key] = now
+	o.last[k] = &logEntry{at: now}
 	o.mu.Unlock()
-	f()
+	f(skipped)
 }

@@ -261,6 +261,20 @@ func TestLogOnce(t *testing.T) {
 	if n := strings.Count(out, `msg="login delayed"`); n > 3 {
 		t.Errorf("%d delay lines:\n%s", n, out)
 	}
+
+	// Blocks from many addresses at once: at most maxLogLines a minute.
+	logs.Reset()
+	for i := range 3 * maxLogLines {
+		a := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
+		for j := range 6 {
+			l.Failed(ctx, a, fmt.Sprintf("u%d@example.com", j), a.String()) // not a repeat
+		}
+		l.Check(ctx, a, "x@example.com")
+	}
+	if n := strings.Count(logs.String(), `msg="login blocked"`); n != maxLogLines-1 { // one above
+
+		t.Errorf("%d block lines for %d addresses", n, 3*maxLogLines)
+	}
 }
 
 // TestNoSecretsInRedis: after failures and successes, no key or value in
