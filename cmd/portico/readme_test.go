@@ -109,7 +109,7 @@ fleet: {move_hold: 5s}
 		"portico backend undrain imap1 -config "+defaultConfig,
 		"portico route -config "+defaultConfig+" delete mover@example.test",
 	)
-	for _, want := range []string{"serve", "route", "backend", "move", "sessions"} {
+	for _, want := range []string{"serve", "route", "backend", "move", "sessions", "limits"} {
 		if !slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "portico "+want+" ") }) {
 			t.Errorf("no `portico %s` example found in README.md", want)
 		}
@@ -141,7 +141,7 @@ fleet: {move_hold: 5s}
 				}
 			}
 		case sub == "check-config" || sub == "version" || sub == "certs" ||
-			sub == "route" || sub == "backend" || sub == "kick" || sub == "move" || sub == "sessions":
+			sub == "route" || sub == "backend" || sub == "kick" || sub == "move" || sub == "sessions" || sub == "limits":
 			if sub != "check-config" && sub != "version" && !slices.Contains(args, p) {
 				args = append(args, "-config", p)
 			}
