@@ -2,19 +2,24 @@ package app
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pires/go-proxyproto"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/fleet"
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -29,15 +34,7 @@ func TestConnectionLimitsConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.Close()
-	cert, err := ptls.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	certFile, keyFile := certPair(t)
 	base := `
 listeners:
   - name: lb
@@ -133,4 +130,127 @@ backends:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no session")
 	}
+}
+
+// TestSessionsPerUserFleet: limits.max_sessions_per_user is counted over
+// the fleet, in the session registry: two proxies sharing a real Redis
+// refuse the third session of a user wherever it logs in, with
+// NO [LIMIT], and take new ones again once one has ended.
+func TestSessionsPerUserFleet(t *testing.T) {
+	r := testsrv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	certFile, keyFile := certPair(t)
+	const user, pass = "alice@example.test", "alice-pw"
+	mem, err := membackend.Start("127.0.0.1:0", membackend.User{Name: user, Password: pass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var addrs []string
+	for i := range 2 {
+		cfg, err := config.Parse([]byte(`
+listeners:
+  - {mode: imap, address: "127.0.0.1:0", cleartext_login_networks: [127.0.0.0/8]}
+tls:
+  certificates:
+    - {cert_file: `+certFile+`, key_file: `+keyFile+`}
+routing:
+  static: [{user: `+user+`, backend: mem}]
+  redis: {addrs: ["`+r.Addr+`"]}
+  health: {disabled: true}
+backends:
+  - {name: mem, address: "`+mem.Addr()+`"}
+fleet: {proxy_id: p`+strconv.Itoa(i)+`, heartbeat: 1s}
+limits: {max_sessions_per_user: 2}
+`), "portico.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(rt.Close)
+		if _, err := rt.Start(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go rt.Server.Serve(ln, rt.Listeners[0].Config)
+		t.Cleanup(func() { rt.Server.Close() })
+		addrs = append(addrs, ln.Addr().String())
+	}
+	// Each proxy counts the sessions of the proxies alive at its last
+	// heartbeat: let both see the other.
+	time.Sleep(2500 * time.Millisecond)
+	login := func(addr string) (net.Conn, string) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		br.ReadString('\n')
+		io.WriteString(c, "a LOGIN "+user+" "+pass+"\r\n")
+		l, _ := br.ReadString('\n')
+		return c, strings.TrimRight(l, "\r\n")
+	}
+	count := func() int {
+		n, err := fleet.CountSessions(ctx, rdb, "", user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitCount := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for count() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("registry shows %d sessions, want %d", count(), n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	first, l := login(addrs[0])
+	if !strings.HasPrefix(l, "a OK") {
+		t.Fatalf("login 1: %q", l)
+	}
+	waitCount(1)
+	if _, l := login(addrs[1]); !strings.HasPrefix(l, "a OK") {
+		t.Fatalf("login 2: %q", l)
+	}
+	waitCount(2)
+	for i, addr := range addrs {
+		if _, l := login(addr); l != "a NO [LIMIT] Too many sessions of this user" {
+			t.Errorf("login 3 on proxy %d: %q", i, l)
+		}
+	}
+	first.Close()
+	waitCount(1)
+	if _, l := login(addrs[1]); !strings.HasPrefix(l, "a OK") {
+		t.Errorf("login after one ended: %q", l)
+	}
+}
+
+// certPair writes a self-signed certificate and key for localhost.
+func certPair(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	cert, err := ptls.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
