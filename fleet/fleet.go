@@ -100,12 +100,13 @@ type Fleet struct {
 
 	pmu      sync.Mutex // guards the registry state below
 	pending  map[string]change
-	inflight int      // changes taken from pending, being written
-	repair   bool     // changes were dropped: reconcile soon
-	track    *tracker // while a pass runs
-	inst     string   // the registered instance; "" before the first heartbeat
-	retired  bool     // Retire was called: no more heartbeats
-	live     map[string]bool
+	inflight int             // changes taken from pending, being written
+	repair   bool            // changes were dropped: reconcile soon
+	track    *tracker        // while a pass runs
+	inst     string          // the registered instance; "" before the first heartbeat
+	retired  bool            // Retire was called: no more heartbeats
+	live     map[string]bool // live instances at the last heartbeat
+	notLive  map[string]bool // instances found not live since
 	liveAt   time.Time
 	stats    Stats
 

@@ -169,3 +169,24 @@ func TestMoveDuringChurn(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "churn written", func() bool { return countAll(t, a) == 10000 && a.Stats().Pending == 0 })
 }
+
+// TestUserSessionsSeesNewProxy: a proxy counts the sessions of a proxy
+// that started after its own last heartbeat.
+func TestUserSessionsSeesNewProxy(t *testing.T) {
+	c, _ := redisClient(t)
+	ctx := context.Background()
+	a, _, _ := newFleet(c, "a", time.Minute)
+	run(t, a)
+	waitFor(t, 2*time.Second, "a's first heartbeat", func() bool { return a.Stats().Heartbeats > 0 })
+	if n, err := a.UserSessions(ctx, "uma"); err != nil || n != 0 {
+		t.Fatalf("UserSessions = %d, %v; want 0", n, err)
+	}
+	b, lb, _ := newFleet(c, "b", time.Minute)
+	s := session("u1", "uma", "imap1")
+	lb.add(s)
+	run(t, b)
+	waitFor(t, 2*time.Second, "b's registration", func() bool { return count(t, c, "uma") == 1 })
+	if n, err := a.UserSessions(ctx, "uma"); err != nil || n != 1 {
+		t.Errorf("UserSessions on a = %d, %v; want 1 (b started after a's heartbeat)", n, err)
+	}
+}

@@ -274,6 +274,7 @@ func (f *Fleet) heartbeats(ctx context.Context) {
 		f.stats.Heartbeats++
 		f.stats.LastHeartbeat = took
 		f.live = live
+		f.notLive = nil
 		f.liveAt = time.Now()
 		if fresh {
 			f.stats.Incarnations++
@@ -337,18 +338,58 @@ func (f *Fleet) instance() string {
 
 // UserSessions returns the number of live sessions of user fleet-wide with
 // one small read (the user's set), filtered by the live proxies this
-// proxy learnt at its last heartbeat. Without a recent heartbeat it asks
-// Redis for them too.
+// proxy learnt at its last heartbeat. A member of an instance that was not
+// live then (a proxy started since) makes it read the live proxies again,
+// once per heartbeat for each such instance; without a recent heartbeat
+// it asks Redis for them every time.
 func (f *Fleet) UserSessions(ctx context.Context, user string) (int, error) {
 	f.init()
 	f.pmu.Lock()
-	live, at := f.live, f.liveAt
+	live, notLive, at := f.live, f.notLive, f.liveAt
 	f.pmu.Unlock()
 	if live == nil || time.Since(at) > f.ttl() {
 		return CountSessions(ctx, f.Client, f.Prefix, user)
 	}
-	m, err := userMembers(ctx, f.Client, f.keys, user, live)
-	return len(m), err
+	ms, err := f.Client.ZRange(ctx, f.keys.live(user), 0, -1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("fleet: sessions of %q: %w", user, err)
+	}
+	n, unknown := countLive(ms, live, notLive)
+	if !unknown {
+		return n, nil
+	}
+	if live, err = liveInstances(ctx, f.Client, f.keys); err != nil {
+		return 0, err
+	}
+	f.pmu.Lock()
+	if f.notLive == nil {
+		f.notLive = make(map[string]bool)
+	}
+	for _, m := range ms {
+		if _, inst, ok := splitMember(m); ok && !live[inst] {
+			f.notLive[inst] = true
+		}
+	}
+	f.live = live
+	f.pmu.Unlock()
+	n, _ = countLive(ms, live, nil)
+	return n, nil
+}
+
+// countLive counts the members of live instances, and says whether some
+// member's instance is neither live nor known not to be.
+func countLive(members []string, live, notLive map[string]bool) (n int, unknown bool) {
+	for _, m := range members {
+		_, inst, ok := splitMember(m)
+		switch {
+		case !ok:
+		case live[inst]:
+			n++
+		case !notLive[inst]:
+			unknown = true
+		}
+	}
+	return n, unknown
 }
 
 // writer writes session changes as they come, and works through restores
