@@ -27,7 +27,8 @@
 //
 // When Redis cannot be reached, the limiter either decides with this
 // proxy's own counters (FailClosed false, the default), which record
-// every outcome all along, or refuses logins with NO [UNAVAILABLE]. After
+// every outcome all along (bounded by Config.MaxEntries), or refuses
+// logins with NO [UNAVAILABLE]. After
 // an error Redis is left alone for a second, so that logins meanwhile
 // are answered at once; then one login tries it again.
 //

@@ -19,11 +19,94 @@ type memory struct {
 	users map[string]*memUser
 }
 
+// memUser is one user's state. It is kept small, since a proxy may hold
+// many: the per-address counters are made at the user's first failure,
+// and the few known addresses and wrong passwords are short lists.
 type memUser struct {
 	all   counter
-	ips   map[netip.Prefix]*counter
-	known map[netip.Prefix]int64 // expiry, Unix ms
-	pw    map[string]int64       // wrong-password tag, last seen (Unix ms)
+	ips   []addrCounter        // user_ip counters, at most maxUserAddresses
+	known stamps[netip.Prefix] // expiry, Unix ms
+	pw    stamps[string]       // wrong-password tag, last seen (Unix ms)
+}
+
+type addrCounter struct {
+	net netip.Prefix
+	c   counter
+}
+
+// addr returns the user's counter for net, or nil.
+func (u *memUser) addr(net netip.Prefix) *counter {
+	for i := range u.ips {
+		if u.ips[i].net == net {
+			return &u.ips[i].c
+		}
+	}
+	return nil
+}
+
+// forget removes the user's counter for net.
+func (u *memUser) forget(net netip.Prefix) {
+	for i := range u.ips {
+		if u.ips[i].net == net {
+			u.ips[i] = u.ips[len(u.ips)-1]
+			u.ips = u.ips[:len(u.ips)-1]
+			return
+		}
+	}
+}
+
+// stamps is a short list of keys with a time each.
+type stamps[K comparable] []stamped[K]
+
+type stamped[K comparable] struct {
+	k K
+	t int64
+}
+
+func (s stamps[K]) get(k K) (int64, bool) {
+	for _, e := range s {
+		if e.k == k {
+			return e.t, true
+		}
+	}
+	return 0, false
+}
+
+// put sets k's time; a new key beyond max replaces the one with the
+// smallest time.
+func (s *stamps[K]) put(k K, t int64, max int) {
+	for i := range *s {
+		if (*s)[i].k == k {
+			(*s)[i].t = t
+			return
+		}
+	}
+	if len(*s) < max {
+		*s = append(*s, stamped[K]{k, t})
+		return
+	}
+	old := 0
+	for i, e := range *s {
+		if e.t < (*s)[old].t {
+			old = i
+		}
+	}
+	(*s)[old] = stamped[K]{k, t}
+}
+
+// drop removes the keys whose time is at or before t.
+func (s *stamps[K]) drop(t int64) {
+	kept := (*s)[:0]
+	for _, e := range *s {
+		if e.t > t {
+			kept = append(kept, e)
+		}
+	}
+	clear((*s)[len(kept):])
+	*s = kept
+	if len(kept) == 0 {
+		*s = nil
+	}
 }
 
 // Bounds that keep one user's state small whatever an attacker does; the
@@ -46,10 +129,11 @@ func (m *memory) check(now int64, net netip.Prefix, user string) snapshot {
 	}
 	if u := m.users[user]; u != nil && user != "" {
 		s.user = levelOf(u.all, now, m.cfg.User.rate())
-		if c := u.ips[net]; c != nil {
+		if c := u.addr(net); c != nil {
 			s.userIP = levelOf(*c, now, m.cfg.UserIP.rate())
 		}
-		s.known = u.known[net] > now
+		exp, _ := u.known.get(net)
+		s.known = exp > now
 	}
 	return s
 }
@@ -61,17 +145,9 @@ func (m *memory) fail(now int64, net netip.Prefix, user, tag string) failResult 
 	if user != "" {
 		u := m.user(now, user)
 		if tag != "" {
-			window := m.cfg.RepeatWindow.Milliseconds()
-			for t, seen := range u.pw {
-				if seen <= now-window {
-					delete(u.pw, t)
-				}
-			}
-			_, r.repeat = u.pw[tag]
-			if !r.repeat && len(u.pw) >= maxPasswords {
-				delete(u.pw, oldest(u.pw))
-			}
-			u.pw[tag] = now
+			u.pw.drop(now - m.cfg.RepeatWindow.Milliseconds())
+			_, r.repeat = u.pw.get(tag)
+			u.pw.put(tag, now, maxPasswords)
 			if r.repeat {
 				return r
 			}
@@ -80,18 +156,20 @@ func (m *memory) fail(now int64, net netip.Prefix, user, tag string) failResult 
 			r.began = append(r.began, tierUser)
 		}
 		r.user = levelOf(u.all, now, m.cfg.User.rate())
-		c := u.ips[net]
+		c := u.addr(net)
 		if c == nil && len(u.ips) >= maxUserAddresses {
 			rate := m.cfg.UserIP.rate()
-			for n, c := range u.ips {
-				if c.idle(now, rate) {
-					delete(u.ips, n)
+			kept := u.ips[:0]
+			for _, e := range u.ips {
+				if !e.c.idle(now, rate) {
+					kept = append(kept, e)
 				}
 			}
+			u.ips = kept
 		}
 		if c == nil && len(u.ips) < maxUserAddresses {
-			c = &counter{}
-			u.ips[net] = c
+			u.ips = append(u.ips, addrCounter{net: net})
+			c = &u.ips[len(u.ips)-1].c
 		}
 		if c != nil {
 			if c.fail(now, m.cfg.UserIP) {
@@ -117,23 +195,16 @@ func (m *memory) succeed(now int64, net netip.Prefix, user string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	u := m.user(now, user)
-	delete(u.ips, net)
-	for n, exp := range u.known {
-		if exp <= now {
-			delete(u.known, n)
-		}
-	}
-	if _, ok := u.known[net]; !ok && len(u.known) >= m.cfg.KnownAddresses {
-		delete(u.known, oldest(u.known))
-	}
-	u.known[net] = now + m.cfg.KnownAddressTTL.Milliseconds()
+	u.forget(net)
+	u.known.drop(now)
+	u.known.put(net, now+m.cfg.KnownAddressTTL.Milliseconds(), m.cfg.KnownAddresses)
 }
 
 func (m *memory) user(now int64, name string) *memUser {
 	u := m.users[name]
 	if u == nil {
 		m.makeRoom(now, len(m.users))
-		u = &memUser{ips: map[netip.Prefix]*counter{}, known: map[netip.Prefix]int64{}, pw: map[string]int64{}}
+		u = &memUser{}
 		m.users[name] = u
 	}
 	return u
@@ -177,35 +248,22 @@ func (u *memUser) idle(now int64, userRate, uipRate float64, window int64) bool 
 	if !u.all.idle(now, userRate) {
 		return false
 	}
-	for _, c := range u.ips {
-		if !c.idle(now, uipRate) {
+	for _, e := range u.ips {
+		if !e.c.idle(now, uipRate) {
 			return false
 		}
 	}
-	for _, exp := range u.known {
-		if exp > now {
+	for _, e := range u.known {
+		if e.t > now {
 			return false
 		}
 	}
-	for _, seen := range u.pw {
-		if seen > now-window {
+	for _, e := range u.pw {
+		if e.t > now-window {
 			return false
 		}
 	}
 	return true
-}
-
-// oldest returns the key with the smallest value.
-func oldest[K comparable](m map[K]int64) K {
-	var k K
-	first := true
-	var v int64
-	for kk, vv := range m {
-		if first || vv < v {
-			k, v, first = kk, vv, false
-		}
-	}
-	return k
 }
 
 func nowMs() int64 { return time.Now().UnixMilli() }
