@@ -38,5 +38,7 @@
 // loop guards, the bounds on backend logins in progress and, once the
 // backend has accepted the password, the per-user session limits. Every
 // refusal has its IMAP answer and is logged at most once a minute per
-// client address.
+// client address. Before routing, a Server.Limiter (limit.go; package
+// limits) may delay a login or block it, and is told every failure and
+// success: failed logins limited per address and user across the fleet.
 package proxy
