@@ -11,17 +11,19 @@
 // monitoring sees.
 //
 // A Settler closes that gap: once the process has been quiet for a moment
-// and holds much more memory than its live heap needs, it runs one
-// collection and returns the freed pages to the system at once
-// (debug.FreeOSMemory: the runtime's own scavenger would keep most of them
-// for a heap goal sized to the burst). It costs one collection per burst,
-// never more than one per MinInterval, and nothing while the process is
-// busy: then Go's own pacing (GOGC, GOMEMLIMIT, both left to the operator)
-// is in charge.
+// and holds much more memory than its live heap needs, it collects and
+// returns the freed pages to the system at once (debug.FreeOSMemory: the
+// runtime's own scavenger would keep most of them for a heap goal sized to
+// the burst). It collects twice, so that the buffers the burst left in
+// sync.Pools go too (a pool keeps them for one collection). It costs two
+// collections per burst, never more than once per MinInterval, and
+// nothing while the process is busy: then Go's own pacing (GOGC,
+// GOMEMLIMIT, both left to the operator) is in charge.
 package gcpolicy
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -47,7 +49,7 @@ type Settler struct {
 	// (30s), which bounds their cost for a process whose bursts come and go.
 	MinInterval time.Duration
 
-	collect func() // debug.FreeOSMemory; tests replace it
+	collect func() // settle; tests replace it
 
 	// State, from the samples so far.
 	allocs    uint64        // cumulative heap allocation, bytes
@@ -73,8 +75,16 @@ func (s *Settler) defaults() {
 		s.MinInterval = 30 * time.Second
 	}
 	if s.collect == nil {
-		s.collect = debug.FreeOSMemory
+		s.collect = settle
 	}
+}
+
+// settle collects twice, the second time returning every free page: the
+// first collection moves what sync.Pools hold to their victim caches, the
+// second frees it.
+func settle() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // Run samples the runtime's metrics every Interval until ctx is done and
