@@ -355,16 +355,20 @@ func TestTreeCPU(t *testing.T) {
 	if child < 0.05 {
 		t.Fatalf("the child burnt only %v s; make the loop longer", child)
 	}
+	// CPU times are whole ticks of 10 ms; their differences, as float64
+	// seconds, are off by rounding (0.6 - 1e-16): compare within half a
+	// tick.
+	const tick = 0.005
 	live, liveFlat := cpuOf(t, tree)-before, cpuOf(t, flat)-flatBefore
-	if live < child {
+	if live < child-tick {
 		t.Fatalf("tree CPU %v s < the live child's %v s", live, child)
 	}
-	if liveFlat >= child {
+	if liveFlat >= child-tick {
 		t.Fatalf("without Tree, the live child's %v s were counted (%v s)", child, liveFlat)
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	if reaped := cpuOf(t, flat) - flatBefore; reaped < child {
+	if reaped := cpuOf(t, flat) - flatBefore; reaped < child-tick {
 		t.Fatalf("reaped child's %v s not in the parent's cutime (%v s)", child, reaped)
 	}
 }
