@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 )
@@ -140,6 +141,12 @@ func (pl *poller) run() {
 			if resume != nil {
 				go resume()
 			}
+		}
+		if n > 1 {
+			// Let this batch run before taking the next: when many
+			// sessions wake at once, the goroutines (and stacks) in
+			// flight stay about one batch, not one per session.
+			runtime.Gosched()
 		}
 	}
 }

@@ -105,6 +105,53 @@ func testSpliceParks(t *testing.T, backendTLS bool) {
 	checkGoroutines(t, g)
 }
 
+// A direction woken for a little data (an IDLE notification) parks again
+// at once, not after parkAfter: Dovecot wakes all the IDLE sessions of
+// one client address together. One that carries a burst keeps its
+// goroutine for parkAfter, as a busy direction does.
+func TestSpliceWokenParksQuickly(t *testing.T) {
+	needPoller(t)
+	defer SetParkAfter(600 * time.Millisecond)()
+	g := runtime.NumGoroutine()
+	p := &splicer{poller: testPoller}
+	client, backend, res := startSplice(t, context.Background(), p, true, false)
+	defer client.Close()
+	defer backend.Close()
+	down := &p.dirs[dirDown]
+	parkedWithin := func(d time.Duration) bool {
+		for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if down.state.Load() == dirParked {
+				return true
+			}
+		}
+		return false
+	}
+	if !parkedWithin(5 * time.Second) {
+		t.Fatal("the idle direction did not park")
+	}
+	const note = "* OK Still here\r\n"
+	io.WriteString(backend, note)
+	buf := make([]byte, 64<<10)
+	if _, err := io.ReadFull(client, buf[:len(note)]); err != nil {
+		t.Fatal(err)
+	}
+	if !parkedWithin(parkAfter / 3) {
+		t.Errorf("a direction woken for %d bytes still runs %v later", len(note), parkAfter/3)
+	}
+	backend.Write(buf) // well over quickBytes
+	if _, err := io.ReadFull(client, buf); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(parkAfter / 4)
+	if down.state.Load() == dirParked {
+		t.Errorf("a direction that carried %d bytes parked within %v", len(buf), parkAfter/4)
+	}
+	backend.Close()
+	client.Close()
+	waitSplice(t, res)
+	checkGoroutines(t, g)
+}
+
 // Closing a session whose direction is parked (a kick, shutdown) ends it at
 // once, although the closed socket raises no event.
 func TestSpliceParkedCancel(t *testing.T) {

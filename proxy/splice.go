@@ -29,7 +29,8 @@ import (
 //     parkAfter gives up its goroutine (and its buffer) and waits in the
 //     server's epoll set instead. Both directions park, so an idle session
 //     holds no goroutine at all; the idle timeout is a timer, and the
-//     session ends in whichever goroutine ends its last direction.
+//     session ends in whichever goroutine ends its last direction. A
+//     direction woken for a little data parks again after parkQuick.
 //
 // io.Copy and io.CopyBuffer are avoided on purpose: with a *net.TCPConn on
 // either side they pick ReadFrom/WriteTo and allocate 32 KiB per direction
@@ -51,6 +52,18 @@ var halfCloseGrace = 30 * time.Second
 var parkAfter = defaultParkAfter
 
 const defaultParkAfter = time.Second
+
+// A direction that the poller woke for a little data (an IDLE
+// notification, a command) parks again after parkQuick rather than
+// parkAfter, until it has carried more than quickBytes: Dovecot sends
+// "* OK Still here" to all the IDLE sessions of one client address at
+// the same moment, and behind a proxy that is every session, so a second
+// of goroutines for each of them would be a spike of thousands of stacks
+// every two minutes.
+const (
+	parkQuick  = 2 * time.Millisecond
+	quickBytes = 4 << 10
+)
 
 // A direction's state. The zero value is running: a direction that has not
 // started yet is not parked, so closeBoth leaves it to end by itself.
@@ -211,7 +224,7 @@ func (p *splicer) start(ctx context.Context, client, backend net.Conn, done func
 		}
 		d.resume = func() {
 			if d.state.CompareAndSwap(dirParked, dirRunning) {
-				p.run(d)
+				p.run(d, true)
 			}
 		}
 	}
@@ -224,26 +237,27 @@ func (p *splicer) start(ctx context.Context, client, backend net.Conn, done func
 	}
 	p.live.Store(2)
 	p.stopCtx = context.AfterFunc(ctx, p.closeBoth)
-	go p.run(&p.dirs[dirDown])
-	p.run(&p.dirs[dirUp])
+	go p.run(&p.dirs[dirDown], false)
+	p.run(&p.dirs[dirUp], false)
 }
 
-// run copies d until it parks or ends. spliceToBackend and spliceToClient
-// exist so that stack dumps say which direction a goroutine copies.
-func (p *splicer) run(d *direction) {
+// run copies d until it parks or ends; woken says that the poller resumed
+// it. spliceToBackend and spliceToClient exist so that stack dumps say
+// which direction a goroutine copies.
+func (p *splicer) run(d *direction, woken bool) {
 	if d == &p.dirs[dirUp] {
-		p.spliceToBackend()
+		p.spliceToBackend(woken)
 	} else {
-		p.spliceToClient()
+		p.spliceToClient(woken)
 	}
 }
 
-func (p *splicer) spliceToBackend() { p.copyDir(&p.dirs[dirUp]) }
+func (p *splicer) spliceToBackend(woken bool) { p.copyDir(&p.dirs[dirUp], woken) }
 
-func (p *splicer) spliceToClient() { p.copyDir(&p.dirs[dirDown]) }
+func (p *splicer) spliceToClient(woken bool) { p.copyDir(&p.dirs[dirDown], woken) }
 
-func (p *splicer) copyDir(d *direction) {
-	err := p.copy(d)
+func (p *splicer) copyDir(d *direction, woken bool) {
+	err := p.copy(d, newLinger(woken))
 	if err == errParked {
 		return // the poller resumes the direction in a new goroutine
 	}
@@ -305,12 +319,12 @@ func (p *splicer) park(d *direction) bool {
 }
 
 // copy runs d's copy loop until it ends or parks.
-func (p *splicer) copy(d *direction) error {
+func (p *splicer) copy(d *direction, l linger) error {
 	src, _ := p.ends(d)
 	if tc, ok := src.(*net.TCPConn); ok {
-		return p.copyFromTCP(d, tc)
+		return p.copyFromTCP(d, tc, l)
 	}
-	return p.copyBuffered(d, src)
+	return p.copyBuffered(d, src, l)
 }
 
 // finish is called when the copy into dst has ended with err (nil = EOF).
@@ -404,23 +418,48 @@ func (p *splicer) readFailed(d *direction, err error) (again bool, _ error) {
 	return false, err
 }
 
-// armPark sets the read deadline after which a parking direction parks,
-// parkAfter from now, and returns when it did. While data flows it does so
-// at most once per parkAfter/4 rather than before every read, so a
-// direction parks between 3/4 parkAfter and parkAfter after its last read.
-func armPark(src net.Conn, armed time.Time) time.Time {
-	now := time.Now()
-	if now.Sub(armed) < parkAfter/4 {
-		return armed
+// A linger is how long a copy loop of a parking direction waits for more
+// data before the direction parks: parkQuick for a direction that the
+// poller woke, until it has carried more than quickBytes, else parkAfter.
+type linger struct {
+	wait    time.Duration
+	carried int
+	armed   time.Time // when the read deadline was last set
+}
+
+func newLinger(woken bool) linger {
+	if woken {
+		return linger{wait: parkQuick}
 	}
-	src.SetReadDeadline(now.Add(parkAfter))
-	return now
+	return linger{wait: parkAfter}
+}
+
+// arm sets src's read deadline to wait from now. While data flows it does
+// so at most once per wait/4 rather than before every read, so a direction
+// parks between 3/4 wait and wait after its last read.
+func (l *linger) arm(src net.Conn) {
+	now := time.Now()
+	if now.Sub(l.armed) < l.wait/4 {
+		return
+	}
+	src.SetReadDeadline(now.Add(l.wait))
+	l.armed = now
+}
+
+// carry counts n bytes read: a woken direction that carries more than a
+// little is busy, and waits parkAfter from now on.
+func (l *linger) carry(n int) {
+	l.carried += n
+	if l.wait == parkQuick && l.carried > quickBytes {
+		l.wait = parkAfter
+		l.armed = time.Time{}
+	}
 }
 
 // copyFromTCP copies from a plain TCP source without holding a buffer while
 // waiting: the buffer is taken from the pool only inside the readiness
 // callback, once the socket has data.
-func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
+func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn, l linger) error {
 	rc := d.rc
 	if rc == nil {
 		var err error
@@ -428,13 +467,12 @@ func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
 			return err
 		}
 	}
-	var armed time.Time
 	for {
 		var bp *[]byte
 		var n int
 		var rerr error
 		if d.rc != nil {
-			armed = armPark(src, armed)
+			l.arm(src)
 		}
 		err := rc.Read(func(fd uintptr) bool {
 			bp = tcpBufPool.Get().(*[]byte)
@@ -459,6 +497,7 @@ func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
 		}
 		if n > 0 {
 			p.touch()
+			l.carry(n)
 			if _, werr := p.write(d, (*bp)[:n]); werr != nil {
 				tcpBufPool.Put(bp)
 				return werr
@@ -474,7 +513,7 @@ func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
 			if again, err := p.readFailed(d, err); !again {
 				return err
 			}
-			armed = time.Time{} // the parking did not take: a new deadline
+			l.armed = time.Time{} // the parking did not take: a new deadline
 		}
 	}
 }
@@ -482,7 +521,7 @@ func (p *splicer) copyFromTCP(d *direction, src *net.TCPConn) error {
 // copyBuffered copies from a source with its own buffering (a *tls.Conn,
 // or any other net.Conn): it blocks on a small buffer and uses a pooled
 // 16 KiB one only while reads fill the buffer they are given.
-func (p *splicer) copyBuffered(d *direction, src net.Conn) error {
+func (p *splicer) copyBuffered(d *direction, src net.Conn, l linger) error {
 	sp := smallBufPool.Get().(*[]byte)
 	small := *sp
 	buf := small
@@ -494,14 +533,14 @@ func (p *splicer) copyBuffered(d *direction, src net.Conn) error {
 			spliceBufPool.Put(big)
 		}
 	}()
-	var armed time.Time
 	for {
 		if d.rc != nil {
-			armed = armPark(src, armed)
+			l.arm(src)
 		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			p.touch()
+			l.carry(n)
 			if _, werr := p.write(d, buf[:n]); werr != nil {
 				return werr
 			}
@@ -531,7 +570,7 @@ func (p *splicer) copyBuffered(d *direction, src net.Conn) error {
 			if again, err := p.readFailed(d, rerr); !again {
 				return err
 			}
-			armed = time.Time{} // the parking did not take: a new deadline
+			l.armed = time.Time{} // the parking did not take: a new deadline
 		}
 	}
 }
