@@ -50,7 +50,7 @@ type abuse struct {
 	preauth   map[netip.Prefix]int           // sessions not logged in, by client address
 	inflight  map[string]int                 // backend logins in progress, by backend
 	total     int                            // the same, in all
-	upstreams map[netip.AddrPort]struct{}    // local ends of our backend logins in progress
+	upstreams map[[2]netip.AddrPort]struct{} // local and remote ends of our backend logins in progress
 	own       map[netip.AddrPort]string      // listening addresses -> listener name
 	ownPorts  map[uint16]string              // ports listened on every address
 	logs      map[limitLogKey]*limitLogEntry // last log line per kind and address
@@ -273,28 +273,32 @@ func (s *Server) localAddr(a netip.Addr) bool {
 // ownUpstream reports whether a is the local end of one of this proxy's
 // backend logins in progress: the connection is this proxy logging in to
 // itself.
-func (s *Server) ownUpstream(a netip.AddrPort) bool {
-	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+func (s *Server) ownUpstream(peer, local netip.AddrPort) bool {
 	ab := &s.ab
 	ab.mu.Lock()
 	defer ab.mu.Unlock()
-	_, ok := ab.upstreams[a]
+	_, ok := ab.upstreams[[2]netip.AddrPort{unmapped(peer), unmapped(local)}]
 	return ok
 }
 
-// connected records the local end of a backend login until done is called.
-func (s *Server) connected(local netip.AddrPort) (done func()) {
-	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+func unmapped(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+
+// connected records both ends of a backend login's connection until done
+// is called. Both, not only the local end: on one host a client's source
+// port may equal the local port of a connection of ours to another
+// address (Linux allows it), and that client is no loop.
+func (s *Server) connected(local, remote netip.AddrPort) (done func()) {
+	key := [2]netip.AddrPort{unmapped(local), unmapped(remote)}
 	ab := &s.ab
 	ab.mu.Lock()
 	if ab.upstreams == nil {
-		ab.upstreams = make(map[netip.AddrPort]struct{})
+		ab.upstreams = make(map[[2]netip.AddrPort]struct{})
 	}
-	ab.upstreams[local] = struct{}{}
+	ab.upstreams[key] = struct{}{}
 	ab.mu.Unlock()
 	return func() {
 		ab.mu.Lock()
-		delete(ab.upstreams, local)
+		delete(ab.upstreams, key)
 		ab.mu.Unlock()
 	}
 }
@@ -334,7 +338,7 @@ func (s *Server) beginBackendLogin(b *routing.Backend) (done func(), ok bool, wh
 // limits: those are only told to a client that knows the password.
 func (s *session) backendLogin(b *routing.Backend, user, password string) (*upstream.Result, error) {
 	srv := s.srv
-	if s.ab.loop == "" && srv.ownUpstream(s.ab.peer) {
+	if s.ab.loop == "" && srv.ownUpstream(s.ab.peer, addrPort(s.raw.LocalAddr())) {
 		// Checked at login, not at accept: the login that connected here
 		// is recorded once its connect returns, which may be after the
 		// accept, but always before it sends anything.

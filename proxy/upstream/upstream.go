@@ -127,8 +127,8 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 		return nil, fmt.Errorf("upstream: %s: connect: %w", b, err)
 	}
 	raw := nc.(*net.TCPConn)
-	if h, ok := ctx.Value(connectedKey{}).(func(local netip.AddrPort) func()); ok {
-		done := h(raw.LocalAddr().(*net.TCPAddr).AddrPort())
+	if h, ok := ctx.Value(connectedKey{}).(func(local, remote netip.AddrPort) func()); ok {
+		done := h(raw.LocalAddr().(*net.TCPAddr).AddrPort(), raw.RemoteAddr().(*net.TCPAddr).AddrPort())
 		defer done()
 	}
 	if b.ProxyProtocol {
@@ -173,11 +173,11 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 type connectedKey struct{}
 
 // WithConnected returns a context that makes Login call connected with
-// the local address of its backend connection as soon as it is
-// connected, and the function connected returns when Login returns. A
+// the local and remote addresses of its backend connection as soon as it
+// is connected, and the function connected returns when Login returns. A
 // proxy uses it to recognise its own logins coming back to it (a routing
 // loop).
-func WithConnected(ctx context.Context, connected func(local netip.AddrPort) (done func())) context.Context {
+func WithConnected(ctx context.Context, connected func(local, remote netip.AddrPort) (done func())) context.Context {
 	return context.WithValue(ctx, connectedKey{}, connected)
 }
 
