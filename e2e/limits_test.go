@@ -3,12 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"crypto/md5"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -472,7 +466,7 @@ func TestBruteForceLoad(t *testing.T) {
 	}
 
 	// Redis: no password, no unsalted hash, in any key or value.
-	dump := dumpRedis(t, e.rdb)
+	dump := testsrv.DumpRedis(t, e.rdb)
 	if !strings.Contains(dump, "bf:pw:{alice@example.test}") {
 		t.Errorf("no wrong-password hashes in Redis:\n%.2000s", dump)
 	}
@@ -525,42 +519,6 @@ func commandStats(t *testing.T, rdb redis.UniversalClient) map[string]int64 {
 	return out
 }
 
-// dumpRedis returns every key of a standalone server with its value.
-func dumpRedis(t *testing.T, rdb redis.UniversalClient) string {
-	t.Helper()
-	ctx := context.Background()
-	var b strings.Builder
-	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
-		typ, _ := rdb.Type(ctx, k).Result()
-		var v any
-		var err error
-		switch typ {
-		case "string":
-			v, err = rdb.Get(ctx, k).Result()
-		case "hash":
-			v, err = rdb.HGetAll(ctx, k).Result()
-		case "zset":
-			v, err = rdb.ZRangeWithScores(ctx, k, 0, -1).Result()
-		case "set":
-			v, err = rdb.SMembers(ctx, k).Result()
-		case "list":
-			v, err = rdb.LRange(ctx, k, 0, -1).Result()
-		default:
-			v = typ
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "%s (%s) = %v\n", k, typ, v)
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
-}
-
 // findSecrets names the first password, or unsalted hash of one (MD5,
 // SHA-1, SHA-256, SHA-512; hex, its first 16 digits, or base64), among
 // the words of dump.
@@ -574,24 +532,14 @@ func findSecrets(dump string, passwords []string) string {
 		if words[pw] {
 			return fmt.Sprintf("the password %q", pw)
 		}
-		for name, sum := range map[string][]byte{
-			"md5": md5Sum(pw), "sha1": sha1Sum(pw), "sha256": sha256Sum(pw), "sha512": sha512Sum(pw),
-		} {
-			h := hex.EncodeToString(sum)
-			for _, form := range []string{h, h[:16], base64.StdEncoding.EncodeToString(sum), base64.RawStdEncoding.EncodeToString(sum)} {
-				if words[form] {
-					return fmt.Sprintf("the %s of %q (%s)", name, pw, form)
-				}
+		for _, h := range testsrv.UnsaltedHashes(pw) {
+			if words[h.Form] {
+				return fmt.Sprintf("the %s of %q (%s)", h.Name, pw, h.Form)
 			}
 		}
 	}
 	return ""
 }
-
-func md5Sum(s string) []byte    { h := md5.Sum([]byte(s)); return h[:] }
-func sha1Sum(s string) []byte   { h := sha1.Sum([]byte(s)); return h[:] }
-func sha256Sum(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
-func sha512Sum(s string) []byte { h := sha512.Sum512([]byte(s)); return h[:] }
 
 // TestBruteForceRedisDown: with Redis hanging, the limiter answers
 // within routing.lookup_timeout, and at once for the next logins:

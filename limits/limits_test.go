@@ -3,12 +3,6 @@ package limits
 import (
 	"bytes"
 	"context"
-	"crypto/md5"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -294,48 +288,13 @@ func TestNoSecretsInRedis(t *testing.T) {
 	}
 	l.Succeeded(addrK, "user1@example.com")
 	time.Sleep(100 * time.Millisecond)
-	dump := dumpRedis(t, rdb)
+	dump := testsrv.DumpRedis(t, rdb)
 	if !strings.Contains(dump, "bf:pw:{user1@example.com}") {
 		t.Fatalf("no wrong-password hashes stored:\n%s", dump)
 	}
 	if f := findSecrets(dump, passwords); f != "" {
 		t.Fatalf("Redis holds %s:\n%s", f, dump)
 	}
-}
-
-// dumpRedis returns every key of a standalone server with its value.
-func dumpRedis(t testing.TB, rdb redis.UniversalClient) string {
-	t.Helper()
-	var b strings.Builder
-	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
-		typ, _ := rdb.Type(ctx, k).Result()
-		var v any
-		var err error
-		switch typ {
-		case "string":
-			v, err = rdb.Get(ctx, k).Result()
-		case "hash":
-			v, err = rdb.HGetAll(ctx, k).Result()
-		case "zset":
-			v, err = rdb.ZRangeWithScores(ctx, k, 0, -1).Result()
-		case "set":
-			v, err = rdb.SMembers(ctx, k).Result()
-		case "list":
-			v, err = rdb.LRange(ctx, k, 0, -1).Result()
-		default:
-			v = typ
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "%s (%s) = %v\n", k, typ, v)
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
 }
 
 // findSecrets names the first password, or unsalted hash of one (MD5,
@@ -347,24 +306,14 @@ func findSecrets(dump string, passwords []string) string {
 		if strings.Contains(dump, pw) {
 			return fmt.Sprintf("the password %q", pw)
 		}
-		for name, sum := range map[string][]byte{
-			"md5": md5Sum(pw), "sha1": sha1Sum(pw), "sha256": sha256Sum(pw), "sha512": sha512Sum(pw),
-		} {
-			h := hex.EncodeToString(sum)
-			for _, form := range []string{h, h[:16], base64.StdEncoding.EncodeToString(sum), base64.RawStdEncoding.EncodeToString(sum)} {
-				if strings.Contains(low, strings.ToLower(form)) {
-					return fmt.Sprintf("the %s of %q (%s)", name, pw, form)
-				}
+		for _, h := range testsrv.UnsaltedHashes(pw) {
+			if strings.Contains(low, strings.ToLower(h.Form)) {
+				return fmt.Sprintf("the %s of %q (%s)", h.Name, pw, h.Form)
 			}
 		}
 	}
 	return ""
 }
-
-func md5Sum(s string) []byte    { h := md5.Sum([]byte(s)); return h[:] }
-func sha1Sum(s string) []byte   { h := sha1.Sum([]byte(s)); return h[:] }
-func sha256Sum(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
-func sha512Sum(s string) []byte { h := sha512.Sum512([]byte(s)); return h[:] }
 
 // TestRedisDown: failing open, the limiter answers at once from this
 // proxy's own counters (which saw the failures) while Redis is gone, and
