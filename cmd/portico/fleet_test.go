@@ -5,14 +5,12 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/portico-mail/portico/internal/testsrv"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // imapConn is a hand-driven client for the fleet test.
@@ -65,16 +63,11 @@ func TestFleetOperations(t *testing.T) {
 	d1 := testsrv.StartDovecot(t, testsrv.DovecotOptions{Users: map[string]string{user: pass}})
 	d2 := testsrv.StartDovecot(t, testsrv.DovecotOptions{Users: map[string]string{user: pass}})
 	dir := t.TempDir()
-	cert, _ := ptls.SelfSigned("localhost")
-	ptls.WritePEM(cert, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
 	imaps := freeAddr(t)
 	cfg := `
 listeners:
   - {name: imaps, mode: imaps, address: "` + imaps + `"}
-tls:
-  certificates:
-    - {cert_file: ` + dir + `/cert.pem, key_file: ` + dir + `/key.pem}
-routing:
+` + certFiles(t, dir) + `routing:
   redis: {addrs: ["` + r.Addr + `"]}
   health: {interval: 1s, timeout: 500ms}
 backends:

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/portico-mail/portico/internal/membackend"
 	"github.com/portico-mail/portico/internal/testsrv"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // TestLimitsCommand drives a running `portico serve` into its
@@ -28,16 +26,11 @@ func TestLimitsCommand(t *testing.T) {
 	}
 	t.Cleanup(func() { mem.Close() })
 	dir := t.TempDir()
-	cert, _ := ptls.SelfSigned("localhost")
-	ptls.WritePEM(cert, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
 	imaps := freeAddr(t)
 	p := writeConfig(t, dir, `
 listeners:
   - {name: imaps, mode: imaps, address: "`+imaps+`"}
-tls:
-  certificates:
-    - {cert_file: `+dir+`/cert.pem, key_file: `+dir+`/key.pem}
-limits:
+`+certFiles(t, dir)+`limits:
   auth_failure_delay: 10ms
   max_auth_failures: 100
   brute_force:

@@ -283,17 +283,12 @@ func TestServe(t *testing.T) {
 	}
 	defer be.Close()
 	dir := t.TempDir()
-	cert, _ := ptls.SelfSigned("localhost")
-	ptls.WritePEM(cert, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
 	imaps, imap := freeAddr(t), freeAddr(t)
 	cfg := `
 listeners:
   - {name: imaps, mode: imaps, address: "` + imaps + `"}
   - {name: imap, mode: imap, address: "` + imap + `"}
-tls:
-  certificates:
-    - {cert_file: ` + dir + `/cert.pem, key_file: ` + dir + `/key.pem}
-routing:
+` + certFiles(t, dir) + `routing:
   default_domain: example.test
   static:
     - {user: carol@example.test, backend: mem}

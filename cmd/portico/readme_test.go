@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/portico-mail/portico/internal/membackend"
 	"github.com/portico-mail/portico/internal/testsrv"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // defaultConfig is the config path the documentation's examples use; the
@@ -78,17 +76,12 @@ func TestDocumentedCommands(t *testing.T) {
 		addrs = append(addrs, be.Addr())
 	}
 	dir := t.TempDir()
-	cert, _ := ptls.SelfSigned("localhost")
-	ptls.WritePEM(cert, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
 	imaps := freeAddr(t)
 	// The names are the README's: backends imap1 and imap2 in pool main.
 	p := writeConfig(t, dir, `
 listeners:
   - {name: imaps, mode: imaps, address: "`+imaps+`"}
-tls:
-  certificates:
-    - {cert_file: `+dir+`/cert.pem, key_file: `+dir+`/key.pem}
-routing:
+`+certFiles(t, dir)+`routing:
   default_domain: example.com
   redis: {addrs: ["`+r.Addr+`"]}
   pools:
