@@ -137,7 +137,7 @@ func Move(ctx context.Context, client redis.UniversalClient, prefix string, rout
 	// Announce the hold before the route changes: proxies learn of it
 	// from the message, or from the moves hash if they miss it, and hold
 	// the user's logins without reading Redis for every login.
-	if err := drainSetScript.Run(ctx, client, []string{k.moves}, user, announced, (hold + drainGrace).Milliseconds()).Err(); err != nil {
+	if err := hsetKeepScript.Run(ctx, client, []string{k.moves}, user, announced, (hold + drainGrace).Milliseconds()).Err(); err != nil {
 		return fmt.Errorf("fleet: move %q: announce hold: %w", user, err)
 	}
 	kick := func() error {
@@ -245,9 +245,10 @@ return 0`)
 // proxies that reconnect just after it.
 const drainGrace = time.Minute
 
-// drainSetScript stores field ARGV[1] = ARGV[2] and extends the key's TTL
-// to at least ARGV[3] ms; drain-kicks and announced moves use it.
-var drainSetScript = redis.NewScript(`
+// hsetKeepScript stores field ARGV[1] = ARGV[2] and extends the key's TTL
+// to at least ARGV[3] ms, so that the hash lives as long as its
+// longest-lived field: the pending drain-kicks and the announced moves.
+var hsetKeepScript = redis.NewScript(`
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 0`)
@@ -265,7 +266,7 @@ func DrainKick(ctx context.Context, client redis.UniversalClient, prefix, backen
 	k := keysFor(prefix)
 	dl, w := deadline.UnixMilli(), window.Milliseconds()
 	ttl := max(time.Until(deadline)+window+drainGrace, drainGrace)
-	err := drainSetScript.Run(ctx, client, []string{k.drains}, backend,
+	err := hsetKeepScript.Run(ctx, client, []string{k.drains}, backend,
 		strconv.FormatInt(dl, 10)+" "+strconv.FormatInt(w, 10), ttl.Milliseconds()).Err()
 	if err == nil {
 		err = publish(ctx, client, k, message{Op: opDrain, Backend: backend, Deadline: dl, Window: w})
