@@ -8,13 +8,27 @@ import (
 	"github.com/portico-mail/portico/internal/app"
 )
 
+// runCheckConfig validates a config the way serve would load it, without
+// opening a socket or contacting Redis, a backend or an ACME CA, so that
+// it can run as systemd's ExecStartPre (and before `portico reload`): exit
+// 0 when serve would start, 1 naming the key at fault, 2 for a usage
+// error. The file comes as FILE or, like every other command, -config.
 func runCheckConfig(args []string) error {
-	fs := newFlagSet("check-config", "FILE\n\nValidates FILE; exits non-zero naming the offending key, and prints warnings for risky settings.")
-	pos, help, err := parseArgs(fs, args, "FILE")
+	fs := newFlagSet("check-config", "FILE | -config FILE\n\nValidates FILE; exits non-zero naming the offending key, and prints warnings for risky settings.")
+	flagFile := fs.String("config", "", "configuration `file` (instead of FILE)")
+	pos, help, err := parseArgs(fs, args, "[FILE]")
 	if help || err != nil {
 		return err
 	}
-	file := pos[0]
+	file := *flagFile
+	switch {
+	case len(pos) == 1 && file != "" && pos[0] != file:
+		return usageError(fs, "FILE %q and -config %q: give one", pos[0], file)
+	case len(pos) == 1:
+		file = pos[0]
+	case file == "":
+		return usageError(fs, "missing FILE (or -config FILE)")
+	}
 	cfg, err := config.Load(file)
 	if err != nil {
 		return err
