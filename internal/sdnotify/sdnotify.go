@@ -123,10 +123,17 @@ func (n *Notifier) MainPID(pid int, status string) error {
 // variable is unset, or $WATCHDOG_PID names another process (the watchdog
 // was meant for a parent that passed its environment on).
 func WatchdogInterval() (time.Duration, error) {
-	return watchdogInterval(os.Getenv("WATCHDOG_USEC"), os.Getenv("WATCHDOG_PID"), os.Getpid())
+	return watchdogInterval(os.Getenv("WATCHDOG_USEC"), os.Getenv("WATCHDOG_PID"), os.Getpid(), 0)
 }
 
-func watchdogInterval(usec, pid string, self int) (time.Duration, error) {
+// WatchdogIntervalAfter is WatchdogInterval for a process that has taken
+// the service over from process predecessor (a binary upgrade, after
+// MainPID): $WATCHDOG_PID, inherited from it, still names it.
+func WatchdogIntervalAfter(predecessor int) (time.Duration, error) {
+	return watchdogInterval(os.Getenv("WATCHDOG_USEC"), os.Getenv("WATCHDOG_PID"), os.Getpid(), predecessor)
+}
+
+func watchdogInterval(usec, pid string, self, predecessor int) (time.Duration, error) {
 	if usec == "" {
 		return 0, nil
 	}
@@ -135,7 +142,7 @@ func watchdogInterval(usec, pid string, self int) (time.Duration, error) {
 		if err != nil {
 			return 0, fmt.Errorf("sdnotify: WATCHDOG_PID %q: %w", pid, err)
 		}
-		if p != self {
+		if p != self && (predecessor == 0 || p != predecessor) {
 			return 0, nil
 		}
 	}

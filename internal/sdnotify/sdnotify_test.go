@@ -165,28 +165,38 @@ func TestSendErrors(t *testing.T) {
 
 func TestWatchdogInterval(t *testing.T) {
 	for _, c := range []struct {
-		usec, pid string
-		want      time.Duration
-		err       bool
+		usec, pid   string
+		predecessor int
+		want        time.Duration
+		err         bool
 	}{
-		{"", "", 0, false},
-		{"", "100", 0, false},
-		{"30000000", "", 30 * time.Second, false},
-		{"30000000", "100", 30 * time.Second, false},
-		{"30000000", "101", 0, false}, // meant for another process
-		{"x", "", 0, true},
-		{"0", "", 0, true},
-		{"30000000", "x", 0, true},
+		{"", "", 0, 0, false},
+		{"", "100", 0, 0, false},
+		{"30000000", "", 0, 30 * time.Second, false},
+		{"30000000", "100", 0, 30 * time.Second, false},
+		{"30000000", "101", 0, 0, false},                  // meant for another process
+		{"30000000", "101", 101, 30 * time.Second, false}, // ours since the upgrade
+		{"30000000", "102", 101, 0, false},
+		{"x", "", 0, 0, true},
+		{"0", "", 0, 0, true},
+		{"30000000", "x", 0, 0, true},
 	} {
-		got, err := watchdogInterval(c.usec, c.pid, 100)
+		got, err := watchdogInterval(c.usec, c.pid, 100, c.predecessor)
 		if got != c.want || (err != nil) != c.err {
-			t.Errorf("WATCHDOG_USEC=%q WATCHDOG_PID=%q: got %v, %v; want %v, error %v", c.usec, c.pid, got, err, c.want, c.err)
+			t.Errorf("WATCHDOG_USEC=%q WATCHDOG_PID=%q predecessor %d: got %v, %v; want %v, error %v", c.usec, c.pid, c.predecessor, got, err, c.want, c.err)
 		}
 	}
 	t.Setenv("WATCHDOG_USEC", "2000000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	if d, err := WatchdogInterval(); d != 2*time.Second || err != nil {
 		t.Errorf("WatchdogInterval() = %v, %v", d, err)
+	}
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getppid()))
+	if d, err := WatchdogInterval(); d != 0 || err != nil {
+		t.Errorf("WatchdogInterval() for the parent = %v, %v", d, err)
+	}
+	if d, err := WatchdogIntervalAfter(os.Getppid()); d != 2*time.Second || err != nil {
+		t.Errorf("WatchdogIntervalAfter(parent) = %v, %v", d, err)
 	}
 }
 
