@@ -136,7 +136,7 @@ func (s *Server) clientKey(a netip.Addr) netip.Prefix {
 	a = a.Unmap()
 	bits := a.BitLen()
 	if a.Is6() {
-		bits = s.limits.IPv6Prefix
+		bits = s.current().limits.IPv6Prefix
 	}
 	p, err := a.Prefix(bits)
 	if err != nil {
@@ -147,7 +147,7 @@ func (s *Server) clientKey(a netip.Addr) netip.Prefix {
 
 func (s *Server) trusted(a netip.Addr) bool {
 	a = a.Unmap()
-	for _, p := range s.TrustedNetworks {
+	for _, p := range s.current().trusted {
 		if p.Contains(a) {
 			return true
 		}
@@ -158,7 +158,7 @@ func (s *Server) trusted(a netip.Addr) bool {
 // countPreauth counts a session that has not logged in under its client
 // address, and reports false when that address has too many already.
 func (s *Server) countPreauth(sess *session) bool {
-	max := s.limits.MaxPreauthPerIP
+	max := sess.set.limits.MaxPreauthPerIP
 	if max <= 0 {
 		return true
 	}
@@ -212,6 +212,24 @@ func (s *Server) addListener(addr net.Addr, name string) {
 		a.ownPorts[ap.Port()] = name
 	} else {
 		a.own[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = name
+	}
+}
+
+// removeListener forgets an address recorded by addListener: a listener
+// removed by a reload no longer makes a backend at its address a loop.
+func (s *Server) removeListener(addr net.Addr) {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return
+	}
+	ap := ta.AddrPort()
+	a := &s.ab
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ap.Addr().IsUnspecified() {
+		delete(a.ownPorts, ap.Port())
+	} else {
+		delete(a.own, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
 }
 
@@ -310,10 +328,11 @@ func (s *Server) beginBackendLogin(b *routing.Backend) (done func(), ok bool, wh
 	a := &s.ab
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if max := s.limits.MaxLoginsInProgress; max > 0 && a.total >= max {
+	lim := &s.current().limits
+	if max := lim.MaxLoginsInProgress; max > 0 && a.total >= max {
 		return nil, false, fmt.Sprintf("%d backend logins in progress in all (limits.max_logins_in_progress)", a.total)
 	}
-	if max := s.limits.MaxLoginsPerBackend; max > 0 && a.inflight[key] >= max {
+	if max := lim.MaxLoginsPerBackend; max > 0 && a.inflight[key] >= max {
 		return nil, false, fmt.Sprintf("%d logins in progress to this backend (limits.max_logins_in_progress_per_backend)", a.inflight[key])
 	}
 	if a.inflight == nil {
@@ -354,7 +373,7 @@ func (s *session) backendLogin(b *routing.Backend, user, password string) (*upst
 			"user", user, "backend", b.String(), "listener", name)
 		return nil, errRefused
 	}
-	if n, max := s.loginsInProgress(user), srv.limits.MaxSessionsPerUserIP; max > 0 && n >= max {
+	if n, max := s.loginsInProgress(user), s.set.limits.MaxSessionsPerUserIP; max > 0 && n >= max {
 		// More logins of the user from this address under way than it may
 		// have sessions: a routing loop through something that passes no
 		// ID (each hop adds one), or a client gone wild.
@@ -370,7 +389,7 @@ func (s *session) backendLogin(b *routing.Backend, user, password string) (*upst
 		return nil, errRefused
 	}
 	ctx := upstream.WithConnected(srv.ctx, srv.connected)
-	res, err := srv.login()(ctx, b, user, password, s.idInfo())
+	res, err := s.set.login(ctx, b, user, password, s.idInfo())
 	done()
 	if err != nil {
 		return nil, err
@@ -404,7 +423,7 @@ func (s *session) loginsInProgress(user string) int {
 // here without it) to a login the backend has accepted.
 func (s *session) checkUserSessions(user string) error {
 	srv := s.srv
-	perIP, perUser := srv.limits.MaxSessionsPerUserIP, srv.limits.MaxSessionsPerUser
+	perIP, perUser := s.set.limits.MaxSessionsPerUserIP, s.set.limits.MaxSessionsPerUser
 	if perIP <= 0 && perUser <= 0 {
 		return nil
 	}
@@ -431,7 +450,7 @@ func (s *session) checkUserSessions(user string) error {
 	}
 	n := local
 	if f := srv.UserSessions; f != nil {
-		ctx, cancel := context.WithTimeout(srv.ctx, srv.limits.LookupTimeout)
+		ctx, cancel := context.WithTimeout(srv.ctx, s.set.limits.LookupTimeout)
 		fleet, err := f(ctx, user)
 		cancel()
 		if err != nil {
@@ -486,7 +505,7 @@ func (s *session) forwardTTL() int {
 	if s.ab.ttl > 0 {
 		return s.ab.ttl - 1
 	}
-	return s.lim.ProxyTTL
+	return s.set.limits.ProxyTTL
 }
 
 // forwardSessionID is the x-session-id to send: the first proxy's, so that

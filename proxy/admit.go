@@ -61,13 +61,13 @@ func (s *session) admit() bool {
 	s.ab.peer = s.client
 	s.ab.trusted = srv.trusted(s.client.Addr())
 	if s.ab.overflow {
-		srv.logLimit("max_connections", "", "too many connections: new ones are refused", "listener", s.ln.Name, "max", srv.limits.MaxConnections)
+		srv.logLimit("max_connections", "", "too many connections: new ones are refused", "listener", s.ln.Name, "max", s.set.limits.MaxConnections)
 		s.refuse(imap.ResponseCodeUnavailable, "Too many connections, try again later", "too many connections")
 		return false
 	}
 	if !s.ab.trusted && !srv.countPreauth(s) {
 		srv.logLimit("preauth_per_ip", srv.clientKey(s.client.Addr()).String(), "too many connections not logged in from one address; refused",
-			"session", s.id, "listener", s.ln.Name, "client", s.client.String(), "max", srv.limits.MaxPreauthPerIP)
+			"session", s.id, "listener", s.ln.Name, "client", s.client.String(), "max", s.set.limits.MaxPreauthPerIP)
 		s.refuse(imap.ResponseCodeLimit, "Too many connections from your address", "too many connections from the address")
 		return false
 	}
@@ -105,7 +105,7 @@ func startsWithProxyHeader(p []byte) bool {
 func (s *session) refuse(code imap.ResponseCode, text, outcome string) {
 	s.quiet(outcome)
 	if s.ln.Mode == ImplicitTLS {
-		if s.srv.TLSConfig == nil || s.handshake(s.raw) != nil {
+		if s.set.tlsConfig == nil || s.handshake(s.raw) != nil {
 			return
 		}
 	}
@@ -137,7 +137,7 @@ func (s *session) endLevel() slog.Level {
 // consumed, so that the connection stays a plain socket (one that an idle
 // session can park).
 func (s *session) readProxyHeader() error {
-	d := time.Now().Add(s.lim.HandshakeTimeout)
+	d := time.Now().Add(s.set.limits.HandshakeTimeout)
 	if s.deadline.Before(d) {
 		d = s.deadline
 	}

@@ -99,7 +99,7 @@ func (s *session) challenge(tag, b64 string) ([]byte, action) {
 		s.outcome = "write failed"
 		return nil, actClose
 	}
-	line, err := s.dec.ReadLine(s.lim.MaxAuthLine)
+	line, err := s.dec.ReadLine(s.set.limits.MaxAuthLine)
 	if err != nil {
 		var werr *wire.Error
 		if errors.As(err, &werr) && werr.Tag == "" {

@@ -42,11 +42,11 @@ type LimitVerdict struct {
 // limitCheck asks the server's limiter about a login. When it returns
 // false the answer is written and act says what comes next.
 func (s *session) limitCheck(tag string, start time.Time, user string) (act action, ok bool) {
-	l := s.srv.Limiter
+	l := s.set.limiter
 	if l == nil {
 		return actContinue, true
 	}
-	ctx, cancel := context.WithTimeout(s.srv.ctx, s.lim.LookupTimeout)
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
 	v := l.Check(ctx, s.client.Addr(), user)
 	cancel()
 	switch {
@@ -64,15 +64,15 @@ func (s *session) limitCheck(tag string, start time.Time, user string) (act acti
 // limitFailed tells the limiter about a failed login, before the client
 // is answered, so that its next attempt is judged by the new counts.
 func (s *session) limitFailed(user, password string) {
-	if l := s.srv.Limiter; l != nil {
-		ctx, cancel := context.WithTimeout(s.srv.ctx, s.lim.LookupTimeout)
+	if l := s.set.limiter; l != nil {
+		ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
 		l.Failed(ctx, s.client.Addr(), user, password)
 		cancel()
 	}
 }
 
 func (s *session) limitSucceeded(user string) {
-	if l := s.srv.Limiter; l != nil {
+	if l := s.set.limiter; l != nil {
 		l.Succeeded(s.client.Addr(), user)
 	}
 }

@@ -39,7 +39,7 @@ func (s *session) privacyRequired(tag string) action {
 // backend, log in there. On success the session is ready to splice.
 func (s *session) login(tag, method, rawUser, password string) action {
 	start := time.Now()
-	user, err := routing.Normalize(rawUser, s.srv.DefaultDomain)
+	user, err := routing.Normalize(rawUser, s.set.defaultDomain)
 	if err != nil {
 		s.limitFailed("", password)
 		return s.authFailed(tag, start, "", "invalid user name")
@@ -48,7 +48,7 @@ func (s *session) login(tag, method, rawUser, password string) action {
 		return act
 	}
 	if gate := s.srv.LoginGate; gate != nil {
-		ctx, cancel := context.WithTimeout(s.srv.stopping, s.lim.LoginGateTimeout)
+		ctx, cancel := context.WithTimeout(s.srv.stopping, s.set.limits.LoginGateTimeout)
 		err := gate(ctx, user)
 		cancel()
 		if err != nil {
@@ -67,8 +67,8 @@ func (s *session) login(tag, method, rawUser, password string) action {
 }
 
 func (s *session) loginTo(tag, method, user, password string, start time.Time) action {
-	ctx, cancel := context.WithTimeout(s.srv.ctx, s.lim.LookupTimeout)
-	b, err := s.srv.Router.Lookup(ctx, user)
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
+	b, err := s.set.router.Lookup(ctx, user)
 	cancel()
 	if errors.Is(err, routing.ErrNotFound) {
 		s.limitFailed(user, password)
@@ -121,7 +121,7 @@ func (s *session) authFailed(tag string, start time.Time, user, reason string) a
 // failLogin is authFailed without the log line, for logins a LoginLimiter
 // blocked: the answer and its timing are the same.
 func (s *session) failLogin(tag string, start time.Time) action {
-	if d := s.lim.AuthFailureDelay - time.Since(start); d > 0 {
+	if d := s.set.limits.AuthFailureDelay - time.Since(start); d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -136,7 +136,7 @@ func (s *session) failLogin(tag string, start time.Time) action {
 }
 
 func (s *session) afterAuthFailure() action {
-	if s.authFails >= s.lim.MaxAuthFailures {
+	if s.authFails >= s.set.limits.MaxAuthFailures {
 		s.writeStatus("*", imap.StatusResponseTypeBye, "", "Too many failed logins")
 		s.outcome = "too many failed logins"
 		return actClose

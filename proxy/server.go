@@ -114,7 +114,7 @@ func (l Limits) withDefaults() Limits {
 	defd(&l.AuthFailureDelay, 2*time.Second)
 	defd(&l.LookupTimeout, 2*time.Second)
 	if l.KickTimeout <= 0 {
-		l.KickTimeout = 10 * time.Second
+		l.KickTimeout = DefaultKickTimeout
 	}
 	if l.LoginGateTimeout <= 0 {
 		l.LoginGateTimeout = 15 * time.Second
@@ -128,6 +128,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	return l
 }
+
+// DefaultKickTimeout is Limits.KickTimeout's default.
+const DefaultKickTimeout = 10 * time.Second
 
 // LoginFunc logs in to a backend on behalf of a client. It is
 // upstream.Login unless a test replaces it.
@@ -182,10 +185,12 @@ type Server struct {
 	UserSessions func(ctx context.Context, user string) (int, error)
 
 	initOnce sync.Once
-	limits   Limits
+	// cur is what new connections are accepted under: the fields above at
+	// the first use, then each Reconfigure. See reconfig.go.
+	cur atomic.Pointer[settings]
 
 	mu        sync.Mutex
-	listeners map[*net.Listener]struct{}
+	listeners map[net.Listener]*atomic.Pointer[Listener]
 	sessions  map[*session]struct{}
 	spliced   map[*session]struct{}            // logged-in sessions
 	byUser    map[string]map[*session]struct{} // the same, by user
@@ -215,8 +220,8 @@ var ErrServerClosed = errors.New("proxy: server closed")
 
 func (s *Server) init() {
 	s.initOnce.Do(func() {
-		s.limits = s.Limits.withDefaults()
-		s.listeners = make(map[*net.Listener]struct{})
+		s.cur.Store(s.exportedSettings())
+		s.listeners = make(map[net.Listener]*atomic.Pointer[Listener])
 		s.sessions = make(map[*session]struct{})
 		s.spliced = make(map[*session]struct{})
 		s.byUser = make(map[string]map[*session]struct{})
@@ -233,26 +238,24 @@ func (s *Server) logger() *slog.Logger {
 	return slog.Default()
 }
 
-func (s *Server) login() LoginFunc {
-	if s.Login != nil {
-		return s.Login
-	}
-	return upstream.Login
-}
-
 // Serve accepts connections on ln until Shutdown or Close and handles each
-// in its own goroutine. Serve takes ownership of ln and closes it.
+// in its own goroutine. Serve takes ownership of ln and closes it; closing
+// ln earlier (a listener removed by a reload) ends Serve with an error
+// that wraps net.ErrClosed. UpdateListener changes l for the connections
+// accepted from then on.
 func (s *Server) Serve(ln net.Listener, l Listener) error {
 	s.init()
-	if l.Mode == ImplicitTLS && s.TLSConfig == nil {
+	if l.Mode == ImplicitTLS && s.current().tlsConfig == nil {
 		ln.Close()
 		return fmt.Errorf("proxy: listener %q: implicit TLS without a TLS config", l.Name)
 	}
-	if !s.trackListener(&ln, true) {
+	lp := new(atomic.Pointer[Listener])
+	lp.Store(&l)
+	if !s.trackListener(ln, lp) {
 		ln.Close()
 		return ErrServerClosed
 	}
-	defer s.trackListener(&ln, false)
+	defer s.untrackListener(ln)
 	s.addListener(ln.Addr(), l.Name)
 	s.reserveSpare() // released by Shutdown
 	var delay time.Duration
@@ -262,7 +265,7 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 			if s.closing.Load() {
 				return ErrServerClosed
 			}
-			if outOfFiles(err) && s.refuseWithSpare(ln, &l) {
+			if outOfFiles(err) && s.refuseWithSpare(ln, lp.Load()) {
 				// A client was refused with the spare descriptor: the
 				// backlog moves on, and the next accept may work.
 				delay = 0
@@ -272,21 +275,22 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() || outOfFiles(err) {
 				// Out of file descriptors or similar: back off, as net/http does.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.logLimit("accept", l.Name, "accept failed; retrying", "listener", l.Name, "err", err, "delay", delay)
+				name := lp.Load().Name
+				s.logLimit("accept", name, "accept failed; retrying", "listener", name, "err", err, "delay", delay)
 				time.Sleep(delay)
 				continue
 			}
-			return fmt.Errorf("proxy: listener %q: accept: %w", l.Name, err)
+			return fmt.Errorf("proxy: listener %q: accept: %w", lp.Load().Name, err)
 		}
 		delay = 0
-		sess := newSession(s, &l, c)
+		sess := newSession(s, lp.Load(), s.current(), c)
 		switch s.addSession(sess) {
 		case addClosed:
 			c.Close()
 			return ErrServerClosed
 		case addRefused:
 			// Past the connection limit, with refusals enough under way.
-			s.logLimit("max_connections", "", "too many connections: new ones are refused", "listener", l.Name, "max", s.limits.MaxConnections)
+			s.logLimit("max_connections", "", "too many connections: new ones are refused", "listener", sess.ln.Name, "max", sess.set.limits.MaxConnections)
 			c.Close()
 			continue
 		}
@@ -355,7 +359,7 @@ func (s *Server) addSession(sess *session) addResult {
 	if s.closing.Load() {
 		return addClosed
 	}
-	if max := s.limits.MaxConnections; max > 0 && len(s.sessions)-s.ab.refusing >= max {
+	if max := sess.set.limits.MaxConnections; max > 0 && len(s.sessions)-s.ab.refusing >= max {
 		if s.ab.refusing >= maxRefusing {
 			return addRefused
 		}
@@ -382,18 +386,21 @@ func (s *Server) sessionDone(sess *session) {
 	s.wg.Done()
 }
 
-func (s *Server) trackListener(ln *net.Listener, add bool) bool {
+func (s *Server) trackListener(ln net.Listener, l *atomic.Pointer[Listener]) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if add {
-		if s.closing.Load() {
-			return false
-		}
-		s.listeners[ln] = struct{}{}
-	} else {
-		delete(s.listeners, ln)
+	if s.closing.Load() {
+		return false
 	}
+	s.listeners[ln] = l
 	return true
+}
+
+func (s *Server) untrackListener(ln net.Listener) {
+	s.mu.Lock()
+	delete(s.listeners, ln)
+	s.mu.Unlock()
+	s.removeListener(ln.Addr())
 }
 
 // Shutdown stops accepting, says `* BYE [UNAVAILABLE]` to every client that
@@ -407,7 +414,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stop()
 	}
 	for ln := range s.listeners {
-		(*ln).Close()
+		ln.Close()
 	}
 	s.ab.mu.Lock()
 	s.ab.spare.release()

@@ -39,7 +39,7 @@ const (
 type session struct {
 	srv *Server
 	ln  *Listener
-	lim *Limits
+	set *settings // the server's configuration at accept; see reconfig.go
 
 	raw  net.Conn // as accepted
 	conn net.Conn // raw, or the *tls.Conn over it
@@ -96,11 +96,11 @@ var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
 )
 
-func newSession(srv *Server, ln *Listener, c net.Conn) *session {
+func newSession(srv *Server, ln *Listener, set *settings, c net.Conn) *session {
 	s := &session{
 		srv:   srv,
 		ln:    ln,
-		lim:   &srv.limits,
+		set:   set,
 		raw:   c,
 		conn:  c,
 		id:    sessionPrefix + "-" + strconv.FormatUint(sessionCounter.Add(1), 36),
@@ -130,7 +130,7 @@ func (s *session) serve() {
 			s.finish()
 		}
 	}()
-	s.deadline = s.start.Add(s.lim.PreauthTimeout)
+	s.deadline = s.start.Add(s.set.limits.PreauthTimeout)
 	// An absolute deadline: bytes trickled in one at a time do not extend it.
 	s.setDeadline(s.deadline)
 	if !s.admit() {
@@ -266,7 +266,7 @@ func (s *session) badCommand(tag, text string) action {
 
 func (s *session) countBad() action {
 	s.bad++
-	if s.bad >= s.lim.MaxBadCommands {
+	if s.bad >= s.set.limits.MaxBadCommands {
 		s.writeStatus("*", imap.StatusResponseTypeBye, "", "Too many invalid commands")
 		s.outcome = "too many invalid commands"
 		return actClose
@@ -282,8 +282,8 @@ func (s *session) setupIO() {
 	s.bw = writerPool.Get().(*bufio.Writer)
 	s.bw.Reset(s.conn)
 	s.dec = &wire.Decoder{
-		MaxLine:    s.lim.MaxLine,
-		MaxLiteral: s.lim.MaxLiteral,
+		MaxLine:    s.set.limits.MaxLine,
+		MaxLiteral: s.set.limits.MaxLiteral,
 		Continue: func() error {
 			s.bw.WriteString("+ Ready for literal data\r\n")
 			return s.bw.Flush()
@@ -329,7 +329,7 @@ func (s *session) canAuth() bool {
 // itself, since the backend's list comes with the login reply.
 func (s *session) caps() []string {
 	caps := []string{string(imap.CapIMAP4rev1), string(imap.CapLiteralMinus), string(imap.CapSASLIR), string(imap.CapID)}
-	if s.tlsVersion == "" && s.ln.Mode == StartTLS && s.srv.TLSConfig != nil {
+	if s.tlsVersion == "" && s.ln.Mode == StartTLS && s.set.tlsConfig != nil {
 		caps = append(caps, string(imap.CapStartTLS))
 	}
 	if s.canAuth() {
@@ -348,8 +348,8 @@ func (s *session) writeGreeting() {
 // timeout (never past the pre-auth deadline) and makes it the session's
 // connection.
 func (s *session) handshake(c net.Conn) error {
-	tc := tls.Server(&batchConn{Conn: c}, s.srv.TLSConfig)
-	hd := time.Now().Add(s.lim.HandshakeTimeout)
+	tc := tls.Server(&batchConn{Conn: c}, s.set.tlsConfig)
+	hd := time.Now().Add(s.set.limits.HandshakeTimeout)
 	if s.deadline.Before(hd) {
 		hd = s.deadline
 	}
@@ -429,7 +429,7 @@ func (s *session) handOff() net.Conn {
 	s.bw.Write(up.Buffered)
 	// The framers start at the boundary after the login exchange and
 	// follow what each side sent past it.
-	s.sp = &splicer{Idle: s.lim.IdleTimeout, poller: s.srv.splicePoller()}
+	s.sp = &splicer{Idle: s.set.limits.IdleTimeout, poller: s.srv.splicePoller()}
 	s.sp.up.heads = true
 	s.sp.down.feed(up.Buffered)
 	if err := s.bw.Flush(); err != nil {
@@ -484,7 +484,7 @@ func (s *session) splice(backendConn net.Conn) {
 	}
 	if bye != nil {
 		// Kicked between its login and now; the login reply is out.
-		p.kick(bye, s.lim.KickTimeout)
+		p.kick(bye, s.set.limits.KickTimeout)
 	}
 	p.start(s.srv.ctx, s.conn, backendConn, s.spliceDone)
 }

@@ -168,7 +168,8 @@ func (s *Server) Sessions() []SessionInfo {
 // say "kicked".
 func (s *Server) KickUser(user, reason string) int {
 	s.init()
-	u, err := routing.Normalize(user, s.DefaultDomain)
+	cur := s.current()
+	u, err := routing.Normalize(user, cur.defaultDomain)
 	if err != nil {
 		return 0
 	}
@@ -186,7 +187,7 @@ func (s *Server) KickUser(user, reason string) int {
 	}
 	s.mu.Unlock()
 	for _, p := range running {
-		p.kick(bye, s.limits.KickTimeout)
+		p.kick(bye, cur.limits.KickTimeout)
 	}
 	return n
 }
@@ -196,14 +197,29 @@ func (s *Server) KickUser(user, reason string) int {
 // moment within window, so that the clients do not all reconnect at once.
 // The sessions end as with KickUser. It returns how many were scheduled.
 func (s *Server) KickBackend(name string, window time.Duration) int {
-	s.init()
 	bye := byeLine("", "Backend maintenance, please reconnect")
-	timeout := s.limits.KickTimeout
+	return s.kickSpread(bye, window, func(sess *session) bool { return backendKey(sess.backend) == name })
+}
+
+// KickAll ends every logged-in session of this server as KickBackend does,
+// each at a random moment within window, with `* BYE [UNAVAILABLE]
+// reason`. It is the end of an upgrade: the sessions the old process still
+// holds go, spread out, and their clients reconnect to the new one.
+func (s *Server) KickAll(reason string, window time.Duration) int {
+	bye := byeLine(reason, "Server restarting, please reconnect")
+	return s.kickSpread(bye, window, func(*session) bool { return true })
+}
+
+// kickSpread schedules a kick of every logged-in session that match
+// accepts, at a random moment within window.
+func (s *Server) kickSpread(bye []byte, window time.Duration, match func(*session) bool) int {
+	s.init()
+	timeout := s.current().limits.KickTimeout
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	for sess := range s.sessions {
-		if sess.reg < regCommitted || backendKey(sess.backend) != name {
+		if sess.reg < regCommitted || !match(sess) {
 			continue
 		}
 		n++

@@ -19,7 +19,7 @@ func (s *session) handleStartTLS(cmd *wire.Command) action {
 	if len(cmd.Args) != 0 {
 		return s.badCommand(cmd.Tag, "Unexpected arguments")
 	}
-	if s.tlsVersion != "" || s.ln.Mode != StartTLS || s.srv.TLSConfig == nil {
+	if s.tlsVersion != "" || s.ln.Mode != StartTLS || s.set.tlsConfig == nil {
 		return s.badCommand(cmd.Tag, "STARTTLS not available")
 	}
 	s.writeStatus(cmd.Tag, imap.StatusResponseTypeOK, "", "Begin TLS negotiation now")
