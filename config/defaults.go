@@ -18,6 +18,8 @@ const (
 	defaultAuthFailureDelay  = 2 * time.Second
 	defaultIdleTimeout       = 31 * time.Minute
 	defaultShutdownTimeout   = 30 * time.Second
+	defaultUpgradeTimeout    = time.Hour
+	defaultUpgradeWindow     = 5 * time.Minute
 	defaultPreauthPerIP      = 100
 	defaultIPv6Prefix        = 64
 	defaultSessionsPerUser   = 100
@@ -155,6 +157,8 @@ func (l *Limits) ApplyDefaults() {
 	setDur(&l.AuthFailureDelay, defaultAuthFailureDelay)
 	setDur(&l.IdleTimeout, defaultIdleTimeout)
 	setDur(&l.ShutdownTimeout, defaultShutdownTimeout)
+	setDur(&l.UpgradeTimeout, defaultUpgradeTimeout)
+	setDur(&l.UpgradeWindow, defaultUpgradeWindow)
 	// MaxConnections stays 0: the binary derives it from the open-file
 	// limit, which the config cannot know.
 	setInt(&l.MaxPreauthConnectionsPerIP, defaultPreauthPerIP)

@@ -18,6 +18,9 @@ type Config struct {
 	// Fleet: session registry, kick, move and drain across proxies
 	// (needs routing.redis).
 	Fleet Fleet `yaml:"fleet"`
+	// PIDFile is where serve writes its process id, for portico reload
+	// and portico upgrade (and systemd's PIDFile=). Default none.
+	PIDFile string `yaml:"pid_file"`
 }
 
 // Log configures log/slog.
@@ -143,6 +146,10 @@ type Limits struct {
 	AuthFailureDelay  time.Duration `yaml:"auth_failure_delay"`   // before every NO [AUTHENTICATIONFAILED]; default 2s
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`         // spliced session without traffic; default 31m, minimum 30m
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`     // on SIGTERM; default 30s
+	// After a binary upgrade, the old process keeps its spliced sessions
+	// this long, then ends the rest spread over UpgradeWindow.
+	UpgradeTimeout time.Duration `yaml:"upgrade_timeout"` // default 1h
+	UpgradeWindow  time.Duration `yaml:"upgrade_window"`  // default 5m
 
 	// Connection limits. Client addresses are counted per address, IPv6
 	// addresses per IPv6Prefix.

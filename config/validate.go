@@ -239,6 +239,8 @@ func (c *Config) validateLimits(v *validator) {
 	checkDur(v, "limits.auth_failure_delay", l.AuthFailureDelay, time.Millisecond, 30*time.Second)
 	checkDur(v, "limits.idle_timeout", l.IdleTimeout, minIdleTimeout, maxIdleTimeout)
 	checkDur(v, "limits.shutdown_timeout", l.ShutdownTimeout, time.Second, time.Hour)
+	checkDur(v, "limits.upgrade_timeout", l.UpgradeTimeout, time.Second, 7*24*time.Hour)
+	checkDur(v, "limits.upgrade_window", l.UpgradeWindow, time.Millisecond, 24*time.Hour)
 	checkInt(v, "limits.max_connections", l.MaxConnections, 0, 10_000_000)
 	checkInt(v, "limits.max_preauth_connections_per_ip", l.MaxPreauthConnectionsPerIP, 1, 1_000_000)
 	checkInt(v, "limits.ipv6_prefix", l.IPv6Prefix, 32, 128)
