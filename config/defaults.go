@@ -53,6 +53,10 @@ const (
 	defaultDrainWindow       = 5 * time.Minute
 )
 
+// DefaultAdminAddress is where the admin listener listens when admin: is
+// present without an address: loopback, so that no token is needed.
+const DefaultAdminAddress = "127.0.0.1:9143"
+
 // ApplyDefaults replaces zero values with their defaults. Parse calls it;
 // code that builds a Config by hand should call it before Validate.
 // A listener's address and name are only filled in when its mode is valid.
@@ -117,6 +121,9 @@ func (c *Config) ApplyDefaults() {
 	setInt(&f.WriteRate, defaultWriteRate)
 	setDur(&f.MoveHold, defaultMoveHold)
 	setDur(&f.DrainWindow, defaultDrainWindow)
+	if c.Admin != nil && c.Admin.Address == "" {
+		c.Admin.Address = DefaultAdminAddress
+	}
 }
 
 // ApplyDefaults replaces zero TLS settings with their defaults.

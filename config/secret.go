@@ -115,6 +115,9 @@ func (c *Config) resolveSecrets() error {
 	if c.TLS.ACME != nil {
 		resolve(&c.TLS.ACME.CacheKey, "tls.acme.cache_key")
 	}
+	if c.Admin != nil {
+		resolve(&c.Admin.Token, "admin.token")
+	}
 	return errors.Join(errs...)
 }
 

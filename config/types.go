@@ -21,6 +21,19 @@ type Config struct {
 	// PIDFile is where serve writes its process id, for portico reload
 	// and portico upgrade (and systemd's PIDFile=). Default none.
 	PIDFile string `yaml:"pid_file"`
+	// Admin is the HTTP listener for /metrics, /healthz, /readyz and
+	// /debug/pprof/; nil (the default) means none.
+	Admin *Admin `yaml:"admin"`
+}
+
+// Admin configures the admin HTTP listener.
+type Admin struct {
+	// Address is host:port; default DefaultAdminAddress (loopback).
+	Address string `yaml:"address"`
+	// Token, when set, must come as "Authorization: Bearer <token>" on
+	// every path but /healthz. Required unless Address is loopback; only
+	// {env: NAME} or {file: PATH}, never inline.
+	Token Secret `yaml:"token"`
 }
 
 // Log configures log/slog.

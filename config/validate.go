@@ -27,6 +27,7 @@ func (c *Config) Validate() error {
 	c.validateBackends(v)
 	c.validatePools(v)
 	c.validateFleet(v)
+	c.validateAdmin(v)
 	return errors.Join(v.errs...)
 }
 
