@@ -37,7 +37,11 @@ func (s *session) handleAuthenticate(cmd *wire.Command) action {
 		return actContinue
 	}
 	if !s.canAuth() {
-		return s.privacyRequired(cmd.Tag)
+		m := MechPlain
+		if mech == "LOGIN" {
+			m = MechSASLLogin
+		}
+		return s.privacyRequired(cmd.Tag, m)
 	}
 	if mech == "PLAIN" {
 		return s.authPlain(cmd.Tag, ir)
@@ -59,6 +63,7 @@ func (s *session) authPlain(tag string, ir []byte) action {
 		return nil
 	})
 	if _, _, err := srv.Next(resp); err != nil {
+		s.observeLogin(&LoginEvent{Result: LoginAuthFailed, Mechanism: MechPlain})
 		return s.authFailed(tag, time.Now(), "", "malformed PLAIN response")
 	}
 	if authz != "" && authz != user {
@@ -67,7 +72,7 @@ func (s *session) authPlain(tag string, ir []byte) action {
 		s.authFails++
 		return s.afterAuthFailure()
 	}
-	return s.login(tag, "plain", user, pass)
+	return s.login(tag, MechPlain, user, pass)
 }
 
 var (
@@ -87,7 +92,7 @@ func (s *session) authLogin(tag string, ir []byte) action {
 	if pass == nil {
 		return act
 	}
-	return s.login(tag, "login-mech", string(user), string(pass))
+	return s.login(tag, MechSASLLogin, string(user), string(pass))
 }
 
 // challenge sends one continuation and reads the client's answer. A nil

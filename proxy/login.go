@@ -22,14 +22,15 @@ func (s *session) handleLogin(cmd *wire.Command) action {
 		return s.badCommand(cmd.Tag, "LOGIN takes a user name and a password")
 	}
 	if !s.canAuth() {
-		return s.privacyRequired(cmd.Tag)
+		return s.privacyRequired(cmd.Tag, MechLogin)
 	}
-	return s.login(cmd.Tag, "login", user, pass)
+	return s.login(cmd.Tag, MechLogin, user, pass)
 }
 
 // privacyRequired refuses credentials sent in clear before anything, Redis
 // or a backend, is asked about them.
-func (s *session) privacyRequired(tag string) action {
+func (s *session) privacyRequired(tag, method string) action {
+	s.observeLogin(&LoginEvent{Result: LoginPrivacyRequired, Mechanism: method})
 	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodePrivacyRequired, "TLS is required to log in; use STARTTLS")
 	s.authFails++
 	return s.afterAuthFailure()
@@ -38,13 +39,27 @@ func (s *session) privacyRequired(tag string) action {
 // login is the path every mechanism ends in: normalise the user, find the
 // backend, log in there. On success the session is ready to splice.
 func (s *session) login(tag, method, rawUser, password string) action {
+	// Answers other than those set below are NO [UNAVAILABLE].
+	ev := LoginEvent{Result: LoginUnavailable, Mechanism: method}
+	act := s.login1(tag, &ev, rawUser, password)
+	s.observeLogin(&ev)
+	return act
+}
+
+func (s *session) login1(tag string, ev *LoginEvent, rawUser, password string) action {
 	start := time.Now()
 	user, err := routing.Normalize(rawUser, s.set.defaultDomain)
 	if err != nil {
 		s.limitFailed("", password)
+		ev.Result = LoginAuthFailed
 		return s.authFailed(tag, start, "", "invalid user name")
 	}
+	fails := s.authFails
 	if act, ok := s.limitCheck(tag, start, user); !ok {
+		if s.authFails > fails {
+			// Blocked: answered like a wrong password, counted as a limit.
+			ev.Result = LoginLimited
+		}
 		return act
 	}
 	if gate := s.srv.LoginGate; gate != nil {
@@ -59,19 +74,23 @@ func (s *session) login(tag, method, rawUser, password string) action {
 	// From here on a kick of the user reaches this login: it is refused
 	// rather than spliced to a backend the user may be leaving.
 	s.srv.beginLogin(s, user)
-	act := s.loginTo(tag, method, user, password, start)
+	act := s.loginTo(tag, ev, user, password, start)
 	if act != actSplice {
 		s.srv.unregister(s)
 	}
 	return act
 }
 
-func (s *session) loginTo(tag, method, user, password string, start time.Time) action {
+func (s *session) loginTo(tag string, ev *LoginEvent, user, password string, start time.Time) action {
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
+	t0 := time.Now()
 	b, err := s.set.router.Lookup(ctx, user)
+	t1 := time.Now()
+	ev.Lookup = t1.Sub(t0)
 	cancel()
 	if errors.Is(err, routing.ErrNotFound) {
 		s.limitFailed(user, password)
+		ev.Result = LoginAuthFailed
 		return s.authFailed(tag, start, user, "unknown user")
 	}
 	if err != nil {
@@ -79,16 +98,22 @@ func (s *session) loginTo(tag, method, user, password string, start time.Time) a
 		return s.unavailable(tag)
 	}
 	res, err := s.backendLogin(b, user, password)
+	ev.BackendLogin = time.Since(t1)
+	ev.Backend = b
 	if errors.Is(err, upstream.ErrAuthFailed) {
 		s.limitFailed(user, password)
+		ev.Result = LoginAuthFailed
 		return s.authFailed(tag, start, user, "backend rejected credentials")
 	}
 	var lim *limitError
 	if errors.As(err, &lim) {
+		ev.Result = LoginLimited
 		return s.limited(tag, lim)
 	}
 	if err != nil {
-		if !errors.Is(err, errRefused) { // refusals are logged already
+		if errors.Is(err, errRefused) { // refusals are logged already
+			ev.Result, ev.Backend = LoginLimited, nil // not the backend's doing
+		} else {
 			s.srv.logger().Warn("backend login failed", "session", s.id, "user", user, "backend", b.String(), "err", err)
 		}
 		return s.unavailable(tag)
@@ -100,7 +125,8 @@ func (s *session) loginTo(tag, method, user, password string, start time.Time) a
 		s.srv.logger().Info("login refused: user kicked", "session", s.id, "user", user, "backend", b.String())
 		return s.unavailable(tag)
 	}
-	s.srv.logger().Debug("logged in", "session", s.id, "user", user, "backend", b.String(), "method", method)
+	s.srv.logger().Debug("logged in", "session", s.id, "user", user, "backend", b.String(), "method", ev.Mechanism)
+	ev.Result = LoginOK
 	s.up, s.loginTag = res, tag
 	return actSplice
 }

@@ -184,6 +184,9 @@ type Server struct {
 	// counted. An error lets the login through.
 	UserSessions func(ctx context.Context, user string) (int, error)
 
+	// Observer, if set, is told about handshakes and logins, for metrics.
+	Observer Observer
+
 	initOnce sync.Once
 	// cur is what new connections are accepted under: the fields above at
 	// the first use, then each Reconfigure. See reconfig.go.
@@ -213,6 +216,9 @@ type Server struct {
 	pollerShut sync.Once
 
 	ab abuse // limits and loop guards; see abuse.go
+
+	// Bytes of the sessions that have ended, for Stats; guarded by mu.
+	endedToBackend, endedToClient int64
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.

@@ -354,6 +354,7 @@ func (s *session) handshake(c net.Conn) error {
 		hd = s.deadline
 	}
 	s.setDeadline(hd)
+	t0 := time.Now()
 	// No context: a per-handshake context would leave a children map in
 	// the parent for the session's life. Shutdown and close interrupt
 	// through the connection instead.
@@ -364,6 +365,9 @@ func (s *session) handshake(c net.Conn) error {
 	}
 	s.conn = tc
 	s.tlsVersion = tls.VersionName(tc.ConnectionState().Version)
+	if o := s.srv.Observer; o != nil {
+		o.Handshake(time.Since(t0))
+	}
 	return nil
 }
 

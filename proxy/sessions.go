@@ -113,6 +113,11 @@ func (s *Server) unregisterLocked(sess *session) {
 	if sess.reg == regNone {
 		return
 	}
+	if sess.reg == regSpliced {
+		// Its directions are over: the counts are final.
+		s.endedToBackend += sess.sp.toBackend.Load()
+		s.endedToClient += sess.sp.toClient.Load()
+	}
 	delete(s.spliced, sess)
 	if m := s.byUser[sess.regUser]; m != nil {
 		delete(m, sess)
