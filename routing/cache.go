@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -36,6 +37,8 @@ type Cache struct {
 	// an invalidation must not store what it read after it: it could be
 	// the value the invalidation was about.
 	gen uint64
+
+	hits, misses atomic.Uint64 // for metrics
 }
 
 type cacheEntry struct {
@@ -56,6 +59,29 @@ func (c *Cache) get(user string) (rec Record, found, hit bool) {
 		return Record{}, false, false
 	}
 	return e.rec, e.found, true
+}
+
+// count records the outcome of one lookup (not of every get: a lookup
+// may look twice).
+func (c *Cache) count(hit bool) {
+	if c == nil {
+		return
+	}
+	if hit {
+		c.hits.Add(1)
+	} else {
+		c.misses.Add(1)
+	}
+}
+
+// Stats reports the lookups answered from the cache (hits, an unknown
+// user's negative entry included) and those that went to Redis (misses)
+// since the cache was made.
+func (c *Cache) Stats() (hits, misses uint64) {
+	if c == nil {
+		return 0, 0
+	}
+	return c.hits.Load(), c.misses.Load()
 }
 
 // generation is read before a Redis lookup and passed to put.

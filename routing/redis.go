@@ -188,6 +188,7 @@ func (r *Redis) resolve(ctx context.Context, user string, ex *Explanation) (*Bac
 	if ex == nil && r.Client != nil {
 		// The fast path of a cache hit: no context, no key, no Redis.
 		if rec, found, hit := r.Cache.get(user); hit && found {
+			r.Cache.count(true)
 			return r.backendFor(user, rec, nil)
 		}
 	}
@@ -203,6 +204,9 @@ func (r *Redis) resolve(ctx context.Context, user string, ex *Explanation) (*Bac
 	defer cancel()
 
 	rec, found, hit := r.Cache.get(user)
+	if ex == nil {
+		r.Cache.count(hit)
+	}
 	switch {
 	case r.Cache == nil:
 		ex.add("cache: none")

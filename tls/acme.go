@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/acme"
@@ -68,6 +69,26 @@ type ACME struct {
 	ready map[string]bool        // cache keys autocert holds in memory
 	held  map[string]*heldLock   // locks this process holds, by cache key
 	keyMu map[string]*sync.Mutex // serialises first loads of one key
+
+	obtained, failed atomic.Uint64 // for Stats
+}
+
+// ACMEStats counts what an ACME did since it was made.
+type ACMEStats struct {
+	// Obtained counts certificates this process ordered and stored: first
+	// issuance and renewals (those another proxy of the fleet ordered are
+	// not counted here).
+	Obtained uint64
+	// Failed counts certificates that could not be served, for lack of
+	// a certificate the CA would not issue or the cache would not give.
+	// autocert's own renewal timer reports nothing when it fails and
+	// retries: watch the certificates' expiry for that.
+	Failed uint64
+}
+
+// Stats returns the counters.
+func (a *ACME) Stats() ACMEStats {
+	return ACMEStats{Obtained: a.obtained.Load(), Failed: a.failed.Load()}
 }
 
 // ACMEOptions configures NewACME.
@@ -279,6 +300,7 @@ func (a *ACME) get(ctx context.Context, hello *stdtls.ClientHelloInfo) (*stdtls.
 		a.releaseIf(key, mine)
 	}
 	if err != nil {
+		a.failed.Add(1)
 		return nil, fmt.Errorf("tls: acme: certificate for %q: %w", name, err)
 	}
 	a.mu.Lock()
@@ -690,6 +712,7 @@ func (c coordCache) Put(ctx context.Context, name string, data []byte) error {
 		if err != nil {
 			c.a.logger.Error("tls: acme: cannot store certificate", "key", name, "err", err)
 		} else if leaf := cachedLeaf(data); leaf != nil {
+			c.a.obtained.Add(1)
 			c.a.logger.Info("tls: acme: certificate stored", "key", name,
 				"cert", acmeInfo(&stdtls.Certificate{Certificate: [][]byte{leaf.Raw}, Leaf: leaf}, "acme"))
 		}
