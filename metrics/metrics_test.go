@@ -1,0 +1,69 @@
+package metrics
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/routing"
+)
+
+// The login path pays a few atomic adds: no allocation, once a backend's
+// counters exist.
+func TestLoginDoesNotAllocate(t *testing.T) {
+	m := New("test")
+	b := &routing.Backend{Name: "imap1", Addr: "192.0.2.1:143"}
+	ev := proxy.LoginEvent{Result: proxy.LoginOK, Mechanism: proxy.MechPlain, Backend: b,
+		SinceAccept: 30 * time.Millisecond, Lookup: time.Millisecond, BackendLogin: 5 * time.Millisecond}
+	m.Login(ev)
+	if n := testing.AllocsPerRun(1000, func() { m.Login(ev); m.Handshake(time.Millisecond) }); n != 0 {
+		t.Errorf("%v allocations per login", n)
+	}
+}
+
+// Counters of events outlive a reload, which swaps the source.
+func TestCountersSurviveSetSource(t *testing.T) {
+	m := New("test")
+	m.SetSource(Source{Server: &proxy.Server{}})
+	for range 3 {
+		m.Login(proxy.LoginEvent{Result: proxy.LoginAuthFailed, Mechanism: proxy.MechLogin})
+	}
+	m.SetSource(Source{Server: &proxy.Server{}, Backends: []*routing.Backend{{Name: "new"}}})
+	if v := testutil.ToFloat64(m.logins[proxy.LoginAuthFailed][mechLogin]); v != 3 {
+		t.Errorf("auth_failed after SetSource = %v", v)
+	}
+	out, err := testutil.CollectAndFormat(m.reg, expfmt.TypeTextPlain, "portico_backend_up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), `portico_backend_up{backend="new"} 1`) {
+		t.Errorf("backend_up of the new source:\n%s", out)
+	}
+}
+
+// Every metric is named by the conventions (promlint), with or without
+// a source.
+func TestLint(t *testing.T) {
+	m := New("test")
+	lint := func() {
+		t.Helper()
+		problems, err := testutil.GatherAndLint(m.reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			if strings.HasPrefix(p.Metric, "portico_") {
+				t.Errorf("%s: %s", p.Metric, p.Text)
+			}
+		}
+	}
+	lint()
+	var c routing.Cache
+	m.SetSource(Source{Server: &proxy.Server{}, Cache: &c, Backends: []*routing.Backend{{Name: "a"}}})
+	m.Login(proxy.LoginEvent{Result: proxy.LoginOK, Backend: &routing.Backend{Addr: "192.0.2.7:993"}})
+	lint()
+}
