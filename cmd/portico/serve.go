@@ -38,6 +38,11 @@ func runServe(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go new(gcpolicy.Settler).Run(ctx) // see the package doc
+	ops, err := app.StartOps(ctx, cfg.Admin, binaryVersion(), logger)
+	if err != nil {
+		return err
+	}
+	ops.Attach(rt)
 	// Certificates first: ACME issuance happens before any listener opens.
 	reload, err := rt.Start(ctx, logger)
 	if err != nil {

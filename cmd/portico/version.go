@@ -11,10 +11,15 @@ func runVersion(args []string) error {
 	if _, help, err := parseArgs(fs, args); help || err != nil {
 		return err
 	}
+	fmt.Printf("portico %s (%s %s/%s)\n", binaryVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
+}
+
+// binaryVersion is the version set at build time, else the module's.
+func binaryVersion() string {
 	v := version
 	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		v = bi.Main.Version
 	}
-	fmt.Printf("portico %s (%s %s/%s)\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	return nil
+	return v
 }
