@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite runs for real: redis-server, dovecot
 # (dovecot-imapd), pebble (an ACME test CA), curl, python3, openssl, systemd
-# (systemd-analyze verifies the unit file; nothing is started), and a C
-# toolchain for `go test -race`.
+# (systemd-analyze verifies the unit file; nothing is started), promtool
+# (from prometheus, to check /metrics), and a C toolchain for `go test -race`.
 # Idempotent: it does nothing when everything is present. Debian/Ubuntu only;
 # elsewhere it names what is missing and fails.
 set -euo pipefail
@@ -20,6 +20,7 @@ declare -A pkg=(
 	[pebble-challtestsrv]=pebble
 	[systemd-analyze]=systemd
 	[systemd-sysusers]=systemd
+	[promtool]=prometheus
 )
 
 have() {
@@ -40,7 +41,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		sudo=(sudo -n)
 	else
 		echo "install-test-deps: not root and no password-less sudo; install them with:" >&2
-		echo "  apt-get install redis-server dovecot-imapd pebble curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
+		echo "  apt-get install redis-server dovecot-imapd pebble prometheus curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
 		exit 1
 	fi
 	if ! command -v apt-get >/dev/null 2>&1; then
@@ -65,11 +66,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	"${sudo[@]}" apt-get update -q
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-		redis-server dovecot-imapd pebble curl python3 openssl ca-certificates make gcc libc6-dev systemd
+		redis-server dovecot-imapd pebble prometheus curl python3 openssl ca-certificates make gcc libc6-dev systemd
 
 	# systemd ignores policy-rc.d: stop whatever apt started anyway.
 	"${sudo[@]}" service dovecot stop >/dev/null 2>&1 || true
 	"${sudo[@]}" service redis-server stop >/dev/null 2>&1 || true
+	"${sudo[@]}" service prometheus stop >/dev/null 2>&1 || true
 	cleanup
 	trap - EXIT
 
