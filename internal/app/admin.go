@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/admin"
@@ -19,6 +22,9 @@ type Ops struct {
 	cur     atomic.Pointer[App]
 	// Addr is the admin listener's address; nil without one.
 	Addr fmt.Stringer
+
+	mu     sync.Mutex
+	hooked redis.UniversalClient // the last client given the metrics hook
 }
 
 // StartOps makes the metrics and, when cfg is not nil, opens the admin
@@ -47,11 +53,22 @@ func StartOps(ctx context.Context, cfg *config.Admin, version string, logger *sl
 
 // Attach makes rt the App that the metrics and /readyz describe, and
 // connects its server and Redis client to the metrics. Call it after
-// Build and before rt starts: the hooks are set without locks.
+// Build, before rt.Start and rt.Serve, and again with each App a reload
+// builds. rt.Server must be the server that serves (after a reload that
+// Reconfigures the running server, set rt.Server to it first): the
+// connection metrics count its sessions. A server or Redis client that is
+// already connected is left as it is, so Attach may see them again.
 func (o *Ops) Attach(rt *App) {
-	rt.Server.Observer = o.Metrics
+	if rt.Server.Observer != o.Metrics {
+		rt.Server.Observer = o.Metrics // before the server serves: no lock
+	}
 	if rt.Redis != nil {
-		rt.Redis.AddHook(o.Metrics.RedisHook())
+		o.mu.Lock()
+		if o.hooked != rt.Redis {
+			o.hooked = rt.Redis
+			rt.Redis.AddHook(o.Metrics.RedisHook())
+		}
+		o.mu.Unlock()
 	}
 	o.Metrics.SetSource(metrics.Source{
 		Server:   rt.Server,
