@@ -63,7 +63,9 @@ func (r *recordingLimiter) Failed(ctx context.Context, client netip.Addr, user, 
 	r.next.Failed(ctx, client, user, password)
 }
 
-func (r *recordingLimiter) Succeeded(client netip.Addr, user string) { r.next.Succeeded(client, user) }
+func (r *recordingLimiter) Succeeded(client netip.Addr, user string, v proxy.LimitVerdict) {
+	r.next.Succeeded(client, user, v)
+}
 
 // limitsEnv is a Portico assembled from a config by internal/app, as the
 // binary does, with the brute-force limits on Redis, in front of one

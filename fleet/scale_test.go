@@ -190,3 +190,33 @@ func TestUserSessionsSeesNewProxy(t *testing.T) {
 		t.Errorf("UserSessions on a = %d, %v; want 1 (b started after a's heartbeat)", n, err)
 	}
 }
+
+// TestQueueUserSessions: the count rides on a pipeline of the caller's,
+// next to its own commands, and agrees with UserSessions.
+func TestQueueUserSessions(t *testing.T) {
+	c, _ := redisClient(t)
+	ctx := context.Background()
+	a, la, _ := newFleet(c, "a", time.Minute)
+	la.add(session("q1", "quinn", "imap1"))
+	la.add(session("q2", "quinn", "imap2"))
+	run(t, a)
+	waitFor(t, 2*time.Second, "a's sessions", func() bool { return count(t, c, "quinn") == 2 && a.Stats().Heartbeats > 0 })
+	pipe := c.Pipeline()
+	other := pipe.Echo(ctx, "the caller's own command")
+	n := a.QueueUserSessions(pipe, "quinn")
+	if pipe.Len() != 2 {
+		t.Fatalf("pipeline holds %d commands, want 2", pipe.Len())
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := n(ctx); err != nil || got != 2 {
+		t.Fatalf("count = %d, %v; want 2", got, err)
+	}
+	if other.Val() != "the caller's own command" {
+		t.Fatalf("caller's command: %q", other.Val())
+	}
+	if got, err := a.UserSessions(ctx, "quinn"); err != nil || got != 2 {
+		t.Fatalf("UserSessions = %d, %v; want 2", got, err)
+	}
+}

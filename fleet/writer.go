@@ -343,37 +343,54 @@ func (f *Fleet) instance() string {
 // once per heartbeat for each such instance; without a recent heartbeat
 // it asks Redis for them every time.
 func (f *Fleet) UserSessions(ctx context.Context, user string) (int, error) {
+	pipe := f.Client.Pipeline()
+	count := f.QueueUserSessions(pipe, user)
+	if pipe.Len() > 0 {
+		pipe.Exec(ctx) // errors are the command's
+	}
+	return count(ctx)
+}
+
+// QueueUserSessions is UserSessions in two halves, so that a caller can
+// make its read part of a pipeline of its own (the brute-force limiter's
+// check): it queues the read on pipe and returns the function that counts
+// once pipe has run. That function may make a round trip of its own, in
+// the cases where UserSessions makes a second one.
+func (f *Fleet) QueueUserSessions(pipe redis.Pipeliner, user string) func(context.Context) (int, error) {
 	f.init()
 	f.pmu.Lock()
 	live, notLive, at := f.live, f.notLive, f.liveAt
 	f.pmu.Unlock()
 	if live == nil || time.Since(at) > f.ttl() {
-		return CountSessions(ctx, f.Client, f.Prefix, user)
+		return func(ctx context.Context) (int, error) { return CountSessions(ctx, f.Client, f.Prefix, user) }
 	}
-	ms, err := f.Client.ZRange(ctx, f.keys.live(user), 0, -1).Result()
-	if err != nil {
-		return 0, fmt.Errorf("fleet: sessions of %q: %w", user, err)
-	}
-	n, unknown := countLive(ms, live, notLive)
-	if !unknown {
+	cmd := pipe.ZRange(context.Background(), f.keys.live(user), 0, -1)
+	return func(ctx context.Context) (int, error) {
+		ms, err := cmd.Result()
+		if err != nil {
+			return 0, fmt.Errorf("fleet: sessions of %q: %w", user, err)
+		}
+		n, unknown := countLive(ms, live, notLive)
+		if !unknown {
+			return n, nil
+		}
+		if live, err = liveInstances(ctx, f.Client, f.keys); err != nil {
+			return 0, err
+		}
+		f.pmu.Lock()
+		if f.notLive == nil {
+			f.notLive = make(map[string]bool)
+		}
+		for _, m := range ms {
+			if _, inst, ok := splitMember(m); ok && !live[inst] {
+				f.notLive[inst] = true
+			}
+		}
+		f.live = live
+		f.pmu.Unlock()
+		n, _ = countLive(ms, live, nil)
 		return n, nil
 	}
-	if live, err = liveInstances(ctx, f.Client, f.keys); err != nil {
-		return 0, err
-	}
-	f.pmu.Lock()
-	if f.notLive == nil {
-		f.notLive = make(map[string]bool)
-	}
-	for _, m := range ms {
-		if _, inst, ok := splitMember(m); ok && !live[inst] {
-			f.notLive[inst] = true
-		}
-	}
-	f.live = live
-	f.pmu.Unlock()
-	n, _ = countLive(ms, live, nil)
-	return n, nil
 }
 
 // countLive counts the members of live instances, and says whether some

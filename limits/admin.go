@@ -51,7 +51,7 @@ func (l *Limiter) ShowAddr(ctx context.Context, addr string) (AddrStatus, error)
 	}
 	now := time.Now()
 	c := &call{script: checkIPScript, keys: []string{l.redis.keys.ip(net)}, args: []any{l.redis.args.ipRate}}
-	if err := l.redis.run(ctx, c); err != nil {
+	if err := l.redis.run(ctx, nil, c); err != nil {
 		return AddrStatus{}, err
 	}
 	v, err := reply(c.cmd, 2)
@@ -72,7 +72,7 @@ func (l *Limiter) ShowUser(ctx context.Context, user string) (UserStatus, error)
 	}
 	k := l.redis.keys
 	c := &call{script: showUserScript, keys: []string{k.user(user), k.known(user), k.pw(user)}}
-	if err := l.redis.run(ctx, c); err != nil {
+	if err := l.redis.run(ctx, nil, c); err != nil {
 		return UserStatus{}, err
 	}
 	v, err := reply(c.cmd, 4)

@@ -134,6 +134,14 @@ func (c *Config) fill() {
 // Redis, the counters are shared by every proxy of the fleet; without,
 // they are this process's.
 type Limiter struct {
+	// CountSessions, when set, queues on the pipeline of a check a count
+	// of the user's sessions across the fleet (fleet.Fleet's
+	// QueueUserSessions does) and returns the function that reads it
+	// once the pipeline ran: the login learns its session count in the
+	// round trip it makes anyway (proxy.LimitVerdict.Sessions). Set it
+	// before the first Check.
+	CountSessions func(pipe redis.Pipeliner, user string) func(context.Context) (int, error)
+
 	cfg    Config
 	redis  *redisStore // nil without Redis
 	mem    *memory
@@ -191,12 +199,24 @@ func (l *Limiter) Check(ctx context.Context, client netip.Addr, user string) pro
 	}
 	l.stats.checks.Add(1)
 	net := l.cfg.Net(client)
-	s, err := l.snapshot(ctx, net, user)
+	var sessions func(context.Context) (int, error)
+	var queue func(redis.Pipeliner)
+	if l.CountSessions != nil && user != "" {
+		queue = func(pipe redis.Pipeliner) { sessions = l.CountSessions(pipe, user) }
+	}
+	s, err := l.snapshot(ctx, net, user, queue)
 	if err != nil {
 		l.stats.unavailable.Add(1)
 		return proxy.LimitVerdict{Unavailable: true}
 	}
 	v, tier := l.cfg.decide(s)
+	v.Recorded = !s.fallback && s.known && s.knownLeft >= l.cfg.KnownAddressTTL-l.cfg.knownRefresh() &&
+		s.userIP.n < 0.5 && s.userIP.blocked == 0
+	if sessions != nil {
+		if n, err := sessions(ctx); err == nil {
+			v.Sessions, v.SessionsCounted = n, true
+		}
+	}
 	switch {
 	case v.Block:
 		l.stats.blocked.Add(1)
@@ -222,9 +242,19 @@ func (s snapshot) tier(name string) level {
 
 func round(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
 
-func (l *Limiter) snapshot(ctx context.Context, net netip.Prefix, user string) (snapshot, error) {
+// knownRefresh is how old a known address's last recorded login may be
+// before a new login is written again: refreshing its expiry on every
+// login would cost every login a Redis write for nothing.
+func (c *Config) knownRefresh() time.Duration {
+	return min(c.KnownAddressTTL/10, 24*time.Hour)
+}
+
+// snapshot reads the counters a login is judged by; queue, if not nil,
+// adds commands to the Redis round trip (they get an error when Redis is
+// not asked).
+func (l *Limiter) snapshot(ctx context.Context, net netip.Prefix, user string, queue func(redis.Pipeliner)) (snapshot, error) {
 	if l.redisUsable() {
-		s, err := l.redis.check(ctx, net, user)
+		s, err := l.redis.check(ctx, net, user, queue)
 		l.redisDone(err)
 		if err == nil {
 			return s, nil
@@ -233,7 +263,9 @@ func (l *Limiter) snapshot(ctx context.Context, net netip.Prefix, user string) (
 	if l.redis != nil && l.cfg.FailClosed {
 		return snapshot{}, errUnavailable
 	}
-	return l.mem.check(nowMs(), net, user), nil
+	s := l.mem.check(nowMs(), net, user)
+	s.fallback = l.redis != nil
+	return s, nil
 }
 
 // Failed records a failed login. user is "" for an invalid user name,
@@ -274,15 +306,16 @@ func (r failResult) tier(name string) level {
 
 // Succeeded records a successful login: the address becomes known for
 // the user, and the user's counter for it is reset. The Redis write is
-// made in the background; Succeeded does not wait for it.
-func (l *Limiter) Succeeded(client netip.Addr, user string) {
+// made in the background; Succeeded does not wait for it. It is skipped
+// when the check found nothing it would change (v.Recorded).
+func (l *Limiter) Succeeded(client netip.Addr, user string, v proxy.LimitVerdict) {
 	if l.exempt(client) || user == "" {
 		return
 	}
 	l.stats.successes.Add(1)
 	net := l.cfg.Net(client)
 	l.mem.succeed(nowMs(), net, user)
-	if !l.redisUsable() {
+	if v.Recorded || !l.redisUsable() {
 		return
 	}
 	select {

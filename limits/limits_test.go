@@ -76,7 +76,10 @@ var (
 
 func want(t *testing.T, l *Limiter, client netip.Addr, user string, v proxy.LimitVerdict) {
 	t.Helper()
-	if got := l.Check(ctx, client, user); got != v {
+	got := l.Check(ctx, client, user)
+	// What the verdict says besides its decision has tests of its own.
+	got.Recorded, got.Sessions, got.SessionsCounted = false, 0, false
+	if got != v {
 		t.Fatalf("Check(%s, %q) = %+v, want %+v", client, user, got, v)
 	}
 }
@@ -130,7 +133,7 @@ func TestTiers(t *testing.T) {
 			})
 			t.Run("user and known addresses", func(t *testing.T) {
 				u := "alice@example.com"
-				l.Succeeded(addrK, u)
+				l.Succeeded(addrK, u, proxy.LimitVerdict{})
 				time.Sleep(100 * time.Millisecond) // the success's write is not waited for
 				// A distributed attack on alice: one guess per address.
 				for i := range 8 {
@@ -148,7 +151,7 @@ func TestTiers(t *testing.T) {
 					l.Failed(ctx, addrK, u, fmt.Sprintf("typo %d", i))
 				}
 				want(t, l, addrK, u, delayed(100*time.Millisecond))
-				l.Succeeded(addrK, u)
+				l.Succeeded(addrK, u, proxy.LimitVerdict{})
 				time.Sleep(100 * time.Millisecond)
 				want(t, l, addrK, u, pass)
 			})
@@ -172,6 +175,77 @@ func TestTiers(t *testing.T) {
 					t.Errorf("stats = %+v", st)
 				}
 			})
+		})
+	}
+}
+
+// TestRecorded: a login from an address known recently enough, with no
+// failures against it, is Recorded (its success is not written again);
+// a failure there, or an expiry grown old, makes the next success write.
+func TestRecorded(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.KnownAddressTTL = 4 * time.Second // written again 0.4 s after a success
+			l := s.limiter(t, cfg, nil)
+			u := "alice@example.com"
+			recorded := func(want bool) {
+				t.Helper()
+				if v := l.Check(ctx, addrK, u); v.Recorded != want {
+					t.Fatalf("Check: %+v, want Recorded %v", v, want)
+				}
+			}
+			recorded(false) // never seen
+			l.Succeeded(addrK, u, proxy.LimitVerdict{})
+			time.Sleep(100 * time.Millisecond) // the write is not waited for
+			recorded(true)
+			l.Failed(ctx, addrK, u, "typo")
+			v := l.Check(ctx, addrK, u)
+			if v.Recorded {
+				t.Fatalf("Check after a failure: %+v, want a write", v)
+			}
+			l.Succeeded(addrK, u, v) // resets the failure
+			time.Sleep(100 * time.Millisecond)
+			recorded(true)
+			time.Sleep(600 * time.Millisecond)
+			recorded(false) // time to refresh the expiry
+			if l.Check(ctx, addrA, u).Recorded {
+				t.Fatal("an unknown address is Recorded")
+			}
+		})
+	}
+}
+
+// TestCountSessions: with CountSessions set, a check with Redis counts the
+// user's sessions in its own round trip.
+func TestCountSessions(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			l := s.limiter(t, testConfig(), nil)
+			var rdb redis.UniversalClient
+			if l.redis != nil {
+				rdb = l.redis.rdb
+			}
+			l.CountSessions = func(pipe redis.Pipeliner, user string) func(context.Context) (int, error) {
+				cmd := pipe.ZCard(ctx, "test:sessions:{"+user+"}")
+				return func(context.Context) (int, error) {
+					n, err := cmd.Result()
+					return int(n), err
+				}
+			}
+			u := "alice@example.com"
+			if rdb != nil {
+				if err := rdb.ZAdd(ctx, "test:sessions:{"+u+"}", redis.Z{Member: "a"}, redis.Z{Member: "b"}, redis.Z{Member: "c"}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v := l.Check(ctx, addrA, u)
+			if want := rdb != nil; v.SessionsCounted != want || (want && v.Sessions != 3) {
+				t.Fatalf("Check: %+v, want sessions counted %v (3)", v, want)
+			}
+			if v := l.Check(ctx, addrA, ""); v.SessionsCounted {
+				t.Fatalf("Check without a user counted sessions: %+v", v)
+			}
 		})
 	}
 }
@@ -286,7 +360,7 @@ func TestNoSecretsInRedis(t *testing.T) {
 		l.Failed(ctx, netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 7)}), user, pw)
 		l.Failed(ctx, addrA, user, pw) // and a repeat
 	}
-	l.Succeeded(addrK, "user1@example.com")
+	l.Succeeded(addrK, "user1@example.com", proxy.LimitVerdict{})
 	time.Sleep(100 * time.Millisecond)
 	dump := testsrv.DumpRedis(t, rdb)
 	if !strings.Contains(dump, "bf:pw:{user1@example.com}") {
@@ -407,7 +481,7 @@ func TestAdmin(t *testing.T) {
 	defer rdb.Close()
 	l := New(testConfig(), rdb, "", nil)
 	u := "alice@example.com"
-	l.Succeeded(addrK, u)
+	l.Succeeded(addrK, u, proxy.LimitVerdict{})
 	time.Sleep(100 * time.Millisecond)
 	for i := range 6 {
 		l.Failed(ctx, addrA, u, fmt.Sprint(i))

@@ -134,6 +134,7 @@ func (m *memory) check(now int64, net netip.Prefix, user string) snapshot {
 		}
 		exp, _ := u.known.get(net)
 		s.known = exp > now
+		s.knownLeft = time.Duration(max(exp-now, 0)) * time.Millisecond
 	}
 	return s
 }

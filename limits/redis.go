@@ -81,16 +81,16 @@ return {fmt(n), left(b, now), began}
 `)
 
 // checkUserScript reads a user's counter, the user's counter for one
-// address and whether that address is known.
+// address and how long that address stays known.
 // KEYS: user, known. ARGV: net, user rate, user_ip rate.
-// Returns {user count, ms left, user_ip count, ms left, known}.
+// Returns {user count, ms left, user_ip count, ms left, known ms left}.
 var checkUserScript = redis.NewScript(luaCommon + `
 local now = now_ms()
 local v = redis.call('HMGET', KEYS[1], '*', ARGV[1])
 local un, ub = load(v[1], now, tonumber(ARGV[2]))
 local inn, ib = load(v[2], now, tonumber(ARGV[3]))
 local known = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if known and tonumber(known) > now then known = 1 else known = 0 end
+if known then known = left(tonumber(known), now) else known = 0 end
 return {fmt(un), left(ub, now), fmt(inn), left(ib, now), known}
 `)
 
@@ -200,8 +200,11 @@ type call struct {
 // them (on a Cluster, go-redis sends each node its part at once). A
 // script the server does not have (it restarted) is sent again with
 // EVAL, which loads it.
-func (r *redisStore) run(ctx context.Context, calls ...*call) error {
-	if len(calls) == 1 {
+//
+// queue, when not nil, adds other commands to the pipeline; their
+// results are theirs to read.
+func (r *redisStore) run(ctx context.Context, queue func(redis.Pipeliner), calls ...*call) error {
+	if len(calls) == 1 && queue == nil {
 		c := calls[0]
 		c.cmd = c.script.Run(ctx, r.rdb, c.keys, c.args...)
 		return c.cmd.Err()
@@ -209,6 +212,9 @@ func (r *redisStore) run(ctx context.Context, calls ...*call) error {
 	pipe := r.rdb.Pipeline()
 	for _, c := range calls {
 		c.cmd = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	if queue != nil {
+		queue(pipe)
 	}
 	pipe.Exec(ctx) // errors are per command
 	for _, c := range calls {
@@ -222,7 +228,9 @@ func (r *redisStore) run(ctx context.Context, calls ...*call) error {
 	return nil
 }
 
-func (r *redisStore) check(ctx context.Context, net netip.Prefix, user string) (snapshot, error) {
+// check reads what a login is judged by, and runs queue's commands in the
+// same round trip.
+func (r *redisStore) check(ctx context.Context, net netip.Prefix, user string, queue func(redis.Pipeliner)) (snapshot, error) {
 	ip := &call{script: checkIPScript, keys: []string{r.keys.ip(net)}, args: []any{r.args.ipRate}}
 	calls := []*call{ip}
 	var u *call
@@ -231,7 +239,7 @@ func (r *redisStore) check(ctx context.Context, net netip.Prefix, user string) (
 			args: []any{net.String(), r.args.userRate, r.args.uipRate}}
 		calls = append(calls, u)
 	}
-	if err := r.run(ctx, calls...); err != nil {
+	if err := r.run(ctx, queue, calls...); err != nil {
 		return snapshot{}, err
 	}
 	var s snapshot
@@ -246,7 +254,8 @@ func (r *redisStore) check(ctx context.Context, net netip.Prefix, user string) (
 		}
 		s.user = level{n: num(v[0]), blocked: ms(v[1])}
 		s.userIP = level{n: num(v[2]), blocked: ms(v[3])}
-		s.known = num(v[4]) == 1
+		s.knownLeft = ms(v[4])
+		s.known = s.knownLeft > 0
 	}
 	return s, nil
 }
@@ -264,7 +273,7 @@ func (r *redisStore) fail(ctx context.Context, net netip.Prefix, user, tag strin
 			r.args.uipRate, c.UserIP.BlockAfter, c.UserIP.BlockFor.Milliseconds(),
 			c.RepeatWindow.Milliseconds(), maxPasswords, maxUserAddresses,
 		}}
-		if err := r.run(ctx, u); err != nil {
+		if err := r.run(ctx, nil, u); err != nil {
 			return res, err
 		}
 		v, err := reply(u.cmd, 1)
@@ -289,7 +298,7 @@ func (r *redisStore) fail(ctx context.Context, net netip.Prefix, user, tag strin
 	}
 	ip := &call{script: failIPScript, keys: []string{r.keys.ip(net)},
 		args: []any{r.args.ipRate, c.IP.BlockAfter, c.IP.BlockFor.Milliseconds()}}
-	if err := r.run(ctx, ip); err != nil {
+	if err := r.run(ctx, nil, ip); err != nil {
 		return res, err
 	}
 	v, err := reply(ip.cmd, 3)
@@ -307,7 +316,7 @@ func (r *redisStore) fail(ctx context.Context, net netip.Prefix, user, tag strin
 func (r *redisStore) succeed(ctx context.Context, net netip.Prefix, user string) error {
 	c := &call{script: successScript, keys: []string{r.keys.user(user), r.keys.known(user)},
 		args: []any{net.String(), r.cfg.KnownAddressTTL.Milliseconds(), r.cfg.KnownAddresses}}
-	return r.run(ctx, c)
+	return r.run(ctx, nil, c)
 }
 
 // reply returns a script's array reply, which must hold at least n

@@ -88,7 +88,12 @@ type snapshot struct {
 	ip, userIP, user level
 	// known: the user logged in from this address recently. It exempts
 	// the attempt from the address and user tiers, not from user_ip.
-	known bool
+	// knownLeft is how long it stays known without another login.
+	known     bool
+	knownLeft time.Duration
+	// fallback: read from memory because Redis, which has the fleet's
+	// counters, could not be asked.
+	fallback bool
 }
 
 // failResult is what Fail learns from a store.

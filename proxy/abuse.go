@@ -419,8 +419,9 @@ func (s *session) loginsInProgress(user string) int {
 }
 
 // checkUserSessions applies Limits.MaxSessionsPerUserIP (counted here) and
-// Limits.MaxSessionsPerUser (counted fleet-wide by Server.UserSessions,
-// here without it) to a login the backend has accepted.
+// Limits.MaxSessionsPerUser (counted fleet-wide by the LoginLimiter's
+// check or else by Server.UserSessions, here without either) to a login
+// the backend has accepted.
 func (s *session) checkUserSessions(user string) error {
 	srv := s.srv
 	perIP, perUser := s.set.limits.MaxSessionsPerUserIP, s.set.limits.MaxSessionsPerUser
@@ -449,7 +450,9 @@ func (s *session) checkUserSessions(user string) error {
 		return nil
 	}
 	n := local
-	if f := srv.UserSessions; f != nil {
+	if v := s.verdict; v.SessionsCounted {
+		n = max(n, v.Sessions)
+	} else if f := srv.UserSessions; f != nil {
 		ctx, cancel := context.WithTimeout(srv.ctx, s.set.limits.LookupTimeout)
 		fleet, err := f(ctx, user)
 		cancel()

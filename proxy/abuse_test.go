@@ -185,6 +185,34 @@ func TestSessionsPerUser(t *testing.T) {
 	}
 }
 
+// TestSessionsCountedByLimiter: a count of the user's sessions that came
+// with the limiter's verdict is used instead of a read of its own, and
+// the verdict reaches Succeeded.
+func TestSessionsCountedByLimiter(t *testing.T) {
+	lim := &fakeLimiter{}
+	h := newHarnessWith(t, func(l *proxy.Limits) { l.MaxSessionsPerUser = 3 }, func(s *proxy.Server) {
+		s.Limiter = lim
+		s.UserSessions = func(ctx context.Context, user string) (int, error) {
+			t.Error("UserSessions asked although the limiter counted")
+			return 0, nil
+		}
+	})
+	login := func(want string) {
+		t.Helper()
+		c := h.dialTLS(t, h.imaps)
+		c.greeting()
+		c.send("a LOGIN alice@example.test " + alicePW + "\r\n")
+		c.expectPrefix(want)
+	}
+	lim.set(proxy.LimitVerdict{Sessions: 3, SessionsCounted: true})
+	login("a NO [LIMIT] Too many sessions of this user")
+	lim.set(proxy.LimitVerdict{Sessions: 2, SessionsCounted: true, Recorded: true})
+	login("a OK ")
+	if _, _, succeeded := lim.take(); strings.Join(succeeded, ",") != "127.0.0.1 alice@example.test (recorded)" {
+		t.Errorf("succeeded = %q", succeeded)
+	}
+}
+
 // ppListener serves a STARTTLS and an implicit TLS listener that expect
 // PROXY headers from 127.0.0.1 only; the imap one allows cleartext logins
 // from 192.0.2.0/24.

@@ -22,8 +22,9 @@ type LoginLimiter interface {
 	// recognise the same wrong password sent again; it must never be
 	// stored or logged.
 	Failed(ctx context.Context, client netip.Addr, user, password string)
-	// Succeeded records a login the backend accepted. It must not block.
-	Succeeded(client netip.Addr, user string)
+	// Succeeded records a login the backend accepted; v is what Check
+	// answered for it. It must not block.
+	Succeeded(client netip.Addr, user string, v LimitVerdict)
 }
 
 // LimitVerdict is a LoginLimiter's answer about one login.
@@ -37,6 +38,18 @@ type LimitVerdict struct {
 	// Unavailable refuses the login with NO [UNAVAILABLE]: the limiter
 	// cannot decide and is configured to fail closed.
 	Unavailable bool
+
+	// Recorded says that a success of this login would change nothing
+	// the limiter keeps (the address is known for the user, recently
+	// enough, and has no failures against it), so Succeeded need not
+	// write anything: the common login costs the limiter one read.
+	Recorded bool
+
+	// Sessions is the user's sessions across the fleet when the limiter
+	// counted them (SessionsCounted) in the round trip of its own reads,
+	// which spares the login a second one for Limits.MaxSessionsPerUser.
+	Sessions        int
+	SessionsCounted bool
 }
 
 // limitCheck asks the server's limiter about a login. When it returns
@@ -49,6 +62,7 @@ func (s *session) limitCheck(tag string, start time.Time, user string) (act acti
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
 	v := l.Check(ctx, s.client.Addr(), user)
 	cancel()
+	s.verdict = v
 	switch {
 	case v.Unavailable:
 		return s.unavailable(tag), false
@@ -73,7 +87,7 @@ func (s *session) limitFailed(user, password string) {
 
 func (s *session) limitSucceeded(user string) {
 	if l := s.set.limiter; l != nil {
-		l.Succeeded(s.client.Addr(), user)
+		l.Succeeded(s.client.Addr(), user, s.verdict)
 	}
 }
 

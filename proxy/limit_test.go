@@ -42,10 +42,14 @@ func (f *fakeLimiter) Failed(ctx context.Context, client netip.Addr, user, passw
 	f.failed = append(f.failed, client.String()+" "+user+" "+password)
 }
 
-func (f *fakeLimiter) Succeeded(client netip.Addr, user string) {
+func (f *fakeLimiter) Succeeded(client netip.Addr, user string, v proxy.LimitVerdict) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.succeeded = append(f.succeeded, client.String()+" "+user)
+	rec := ""
+	if v.Recorded {
+		rec = " (recorded)"
+	}
+	f.succeeded = append(f.succeeded, client.String()+" "+user+rec)
 }
 
 func (f *fakeLimiter) take() (checks, failed, succeeded []string) {

@@ -58,6 +58,7 @@ type session struct {
 	clientID   [][2]string
 	bad        int
 	authFails  int
+	verdict    LimitVerdict // the limiter's answer about the login under way
 
 	loginTag string // tag of the login command being answered
 	user     string

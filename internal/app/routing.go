@@ -155,6 +155,11 @@ func (rt *App) buildFleet(cfg *config.Config, srv *proxy.Server, logger *slog.Lo
 	}
 	JoinFleet(srv, f)
 	rt.fleet = f
+	if rt.Limiter != nil && cfg.Limits.MaxSessionsPerUser > 0 {
+		// The login's session count travels with the limiter's read: one
+		// round trip to Redis per login instead of two.
+		rt.Limiter.CountSessions = f.QueueUserSessions
+	}
 }
 
 // JoinFleet connects srv and f both ways: the fleet sees and kicks the
