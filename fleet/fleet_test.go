@@ -391,6 +391,15 @@ func TestMove(t *testing.T) {
 		moveDone <- err
 	}()
 	waitFor(t, time.Second, "hold", func() bool { return c.Exists(ctx, keysFor("").move("dave")).Val() == 1 })
+	// b learns of the hold through the control channel a moment after the
+	// key is set; a login in that moment is caught by the proxy's second
+	// ask after registering it (proxy.TestLoginGate).
+	waitFor(t, 3*time.Second, "b knows the hold", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		_, ok := b.moving["dave"]
+		return ok
+	})
 
 	// A new login of dave on proxy b waits for the old session to go.
 	gateDone := make(chan error, 1)

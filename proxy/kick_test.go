@@ -449,6 +449,7 @@ func TestLoginGate(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	var asked []string
+	racerAsks := 0
 	h := newHarnessWith(t, func(l *proxy.Limits) { l.LoginGateTimeout = 300 * time.Millisecond },
 		func(s *proxy.Server) {
 			s.LoginGate = func(ctx context.Context, user string) error {
@@ -468,11 +469,18 @@ func TestLoginGate(t *testing.T) {
 				case "slow@example.test":
 					<-ctx.Done()
 					return ctx.Err()
+				case "racer@example.test":
+					// The first ask passes; the hold of a move that began
+					// meanwhile is known by the second.
+					racerAsks++
+					if racerAsks > 1 {
+						return errors.New("user is being moved")
+					}
 				}
 				return nil
 			}
 		})
-	h.streamBackend("gate", nil, "held@example.test", "refused@example.test", "slow@example.test")
+	h.streamBackend("gate", nil, "held@example.test", "refused@example.test", "slow@example.test", "racer@example.test")
 
 	t.Run("held", func(t *testing.T) {
 		c := h.dialTLS(t, h.imaps)
@@ -501,9 +509,24 @@ func TestLoginGate(t *testing.T) {
 			t.Errorf("answered after %v, want about 300ms", d)
 		}
 	})
+	t.Run("hold during registration", func(t *testing.T) {
+		c := h.dialTLS(t, h.imaps)
+		c.greeting()
+		c.send("a LOGIN racer pw\r\n")
+		c.expectPrefix("a NO [UNAVAILABLE] ")
+		for _, si := range h.srv.Sessions() {
+			if si.User == "racer@example.test" {
+				t.Errorf("refused login still registered: %+v", si)
+			}
+		}
+	})
 	mu.Lock()
 	defer mu.Unlock()
-	if want := []string{"held@example.test", "refused@example.test", "slow@example.test"}; !slices.Equal(asked, want) {
+	// Each login asks before and after it is registered, unless the first
+	// answer refuses it.
+	want := []string{"held@example.test", "held@example.test", "refused@example.test", "slow@example.test",
+		"racer@example.test", "racer@example.test"}
+	if !slices.Equal(asked, want) {
 		t.Errorf("gate asked about %q, want %q (normalised)", asked, want)
 	}
 }

@@ -62,23 +62,42 @@ func (s *session) login1(tag string, ev *LoginEvent, rawUser, password string) a
 		}
 		return act
 	}
-	if gate := s.srv.LoginGate; gate != nil {
-		ctx, cancel := context.WithTimeout(s.srv.stopping, s.set.limits.LoginGateTimeout)
-		err := gate(ctx, user)
-		cancel()
-		if err != nil {
-			s.srv.logger().Info("login held back", "session", s.id, "user", user, "err", err)
-			return s.unavailable(tag)
-		}
+	if !s.passGate(user) {
+		return s.unavailable(tag)
 	}
 	// From here on a kick of the user reaches this login: it is refused
 	// rather than spliced to a backend the user may be leaving.
 	s.srv.beginLogin(s, user)
+	// A move that began between the gate and the registration announced
+	// its hold to this proxy before its kick: asking again, now that the
+	// kick would find this login, closes that window. (With the fleet's
+	// control channel up, asking costs no Redis command.)
+	if !s.passGate(user) {
+		s.srv.unregister(s)
+		return s.unavailable(tag)
+	}
 	act := s.loginTo(tag, ev, user, password, start)
 	if act != actSplice {
 		s.srv.unregister(s)
 	}
 	return act
+}
+
+// passGate waits while Server.LoginGate holds the user's logins, and
+// reports whether the login may go on.
+func (s *session) passGate(user string) bool {
+	gate := s.srv.LoginGate
+	if gate == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(s.srv.stopping, s.set.limits.LoginGateTimeout)
+	err := gate(ctx, user)
+	cancel()
+	if err != nil {
+		s.srv.logger().Info("login held back", "session", s.id, "user", user, "err", err)
+		return false
+	}
+	return true
 }
 
 func (s *session) loginTo(tag string, ev *LoginEvent, user, password string, start time.Time) action {
