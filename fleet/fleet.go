@@ -556,6 +556,22 @@ func (f *Fleet) LoginGate(ctx context.Context, user string) error {
 	}
 }
 
+// LoginGateAgain is LoginGate for a login's second ask, once the proxy
+// has registered it. With the control channel up it answers from the
+// holds it announced, like LoginGate; without, the first ask read Redis
+// and a kick may not arrive anyway, so it does not read Redis again (with
+// Redis hanging, that would add gateTimeout to every login).
+func (f *Fleet) LoginGateAgain(ctx context.Context, user string) error {
+	if f == nil || f.Client == nil {
+		return nil
+	}
+	f.init()
+	if !f.controlHealthy() {
+		return nil
+	}
+	return f.LoginGate(ctx, user)
+}
+
 // health logs a Redis outage once, when it starts, and once when it ends.
 type health struct {
 	mu      sync.Mutex

@@ -62,7 +62,7 @@ func (s *session) login1(tag string, ev *LoginEvent, rawUser, password string) a
 		}
 		return act
 	}
-	if !s.passGate(user) {
+	if !s.passGate(s.srv.LoginGate, user) {
 		return s.unavailable(tag)
 	}
 	// From here on a kick of the user reaches this login: it is refused
@@ -72,7 +72,11 @@ func (s *session) login1(tag string, ev *LoginEvent, rawUser, password string) a
 	// its hold to this proxy before its kick: asking again, now that the
 	// kick would find this login, closes that window. (With the fleet's
 	// control channel up, asking costs no Redis command.)
-	if !s.passGate(user) {
+	again := s.srv.LoginGateAgain
+	if again == nil {
+		again = s.srv.LoginGate
+	}
+	if !s.passGate(again, user) {
 		s.srv.unregister(s)
 		return s.unavailable(tag)
 	}
@@ -83,10 +87,9 @@ func (s *session) login1(tag string, ev *LoginEvent, rawUser, password string) a
 	return act
 }
 
-// passGate waits while Server.LoginGate holds the user's logins, and
-// reports whether the login may go on.
-func (s *session) passGate(user string) bool {
-	gate := s.srv.LoginGate
+// passGate waits while gate (Server.LoginGate) holds the user's logins,
+// and reports whether the login may go on.
+func (s *session) passGate(gate func(context.Context, string) error, user string) bool {
 	if gate == nil {
 		return true
 	}

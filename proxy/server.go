@@ -163,6 +163,12 @@ type Server struct {
 	// answers the login with NO [UNAVAILABLE]; the client may retry.
 	LoginGate func(ctx context.Context, user string) error
 
+	// LoginGateAgain, if set, replaces LoginGate for its second ask,
+	// made once the login is registered (so that a kick finds it): a
+	// gate that read shared state the first time may answer from what
+	// it learnt since. Nil means LoginGate again.
+	LoginGateAgain func(ctx context.Context, user string) error
+
 	// Limiter, if set, limits failed logins per client address and user
 	// (see LoginLimiter); nil means none.
 	Limiter LoginLimiter

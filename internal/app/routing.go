@@ -170,6 +170,7 @@ func JoinFleet(srv *proxy.Server, f *fleet.Fleet) {
 	srv.OnSplice = func(i proxy.SessionInfo) { f.SessionStarted(fleet.SessionInfo(i)) }
 	srv.OnEnd = func(i proxy.SessionInfo) { f.SessionEnded(fleet.SessionInfo(i)) }
 	srv.LoginGate = f.LoginGate
+	srv.LoginGateAgain = f.LoginGateAgain
 	srv.UserSessions = f.UserSessions
 }
 
