@@ -148,12 +148,12 @@ backends:
 	if next == nil {
 		next = upstream.Login
 	}
-	srv.Login = func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error) {
+	srv.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
 		e.backends.Add(1)
 		e.mu.Lock()
-		e.sent[password] = true
+		e.sent[cred.Secret] = true
 		e.mu.Unlock()
-		return next(ctx, b, user, password, id)
+		return next(ctx, b, cred, id)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, err := e.rt.Start(ctx, logger); err != nil {

@@ -355,7 +355,7 @@ func (s *Server) beginBackendLogin(b *routing.Backend) (done func(), ok bool, wh
 // backendLogin logs in to b for the session, within the loop guards and
 // the limits on logins in progress, and then checks the user's session
 // limits: those are only told to a client that knows the password.
-func (s *session) backendLogin(b *routing.Backend, user, password string) (*upstream.Result, error) {
+func (s *session) backendLogin(b *routing.Backend, user string, cred upstream.Credentials) (*upstream.Result, error) {
 	srv := s.srv
 	if s.ab.loop == "" && srv.ownUpstream(s.ab.peer, addrPort(s.raw.LocalAddr())) {
 		// Checked at login, not at accept: the login that connected here
@@ -389,7 +389,7 @@ func (s *session) backendLogin(b *routing.Backend, user, password string) (*upst
 		return nil, errRefused
 	}
 	ctx := upstream.WithConnected(srv.ctx, srv.connected)
-	res, err := s.set.login(ctx, b, user, password, s.idInfo())
+	res, err := s.set.login(ctx, b, cred, s.idInfo())
 	done()
 	if err != nil {
 		return nil, err

@@ -467,11 +467,11 @@ func TestLoopOwnListener(t *testing.T) {
 func TestLoopOwnBackendLogin(t *testing.T) {
 	var self string
 	h := newHarnessWith(t, nil, func(s *proxy.Server) {
-		s.Login = func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error) {
+		s.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
 			if b.Name == "via-name" {
 				b = &routing.Backend{Name: b.Name, Addr: self}
 			}
-			return upstream.Login(ctx, b, user, password, id)
+			return upstream.Login(ctx, b, cred, id)
 		}
 	})
 	self = h.imapClear

@@ -73,9 +73,9 @@ func TestLoginLimiter(t *testing.T) {
 	const delay = 200 * time.Millisecond
 	h := newHarnessWith(t, func(l *proxy.Limits) { l.AuthFailureDelay = delay }, func(s *proxy.Server) {
 		s.Limiter = lim
-		s.Login = func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error) {
+		s.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
 			backendLogins.Add(1)
-			return upstream.Login(ctx, b, user, password, id)
+			return upstream.Login(ctx, b, cred, id)
 		}
 	})
 	c := h.dialTLS(t, h.imaps)

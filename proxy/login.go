@@ -62,6 +62,9 @@ func (s *session) login1(tag string, ev *LoginEvent, rawUser, password string) a
 		}
 		return act
 	}
+	if act, ok := s.authenticate(tag, ev, start, user, password); !ok {
+		return act
+	}
 	if !s.passGate(s.srv.LoginGate, user) {
 		return s.unavailable(tag)
 	}
@@ -104,12 +107,15 @@ func (s *session) passGate(gate func(context.Context, string) error, user string
 }
 
 func (s *session) loginTo(tag string, ev *LoginEvent, user, password string, start time.Time) action {
-	ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
 	t0 := time.Now()
-	b, err := s.set.router.Lookup(ctx, user)
+	b, err := s.auth.Backend, error(nil)
+	if b == nil {
+		ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
+		b, err = s.set.router.Lookup(ctx, user)
+		cancel()
+	}
 	t1 := time.Now()
 	ev.Lookup = t1.Sub(t0)
-	cancel()
 	if errors.Is(err, routing.ErrNotFound) {
 		s.limitFailed(user, password)
 		ev.Result = LoginAuthFailed
@@ -119,7 +125,7 @@ func (s *session) loginTo(tag string, ev *LoginEvent, user, password string, sta
 		s.srv.logger().Warn("routing lookup failed", "session", s.id, "user", user, "err", err)
 		return s.unavailable(tag)
 	}
-	res, err := s.backendLogin(b, user, password)
+	res, err := s.backendLogin(b, user, s.upstreamCredentials(ev, user, password))
 	ev.BackendLogin = time.Since(t1)
 	ev.Backend = b
 	if errors.Is(err, upstream.ErrAuthFailed) {

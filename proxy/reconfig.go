@@ -26,6 +26,7 @@ type Config struct {
 	Limits          Limits
 	Login           LoginFunc
 	Limiter         LoginLimiter
+	Authenticator   Authenticator
 	TrustedNetworks []netip.Prefix
 }
 
@@ -37,6 +38,7 @@ type settings struct {
 	limits        Limits
 	login         LoginFunc
 	limiter       LoginLimiter
+	authenticator Authenticator
 	trusted       []netip.Prefix
 }
 
@@ -48,6 +50,7 @@ func newSettings(c Config) *settings {
 		limits:        c.Limits.withDefaults(),
 		login:         c.Login,
 		limiter:       c.Limiter,
+		authenticator: c.Authenticator,
 		trusted:       c.TrustedNetworks,
 	}
 	if st.login == nil {
@@ -61,7 +64,7 @@ func newSettings(c Config) *settings {
 func (s *Server) exportedSettings() *settings {
 	return newSettings(Config{
 		Router: s.Router, TLSConfig: s.TLSConfig, DefaultDomain: s.DefaultDomain, Limits: s.Limits,
-		Login: s.Login, Limiter: s.Limiter, TrustedNetworks: s.TrustedNetworks,
+		Login: s.Login, Limiter: s.Limiter, Authenticator: s.Authenticator, TrustedNetworks: s.TrustedNetworks,
 	})
 }
 

@@ -134,7 +134,7 @@ const DefaultKickTimeout = 10 * time.Second
 
 // LoginFunc logs in to a backend on behalf of a client. It is
 // upstream.Login unless a test replaces it.
-type LoginFunc func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error)
+type LoginFunc func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error)
 
 // Server accepts IMAP clients, authenticates them, finds their backend
 // through Router, logs in there and splices the two connections.
@@ -172,6 +172,10 @@ type Server struct {
 	// Limiter, if set, limits failed logins per client address and user
 	// (see LoginLimiter); nil means none.
 	Limiter LoginLimiter
+
+	// Authenticator, if set, decides logins at the proxy (see
+	// Authenticator); nil leaves the decision to the backends.
+	Authenticator Authenticator
 
 	// OnSplice is called when a session is logged in and spliced, and
 	// OnEnd when that session has ended, once each per session and in that

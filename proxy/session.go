@@ -59,6 +59,7 @@ type session struct {
 	bad        int
 	authFails  int
 	verdict    LimitVerdict // the limiter's answer about the login under way
+	auth       AuthResult   // the Authenticator's answer about it
 
 	loginTag string // tag of the login command being answered
 	user     string

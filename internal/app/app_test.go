@@ -112,7 +112,7 @@ backend_defaults:
 		if err != nil {
 			t.Fatalf("%s: %v", rec, err)
 		}
-		res, err := upstream.Login(ctx, b, user, pass, nil)
+		res, err := upstream.Login(ctx, b, upstream.Credentials{User: user, Secret: pass}, nil)
 		if err != nil {
 			t.Fatalf("%s: login: %v", rec, err)
 		}

@@ -110,8 +110,8 @@ func ReportHealth(h *routing.Health, next proxy.LoginFunc) proxy.LoginFunc {
 	if next == nil {
 		next = upstream.Login
 	}
-	return func(ctx context.Context, b *routing.Backend, user, password string, id *upstream.IDInfo) (*upstream.Result, error) {
-		res, err := next(ctx, b, user, password, id)
+	return func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
+		res, err := next(ctx, b, cred, id)
 		switch {
 		case err == nil, errors.Is(err, upstream.ErrAuthFailed):
 			h.ReportSuccess(b)

@@ -33,7 +33,7 @@ func TestProxyHeaderInsteadOfID(t *testing.T) {
 	})
 	id := &IDInfo{ClientIP: "203.0.113.9", ClientPort: 5555, ConnectedIP: "::ffff:192.0.2.1", ConnectedPort: 993, SessionID: "px-1"}
 	b := &routing.Backend{Addr: addr, ForwardID: true, ProxyProtocol: true}
-	res, err := Login(context.Background(), b, "alice", "secret", id)
+	res, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestProxyHeaderLocalAndTLS(t *testing.T) {
 	})
 	b := &routing.Backend{Addr: addr, TLS: routing.ImplicitTLS, ProxyProtocol: true}
 	b.TLSConfig = &tls.Config{RootCAs: pool}
-	res, err := Login(context.Background(), b, "alice", "secret", nil) // no client address known
+	res, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil) // no client address known
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestProxyHeaderDovecot(t *testing.T) {
 	b := &routing.Backend{Addr: d.HAProxyAddr, ProxyProtocol: true, ForwardID: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	res, err := Login(ctx, b, "alice", "secret", id)
+	res, err := Login(ctx, b, Credentials{User: "alice", Secret: "secret"}, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestProxyHeaderDovecot(t *testing.T) {
 	}
 	// Without the header, the haproxy listener refuses the connection.
 	b = &routing.Backend{Addr: d.HAProxyAddr, ConnectTimeout: 2 * time.Second, LoginTimeout: 3 * time.Second}
-	if _, err := Login(ctx, b, "alice", "secret", id); err == nil {
+	if _, err := Login(ctx, b, Credentials{User: "alice", Secret: "secret"}, id); err == nil {
 		t.Error("login without a PROXY header succeeded")
 	}
 }

@@ -3,7 +3,7 @@
 //
 // Typical use:
 //
-//	res, err := upstream.Login(ctx, backend, user, password, &upstream.IDInfo{ClientIP: ip})
+//	res, err := upstream.Login(ctx, backend, upstream.Credentials{User: user, Secret: password}, &upstream.IDInfo{ClientIP: ip})
 //	switch {
 //	case errors.Is(err, upstream.ErrAuthFailed): // tag NO [AUTHENTICATIONFAILED]
 //	case err != nil:                             // tag NO [UNAVAILABLE]; try another backend
@@ -75,6 +75,25 @@ type IDInfo struct {
 	ClientFields [][2]string
 }
 
+// Credentials say whom Login logs in as, and how.
+type Credentials struct {
+	// User is the user to log in as: the client's user, or with AuthzID
+	// set the master user who logs in on the user's behalf.
+	User string
+	// Secret is User's password, or the OAuth 2.0 token of Mechanism
+	// XOAUTH2 or OAUTHBEARER.
+	Secret string
+	// AuthzID, when set, is the user whose mailbox a master user (User)
+	// opens: AUTHENTICATE PLAIN with authzid, as Dovecot's master passdb
+	// takes it. A backend without AUTH=PLAIN is refused, never sent a
+	// LOGIN that would name the master user alone.
+	AuthzID string
+	// Mechanism is "" for a password (AUTHENTICATE PLAIN where the
+	// backend offers it, else LOGIN), or a SASL mechanism the client
+	// used and the backend must offer too ("XOAUTH2", "OAUTHBEARER").
+	Mechanism string
+}
+
 // Result is a logged-in backend connection.
 type Result struct {
 	// Conn is a *net.TCPConn or a *tls.Conn with no deadline set. The caller
@@ -98,11 +117,11 @@ type Result struct {
 //
 // b.ConnectTimeout bounds the connect (and the handshake of implicit TLS);
 // b.LoginTimeout bounds everything after it. Cancelling ctx aborts the login.
-func Login(ctx context.Context, b *routing.Backend, user, password string, id *IDInfo) (*Result, error) {
+func Login(ctx context.Context, b *routing.Backend, cred Credentials, id *IDInfo) (*Result, error) {
 	if b == nil {
 		return nil, errors.New("upstream: nil backend")
 	}
-	if strings.IndexByte(user, 0) >= 0 || strings.IndexByte(password, 0) >= 0 {
+	if strings.IndexByte(cred.User, 0) >= 0 || strings.IndexByte(cred.Secret, 0) >= 0 || strings.IndexByte(cred.AuthzID, 0) >= 0 {
 		// Neither LOGIN nor PLAIN can carry a NUL, so no backend can accept it.
 		return nil, fmt.Errorf("upstream: %s: credentials contain NUL: %w", b, ErrAuthFailed)
 	}
@@ -141,7 +160,7 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 		}
 	}
 
-	c := &conn{b: b, raw: raw, nc: raw, password: password}
+	c := &conn{b: b, raw: raw, nc: raw, password: cred.Secret}
 	if b.TLS == routing.ImplicitTLS {
 		tc := tls.Client(raw, c.tlsConfig())
 		if err := tc.HandshakeContext(cctx); err != nil {
@@ -155,7 +174,7 @@ func Login(ctx context.Context, b *routing.Backend, user, password string, id *I
 	// Deadlines instead of a goroutine per read; ctx moves them to the past.
 	raw.SetDeadline(time.Now().Add(loginTimeout))
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
-	res, err := c.login(user, password, id)
+	res, err := c.login(cred, id)
 	if !stop() && err == nil {
 		err = fmt.Errorf("upstream: %s: %w", b, context.Cause(ctx))
 	}
@@ -213,7 +232,7 @@ func (c *conn) errorf(format string, args ...any) error {
 	return fmt.Errorf("upstream: %s: "+format, append([]any{c.b}, args...)...)
 }
 
-func (c *conn) login(user, password string, id *IDInfo) (*Result, error) {
+func (c *conn) login(cred Credentials, id *IDInfo) (*Result, error) {
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	caps, err := c.greeting()
 	if err != nil {
@@ -251,7 +270,7 @@ func (c *conn) login(user, password string, id *IDInfo) (*Result, error) {
 		c.forwardID(id)
 	}
 
-	postCaps, err := c.authenticate(caps, user, password)
+	postCaps, err := c.authenticate(caps, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -455,7 +474,7 @@ func writeQuoted(w io.ByteWriter, s string) {
 // authenticate logs in with AUTHENTICATE PLAIN when offered, else LOGIN. It
 // returns the capabilities from the tagged OK or from an untagged CAPABILITY
 // received before it, or nil.
-func (c *conn) authenticate(caps []string, user, password string) ([]string, error) {
+func (c *conn) authenticate(caps []string, cred Credentials) ([]string, error) {
 	tag := c.nextTag()
 	var postCaps []string
 	onUntagged := func(u response, _ []byte) {
@@ -466,10 +485,14 @@ func (c *conn) authenticate(caps []string, user, password string) ([]string, err
 	var r response
 	var err error
 	switch {
+	case cred.Mechanism != "":
+		return nil, c.errorf("login: mechanism %s not supported", cred.Mechanism)
 	case hasCap(caps, "AUTH=PLAIN"):
-		r, err = c.authPlain(tag, caps, user, password, onUntagged)
+		r, err = c.authPlain(tag, caps, cred.AuthzID, cred.User, cred.Secret, onUntagged)
+	case cred.AuthzID != "":
+		return nil, c.errorf("login: AUTH=PLAIN not advertised (a master user login needs it)")
 	default:
-		r, err = c.loginCmd(tag, caps, user, password, onUntagged)
+		r, err = c.loginCmd(tag, caps, cred.User, cred.Secret, onUntagged)
 	}
 	if err != nil {
 		return nil, err
@@ -493,8 +516,8 @@ func (c *conn) authenticate(caps []string, user, password string) ([]string, err
 	return nil, c.errorf("login: %s %s", r.kind, c.clean(r.text, 200))
 }
 
-func (c *conn) authPlain(tag string, caps []string, user, password string, onUntagged func(response, []byte)) (response, error) {
-	ir := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + password))
+func (c *conn) authPlain(tag string, caps []string, authzid, user, password string, onUntagged func(response, []byte)) (response, error) {
+	ir := base64.StdEncoding.EncodeToString([]byte(authzid + "\x00" + user + "\x00" + password))
 	if hasCap(caps, "SASL-IR") || hasCap(caps, "IMAP4rev2") {
 		if err := c.write(tag + " AUTHENTICATE PLAIN " + ir + "\r\n"); err != nil {
 			return response{}, c.errorf("authenticate: %w", err)

@@ -91,7 +91,7 @@ func TestMemserverLogin(t *testing.T) {
 		addr := memBackend(t, pw, nil)
 		// ForwardID: imapmemserver has no ID and would BYE on it.
 		b := &routing.Backend{Addr: addr, ForwardID: true}
-		res, err := Login(context.Background(), b, "alice", pw, &IDInfo{ClientIP: "192.0.2.1"})
+		res, err := Login(context.Background(), b, Credentials{User: "alice", Secret: pw}, &IDInfo{ClientIP: "192.0.2.1"})
 		if err != nil {
 			t.Fatalf("password %q: %v", pw, err)
 		}
@@ -103,7 +103,7 @@ func TestMemserverLogin(t *testing.T) {
 		}
 		selectInbox(t, res)
 
-		_, err = Login(context.Background(), b, "alice", pw+"x", nil)
+		_, err = Login(context.Background(), b, Credentials{User: "alice", Secret: pw + "x"}, nil)
 		if !errors.Is(err, ErrAuthFailed) {
 			t.Fatalf("wrong password: %v", err)
 		}
@@ -118,7 +118,7 @@ func TestMemserverStartTLS(t *testing.T) {
 	addr := memBackend(t, "secret", &tls.Config{Certificates: []tls.Certificate{cert}})
 
 	b := &routing.Backend{Addr: addr, TLS: routing.StartTLS, TLSConfig: &tls.Config{RootCAs: pool}}
-	res, err := Login(context.Background(), b, "alice", "secret", nil)
+	res, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,12 +129,12 @@ func TestMemserverStartTLS(t *testing.T) {
 
 	// System roots do not trust the self-signed certificate.
 	b = &routing.Backend{Addr: addr, TLS: routing.StartTLS}
-	if _, err := Login(context.Background(), b, "alice", "secret", nil); err == nil || errors.Is(err, ErrAuthFailed) {
+	if _, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil); err == nil || errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("untrusted certificate: %v", err)
 	}
 	// Plain mode: imapserver advertises LOGINDISABLED without TLS.
 	b = &routing.Backend{Addr: addr}
-	if _, err := Login(context.Background(), b, "alice", "secret", nil); err == nil || !strings.Contains(err.Error(), "LOGINDISABLED") {
+	if _, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil); err == nil || !strings.Contains(err.Error(), "LOGINDISABLED") {
 		t.Fatalf("LOGINDISABLED: %v", err)
 	}
 }
@@ -255,7 +255,7 @@ func TestWaitingLineBeforeGreeting(t *testing.T) {
 		f.send("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] Dovecot ready.\r\n")
 		serveLogin(f, "OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
 	})
-	res, err := Login(context.Background(), &routing.Backend{Addr: addr}, "alice", "secret", nil)
+	res, err := Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +279,7 @@ func TestBadGreetings(t *testing.T) {
 			// Answer CAPABILITY after a bare waiting line, then hang up.
 			time.Sleep(100 * time.Millisecond)
 		})
-		_, err := Login(context.Background(), &routing.Backend{Addr: addr}, "alice", "secret", nil)
+		_, err := Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, nil)
 		if err == nil || errors.Is(err, ErrAuthFailed) {
 			t.Errorf("greeting %q: err = %v", g, err)
 		}
@@ -294,7 +294,7 @@ func TestTimeouts(t *testing.T) {
 	// Never greets: bounded by LoginTimeout.
 	addr, done := startFake(t, func(f *fake) { f.line() })
 	start := time.Now()
-	_, err := Login(context.Background(), &routing.Backend{Addr: addr, LoginTimeout: 200 * time.Millisecond}, "alice", "secret", nil)
+	_, err := Login(context.Background(), &routing.Backend{Addr: addr, LoginTimeout: 200 * time.Millisecond}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err == nil || time.Since(start) > 3*time.Second {
 		t.Fatalf("err = %v after %v", err, time.Since(start))
 	}
@@ -305,7 +305,7 @@ func TestTimeouts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start = time.Now()
-	_, err = Login(ctx, &routing.Backend{Addr: addr}, "alice", "secret", nil)
+	_, err = Login(ctx, &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
 		t.Fatalf("err = %v after %v", err, time.Since(start))
 	}
@@ -315,7 +315,7 @@ func TestTimeouts(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
 	ln.Close()
-	if _, err := Login(context.Background(), &routing.Backend{Addr: dead}, "alice", "secret", nil); err == nil || errors.Is(err, ErrAuthFailed) {
+	if _, err := Login(context.Background(), &routing.Backend{Addr: dead}, Credentials{User: "alice", Secret: "secret"}, nil); err == nil || errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("refused: %v", err)
 	}
 }
@@ -337,7 +337,7 @@ func TestStartTLSInjection(t *testing.T) {
 		serveLogin(f, "OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
 	})
 	b := &routing.Backend{Addr: addr, TLS: routing.StartTLS, TLSConfig: &tls.Config{RootCAs: pool}}
-	res, err := Login(context.Background(), b, "alice", "secret", nil)
+	res, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +359,7 @@ func TestStartTLSRefusals(t *testing.T) {
 			f.line()
 		})
 		b := &routing.Backend{Addr: addr, TLS: routing.StartTLS}
-		_, err := Login(context.Background(), b, "alice", "secret", nil)
+		_, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil)
 		if err == nil || !strings.Contains(err.Error(), "STARTTLS") {
 			t.Errorf("%s: err = %v", name, err)
 		}
@@ -374,7 +374,7 @@ func TestStartTLSRefusals(t *testing.T) {
 		f.send(strings.Fields(f.line())[0] + " NO not today\r\n")
 		f.line()
 	})
-	_, err := Login(context.Background(), &routing.Backend{Addr: addr, TLS: routing.StartTLS}, "alice", "secret", nil)
+	_, err := Login(context.Background(), &routing.Backend{Addr: addr, TLS: routing.StartTLS}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err == nil || errors.Is(err, ErrAuthFailed) {
 		t.Errorf("NO to STARTTLS: %v", err)
 	}
@@ -388,7 +388,7 @@ func TestLoginDisabledPlain(t *testing.T) {
 		f.send("* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ready\r\n")
 		f.line()
 	})
-	_, err := Login(context.Background(), &routing.Backend{Addr: addr}, "alice", "secret", nil)
+	_, err := Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err == nil || errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("err = %v", err)
 	}
@@ -407,7 +407,7 @@ func TestTLSVerification(t *testing.T) {
 		serveLogin(f, "OK [CAPABILITY IMAP4rev1] Logged in\r\n")
 	}
 	addr, done := startFake(t, script)
-	_, err := Login(context.Background(), &routing.Backend{Addr: addr, TLS: routing.ImplicitTLS}, "alice", "secret", nil)
+	_, err := Login(context.Background(), &routing.Backend{Addr: addr, TLS: routing.ImplicitTLS}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err == nil || errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("self-signed accepted: %v", err)
 	}
@@ -416,14 +416,14 @@ func TestTLSVerification(t *testing.T) {
 	// Wrong name: the configured ServerName must match the certificate.
 	addr, done = startFake(t, script)
 	b := &routing.Backend{Addr: addr, TLS: routing.ImplicitTLS, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "other.test"}}
-	if _, err := Login(context.Background(), b, "alice", "secret", nil); err == nil {
+	if _, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil); err == nil {
 		t.Fatal("wrong server name accepted")
 	}
 	wait(t, done)
 
 	addr, done = startFake(t, script)
 	b = &routing.Backend{Addr: addr, TLS: routing.ImplicitTLS, TLSConfig: &tls.Config{RootCAs: pool}}
-	res, err := Login(context.Background(), b, "alice", "secret", nil)
+	res, err := Login(context.Background(), b, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestLoginReplies(t *testing.T) {
 			f.send("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n")
 			serveLogin(f, tc.reply)
 		})
-		res, err := Login(context.Background(), &routing.Backend{Addr: addr}, "alice", "secret", nil)
+		res, err := Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, nil)
 		wait(t, done)
 		if tc.ok {
 			if err != nil {
@@ -479,7 +479,7 @@ func TestBufferedAfterOK(t *testing.T) {
 		f.send("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n")
 		serveLogin(f, "OK [CAPABILITY IMAP4rev1 IDLE UNAUTHENTICATE] Logged in\r\n"+extra)
 	})
-	res, err := Login(context.Background(), &routing.Backend{Addr: addr}, "alice", "secret", nil)
+	res, err := Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +503,7 @@ func TestPostLoginCapabilities(t *testing.T) {
 		tag, _, _ := strings.Cut(l, " ")
 		f.send("* OK [ALERT] x\r\n* FLAGS (\\Seen {3}\r\nabc)\r\n* CAPABILITY IMAP4rev1 IDLE UNAUTHENTICATE\r\n" + tag + " OK done\r\n* 1 EXISTS\r\n")
 	})
-	res, err := Login(context.Background(), &routing.Backend{Addr: addr}, "alice", "secret", nil)
+	res, err := Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -523,7 +523,7 @@ func TestPostLoginCapabilities(t *testing.T) {
 		tag, _, _ := strings.Cut(l, " ")
 		f.send("* CAPABILITY IMAP4rev1 MOVE\r\n" + tag + " OK Logged in\r\n")
 	})
-	res, err = Login(context.Background(), &routing.Backend{Addr: addr2}, "alice", "secret", nil)
+	res, err = Login(context.Background(), &routing.Backend{Addr: addr2}, Credentials{User: "alice", Secret: "secret"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -641,7 +641,7 @@ func TestCredentialEncoding(t *testing.T) {
 					b, _ := io.ReadAll(f.r)
 					trailer = string(b)
 				})
-				res, err := Login(context.Background(), &routing.Backend{Addr: addr}, user, pw, nil)
+				res, err := Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: user, Secret: pw}, nil)
 				if err != nil {
 					t.Errorf("%s %q %q: %v", name, user, pw, err)
 					wait(t, done)
@@ -658,7 +658,7 @@ func TestCredentialEncoding(t *testing.T) {
 }
 
 func TestNULRejected(t *testing.T) {
-	_, err := Login(context.Background(), &routing.Backend{Addr: "127.0.0.1:1"}, "alice", "se\x00cret", nil)
+	_, err := Login(context.Background(), &routing.Backend{Addr: "127.0.0.1:1"}, Credentials{User: "alice", Secret: "se\x00cret"}, nil)
 	if !errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("err = %v", err)
 	}
@@ -692,7 +692,7 @@ func TestForwardID(t *testing.T) {
 			{"os", strings.Repeat("a", 2000)},
 		},
 	}
-	res, err := Login(context.Background(), &routing.Backend{Addr: addr, ForwardID: true}, "alice", "secret", id)
+	res, err := Login(context.Background(), &routing.Backend{Addr: addr, ForwardID: true}, Credentials{User: "alice", Secret: "secret"}, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -713,7 +713,7 @@ func TestForwardID(t *testing.T) {
 		f.send("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN ID] ready\r\n")
 		serveLogin(f, "OK [CAPABILITY IMAP4rev1] Logged in\r\n")
 	})
-	res, err = Login(context.Background(), &routing.Backend{Addr: addr}, "alice", "secret", id)
+	res, err = Login(context.Background(), &routing.Backend{Addr: addr}, Credentials{User: "alice", Secret: "secret"}, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -734,5 +734,36 @@ func TestIDPairLimit(t *testing.T) {
 	}
 	if got := idArgs(&IDInfo{ClientFields: [][2]string{{"x-a", "b"}}}); got != "NIL" {
 		t.Errorf("empty ID = %s", got)
+	}
+}
+
+// TestMasterUserLogin: with AuthzID set, the master user logs in for the
+// user with AUTHENTICATE PLAIN; a backend without AUTH=PLAIN is refused
+// before any credential is sent, never sent a LOGIN of the master user.
+func TestMasterUserLogin(t *testing.T) {
+	cred := Credentials{User: "master", Secret: "master-pw", AuthzID: "alice@example.test"}
+	addr, done := startFake(t, func(f *fake) {
+		f.send("* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] ready\r\n")
+		serveLogin(f, "OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+	})
+	res, err := Login(context.Background(), &routing.Backend{Addr: addr}, cred, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Conn.Close()
+	ir := base64.StdEncoding.EncodeToString([]byte("alice@example.test\x00master\x00master-pw"))
+	if rx := wait(t, done).received(); !strings.Contains(rx, "AUTHENTICATE PLAIN "+ir+"\r\n") {
+		t.Errorf("backend received %q, want PLAIN with authzid", rx)
+	}
+
+	addr, done = startFake(t, func(f *fake) {
+		f.send("* OK [CAPABILITY IMAP4rev1] ready\r\n")
+		f.line()
+	})
+	if _, err := Login(context.Background(), &routing.Backend{Addr: addr}, cred, nil); err == nil || errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("master login without AUTH=PLAIN: %v, want a refusal that is not a failed login", err)
+	}
+	if rx := wait(t, done).received(); strings.Contains(rx, "master") {
+		t.Errorf("credentials sent to a backend without AUTH=PLAIN: %q", rx)
 	}
 }
