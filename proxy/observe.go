@@ -104,46 +104,59 @@ type ListenerStats struct {
 	Parked int
 }
 
-// Stats counts connections and bytes. It walks every connection under the
-// server's lock, so it costs O(connections), about a millisecond per
-// 10,000: call it per scrape, not per event.
+// Stats counts connections and bytes. Under the server's lock it only
+// copies the list of logged-in sessions (about 1 ms per 100,000); reading
+// their state costs more, tens of milliseconds per 100,000 sessions
+// scattered in memory, and is done after the lock is released. Call it
+// per scrape, not per event.
 func (s *Server) Stats() Stats {
 	s.init()
-	byName := make(map[string]*ListenerStats)
-	ls := func(name string) *ListenerStats {
-		l := byName[name]
-		if l == nil {
-			l = &ListenerStats{Name: name}
-			byName[name] = l
+	type counts struct{ total, spliced, parked int }
+	byName := make(map[string]*counts)
+	of := func(name string) *counts {
+		c := byName[name]
+		if c == nil {
+			c = new(counts)
+			byName[name] = c
 		}
-		return l
+		return c
 	}
 	st := Stats{Backends: make(map[string]int)}
 	s.mu.Lock()
 	st.Serving = len(s.listeners)
 	st.BytesToBackend, st.BytesToClient = s.endedToBackend, s.endedToClient
 	for _, lp := range s.listeners {
-		ls(lp.Load().Name)
+		of(lp.Load().Name)
 	}
-	for sess := range s.sessions {
-		l := ls(sess.ln.Name)
-		if sess.reg != regSpliced {
-			l.Preauth++
-			continue
-		}
+	for ln, n := range s.conns {
+		of(ln.Name).total += n
+	}
+	spliced := make([]*session, 0, len(s.spliced))
+	for sess := range s.spliced {
+		spliced = append(spliced, sess)
+	}
+	s.mu.Unlock()
+
+	// What is read here was set before the session joined s.spliced
+	// (ln, sp, backend) or is atomic. A session that has ended since the
+	// lock was released is counted as running; its final bytes are not
+	// yet in the ended sums read above, so the byte counters never go back.
+	for _, sess := range spliced {
+		c := of(sess.ln.Name)
 		p := sess.sp
 		if p.dirs[dirUp].state.Load() == dirParked && p.dirs[dirDown].state.Load() == dirParked {
-			l.Parked++
+			c.parked++
 		} else {
-			l.Spliced++
+			c.spliced++
 		}
 		st.Backends[backendKey(sess.backend)]++
 		st.BytesToBackend += p.toBackend.Load()
 		st.BytesToClient += p.toClient.Load()
 	}
-	s.mu.Unlock()
-	for _, l := range byName {
-		st.Listeners = append(st.Listeners, *l)
+	for name, c := range byName {
+		st.Listeners = append(st.Listeners, ListenerStats{
+			Name: name, Preauth: max(c.total-c.spliced-c.parked, 0), Spliced: c.spliced, Parked: c.parked,
+		})
 	}
 	return st
 }

@@ -227,8 +227,10 @@ type Server struct {
 
 	ab abuse // limits and loop guards; see abuse.go
 
-	// Bytes of the sessions that have ended, for Stats; guarded by mu.
+	// For Stats, guarded by mu: bytes of the sessions that have ended, and
+	// connections by the listener description they were accepted under.
 	endedToBackend, endedToClient int64
+	conns                         map[*Listener]int
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -239,6 +241,7 @@ func (s *Server) init() {
 		s.cur.Store(s.exportedSettings())
 		s.listeners = make(map[net.Listener]*atomic.Pointer[Listener])
 		s.sessions = make(map[*session]struct{})
+		s.conns = make(map[*Listener]int)
 		s.spliced = make(map[*session]struct{})
 		s.byUser = make(map[string]map[*session]struct{})
 		s.done = make(chan struct{})
@@ -383,6 +386,7 @@ func (s *Server) addSession(sess *session) addResult {
 		sess.ab.overflow = true
 	}
 	s.sessions[sess] = struct{}{}
+	s.conns[sess.ln]++
 	// Under s.mu, so that it happens before Shutdown's wg.Wait: Shutdown
 	// sets closing under s.mu too, and a session added after that is
 	// refused above.
@@ -395,6 +399,11 @@ func (s *Server) sessionDone(sess *session) {
 	s.releasePreauth(sess)
 	s.mu.Lock()
 	delete(s.sessions, sess)
+	if n := s.conns[sess.ln]; n > 1 {
+		s.conns[sess.ln] = n - 1
+	} else {
+		delete(s.conns, sess.ln)
+	}
 	if sess.ab.overflow {
 		s.ab.refusing--
 	}
