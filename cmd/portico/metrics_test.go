@@ -244,6 +244,7 @@ admin:
 		{"portico_login_phase_duration_seconds", []string{"phase=route_lookup"}, oks + 2},
 		{"portico_login_phase_duration_seconds", []string{"phase=backend_login"}, oks + 2},
 		{"portico_login_phase_duration_seconds", []string{"phase=tls_handshake"}, oks + 1},
+		{"portico_connections", []string{"listener=imap"}, 0},
 		{"portico_backend_logins_total", []string{"backend=mem", "result=ok"}, oks},
 		{"portico_backend_logins_total", []string{"backend=mem", "result=auth_failed"}, 2},
 		{"portico_route_cache_misses_total", nil, 1},
@@ -262,6 +263,11 @@ admin:
 	}
 	toClient := s1.must(t, "portico_spliced_bytes_total", "direction=to_client")
 
+	// A connection that has not logged in is preauth.
+	pre := dialIMAP(t, imaps)
+	waitMetric(t, adminAddr, 5*time.Second, func(v float64) bool { return v == 1 }, "portico_connections", "listener=imaps", "state=preauth")
+	pre.c.Close()
+
 	// An idle session: spliced, then parked once both directions have
 	// been silent for a second.
 	idle := dialIMAP(t, imaps)
@@ -270,6 +276,9 @@ admin:
 	}
 	idle.cmd("b", "SELECT INBOX")
 	s2 := waitMetric(t, adminAddr, 10*time.Second, func(v float64) bool { return v == 1 }, "portico_connections", "listener=imaps", "state=parked")
+	if v := s2.must(t, "portico_connections", "listener=imaps", "state=preauth"); v != 0 {
+		t.Errorf("preauth = %v with the only connection logged in", v)
+	}
 	if v := s2.must(t, "portico_connections", "listener=imaps", "state=spliced"); v != 0 {
 		t.Errorf("spliced = %v with the only session parked", v)
 	}
