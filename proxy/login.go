@@ -115,7 +115,9 @@ func (s *session) loginTo(tag string, ev *LoginEvent, user, password string, sta
 		cancel()
 	}
 	t1 := time.Now()
-	ev.Lookup = t1.Sub(t0)
+	if s.auth.Backend == nil {
+		ev.Lookup = t1.Sub(t0) // no lookup when the Authenticator named the backend
+	}
 	if errors.Is(err, routing.ErrNotFound) {
 		s.limitFailed(user, password)
 		ev.Result = LoginAuthFailed
