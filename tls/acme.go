@@ -75,9 +75,9 @@ type ACME struct {
 
 // ACMEStats counts what an ACME did since it was made.
 type ACMEStats struct {
-	// Obtained counts certificates this process ordered and stored: first
-	// issuance and renewals (those another proxy of the fleet ordered are
-	// not counted here).
+	// Obtained counts certificates this process ordered and stored in the
+	// cache: first issuance and renewals (those another proxy of the
+	// fleet ordered are not counted here; without a Cache, nothing is).
 	Obtained uint64
 	// Failed counts certificates that could not be served, for lack of
 	// a certificate the CA would not issue or the cache would not give.

@@ -222,6 +222,9 @@ func TestACMEHTTP01(t *testing.T) {
 	serveHTTP01(t, p, a) // nothing on TLSPort: tls-alpn-01 fails, http-01 follows
 	obtain(t, a)
 	serial := onlySerial(t, a)
+	if st := a.Stats(); st != (ACMEStats{Obtained: 1}) {
+		t.Errorf("Stats() = %+v after the first issuance", st)
+	}
 
 	roots := p.Roots(t)
 	addr := serve(t, imapConfig(a))
@@ -256,6 +259,9 @@ func TestACMEHTTP01(t *testing.T) {
 	if got := onlySerial(t, b); got != serial {
 		t.Errorf("from cache: serial %s, want %s", got, serial)
 	}
+	if st := b.Stats(); st != (ACMEStats{}) {
+		t.Errorf("Stats() = %+v, loaded from the cache", st)
+	}
 	cached, err := b.Cached(context.Background())
 	if err != nil || len(cached) != 1 || cached[0].Serial != serial || cached[0].Source != "acme cache" {
 		t.Errorf("Cached() = %v, %v", cached, err)
@@ -269,6 +275,17 @@ func TestACMEHTTP01(t *testing.T) {
 	defer cancel()
 	if err := c.Obtain(ctx); err == nil {
 		t.Error("Obtain with a wrong cache key and no CA succeeded")
+	}
+	if st := c.Stats(); st != (ACMEStats{}) {
+		t.Errorf("Stats() = %+v: a wrong key stops Obtain before any certificate is asked for", st)
+	}
+	// A CA that does not answer: the certificate is counted as failed.
+	d, _ := NewACME(ACMEOptions{Hostnames: []string{"mail.test"}, DirectoryURL: closedDirectory(t), Logger: log})
+	if err := d.Obtain(ctx); err == nil {
+		t.Error("Obtain with no CA succeeded")
+	}
+	if st := d.Stats(); st != (ACMEStats{Failed: 1}) {
+		t.Errorf("Stats() = %+v after an order that failed", st)
 	}
 }
 
@@ -427,6 +444,10 @@ func TestACMERenewal(t *testing.T) {
 	}
 	if n := oc.finalized.Load(); n != 2 {
 		t.Errorf("%d certificates issued, want 2 (the first and one renewal for both proxies)", n)
+	}
+	// Each order is counted by the proxy that placed it.
+	if sa, sb := a.Stats(), b.Stats(); sa.Obtained+sb.Obtained != 2 || sa.Failed+sb.Failed != 0 {
+		t.Errorf("Stats() = %+v and %+v, want 2 obtained in all", sa, sb)
 	}
 }
 
