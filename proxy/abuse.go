@@ -491,6 +491,10 @@ type sessionAbuse struct {
 	preauthKey     netip.Prefix
 	preauthCounted bool
 
+	// proxySrc and proxyDst are what a trusted PROXY header named, kept
+	// apart from client and local, which a front proxy's ID may change.
+	proxySrc, proxyDst netip.AddrPort
+
 	fwd    forwarded // x-originating-* and x-connected-* of the ID being read
 	origin string    // x-session-id from a trusted peer
 	ttl    int       // x-proxy-ttl from a trusted peer; 0 if none

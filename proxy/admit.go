@@ -157,6 +157,7 @@ func (s *session) readProxyHeader() error {
 	}
 	s.client = addrPort(src)
 	s.local = addrPort(dst)
+	s.ab.proxySrc, s.ab.proxyDst = s.client, s.local
 	return nil
 }
 

@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/emersion/go-imap/v2"
 
 	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
@@ -31,14 +34,23 @@ type AuthRequest struct {
 	Mechanism string
 	// User is the user name, normalised (lower case, default domain).
 	User string
+	// Login is the user name as the client sent it, which services
+	// written for nginx's auth_http expect.
+	Login string
 	// Secret is the password, or the OAuth 2.0 bearer token. It must
 	// never be logged or stored.
 	Secret string
 	// Client is the client's address (from a trusted PROXY header when
 	// there is one); Local is the proxy address it reached.
 	Client, Local netip.AddrPort
-	// TLS reports whether the client connection is encrypted.
-	TLS bool
+	// TLS reports whether the client connection is encrypted;
+	// TLSVersion and CipherSuite (crypto/tls constants) say how.
+	TLS                     bool
+	TLSVersion, CipherSuite uint16
+	// ProxySource and ProxyDest are the addresses a trusted PROXY
+	// protocol header named (zero without one). Client usually equals
+	// ProxySource, unless a trusted front proxy forwarded another.
+	ProxySource, ProxyDest netip.AddrPort
 	// Attempt counts this connection's logins, from 1.
 	Attempt int
 	// Protocol is "imap".
@@ -54,6 +66,9 @@ type AuthResult struct {
 	// Wait, with OK false, is the least time before the answer (nginx's
 	// Auth-Wait); the client may then try again on the same connection.
 	Wait time.Duration
+	// Close, with OK false, ends the session after the answer, as nginx
+	// does when its auth service refuses a login without Auth-Wait.
+	Close bool
 	// Backend, when not nil, is where the user is logged in, instead of
 	// the Router's answer.
 	Backend *routing.Backend
@@ -65,18 +80,24 @@ type AuthResult struct {
 // authenticate asks the Authenticator, if there is one, about a login.
 // When it returns false the answer is written and act says what comes
 // next; otherwise s.auth holds the decision.
-func (s *session) authenticate(tag string, ev *LoginEvent, start time.Time, user, secret string) (act action, ok bool) {
+func (s *session) authenticate(tag string, ev *LoginEvent, start time.Time, login, user, secret string) (act action, ok bool) {
 	s.auth = AuthResult{}
 	a := s.set.authenticator
 	if a == nil {
 		return actContinue, true
 	}
-	ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.LookupTimeout)
-	res, err := a.Authenticate(ctx, AuthRequest{
-		Mechanism: strings.ToUpper(ev.Mechanism), User: user, Secret: secret,
+	req := AuthRequest{
+		Mechanism: strings.ToUpper(ev.Mechanism), User: user, Login: login, Secret: secret,
 		Client: s.client, Local: s.local, TLS: s.tlsVersion != "",
+		ProxySource: s.ab.proxySrc, ProxyDest: s.ab.proxyDst,
 		Attempt: s.authFails + 1, Protocol: "imap",
-	})
+	}
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		cs := tc.ConnectionState()
+		req.TLSVersion, req.CipherSuite = cs.Version, cs.CipherSuite
+	}
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.set.limits.AuthTimeout)
+	res, err := a.Authenticate(ctx, req)
 	cancel()
 	if err != nil {
 		s.srv.logger().Warn("authentication failed to decide", "session", s.id, "user", user, "err", err)
@@ -88,7 +109,13 @@ func (s *session) authenticate(tag string, ev *LoginEvent, start time.Time, user
 		if res.Wait > 0 {
 			start = start.Add(res.Wait - s.set.limits.AuthFailureDelay)
 		}
-		return s.authFailed(tag, start, user, "rejected by the authenticator"), false
+		act := s.authFailed(tag, start, user, "rejected by the authenticator")
+		if res.Close && act == actContinue {
+			s.writeStatus("*", imap.StatusResponseTypeBye, "", "Authentication failed")
+			s.outcome = "login refused"
+			act = actClose
+		}
+		return act, false
 	}
 	s.auth = res
 	return actContinue, true

@@ -41,6 +41,7 @@ func TestAuthenticator(t *testing.T) {
 		"alice@example.test proxy-pw":  {OK: true, Upstream: alice},
 		"routed@example.test proxy-pw": {OK: true, Upstream: alice, Backend: mem},
 		"waited@example.test pw":       {Wait: 400 * time.Millisecond},
+		"closed@example.test pw":       {Close: true},
 	}}
 	h := newHarnessWith(t, func(l *proxy.Limits) { l.AuthFailureDelay = delay }, func(s *proxy.Server) { s.Authenticator = auth })
 	mem.Addr = h.mem.Addr()
@@ -67,9 +68,30 @@ func TestAuthenticator(t *testing.T) {
 	if d := login("waited", "pw", failText); d < 400*time.Millisecond {
 		t.Errorf("refusal with Wait answered after %v", d)
 	}
+	// A refusal with Close ends the session after the tagged answer.
+	c := h.dialTLS(t, h.imaps)
+	c.greeting()
+	c.send("a LOGIN Closed pw\r\n")
+	c.expectPrefix("a " + failText)
+	if rest := string(c.readToEOF()); !strings.HasPrefix(rest, "* BYE ") {
+		t.Errorf("after a refusal with Close: %q", rest)
+	}
+	// Behind a balancer's PROXY header, the request names its addresses.
+	_, ppImaps := h.ppListeners()
+	c = h.dial(t, ppImaps)
+	c.send(string(proxyHeader(2, "192.0.2.7:51000", "203.0.113.1:993")))
+	c.upgrade(h.clientTLS)
+	c.greeting()
+	c.send("a LOGIN waited@example.test wrong\r\n")
+	c.expectPrefix("a " + failText)
 	auth.mu.Lock()
 	defer auth.mu.Unlock()
-	if r := auth.asked[0]; r.Mechanism != "LOGIN" || r.User != "alice@example.test" || !r.TLS || r.Attempt != 1 ||
+	if r := auth.asked[len(auth.asked)-1]; r.ProxySource.String() != "192.0.2.7:51000" || r.ProxyDest.String() != "203.0.113.1:993" ||
+		r.Client != r.ProxySource {
+		t.Errorf("behind a PROXY header: request %+v", r)
+	}
+	if r := auth.asked[0]; r.Mechanism != "LOGIN" || r.User != "alice@example.test" || r.Login != "alice" || !r.TLS ||
+		r.TLSVersion == 0 || r.CipherSuite == 0 || r.ProxySource.IsValid() || r.Attempt != 1 ||
 		r.Protocol != "imap" || !r.Client.IsValid() || !r.Local.IsValid() {
 		t.Errorf("request %+v", r)
 	}

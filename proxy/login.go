@@ -62,7 +62,7 @@ func (s *session) login1(tag string, ev *LoginEvent, rawUser, password string) a
 		}
 		return act
 	}
-	if act, ok := s.authenticate(tag, ev, start, user, password); !ok {
+	if act, ok := s.authenticate(tag, ev, start, rawUser, user, password); !ok {
 		return act
 	}
 	if !s.passGate(s.srv.LoginGate, user) {

@@ -71,6 +71,7 @@ type Limits struct {
 	MaxAuthFailures  int           // per connection, then * BYE (3)
 	AuthFailureDelay time.Duration // minimum time to answer a failed login (2s); negative means none
 	LookupTimeout    time.Duration // routing lookup (2s)
+	AuthTimeout      time.Duration // the Authenticator's decision (LookupTimeout)
 	IdleTimeout      time.Duration // spliced session without traffic in either direction (31m)
 	ProxyTTL         int           // x-proxy-ttl sent to backends (5)
 	KickTimeout      time.Duration // a kicked session's wait for a response boundary, then it is closed (10s)
@@ -113,6 +114,9 @@ func (l Limits) withDefaults() Limits {
 	defd(&l.HandshakeTimeout, 10*time.Second)
 	defd(&l.AuthFailureDelay, 2*time.Second)
 	defd(&l.LookupTimeout, 2*time.Second)
+	if l.AuthTimeout <= 0 {
+		l.AuthTimeout = l.LookupTimeout
+	}
 	if l.KickTimeout <= 0 {
 		l.KickTimeout = DefaultKickTimeout
 	}
