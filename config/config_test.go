@@ -238,7 +238,7 @@ func TestUnknownKeys(t *testing.T) {
 		{"deep list item", f.base("      backend: b1", "      backend: b1\n      backed: b1"), []string{`portico.yaml:14: unknown key "backed" in routing.static[0]`}},
 		{"inline options", f.base(`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"`+"\n    securty: tls"), []string{`portico.yaml:19: unknown key "securty" in backends[0]; did you mean "security"?`}},
 		{"nested tls", f.base(`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"`+"\n    security: tls\n    tls:\n      ca_fil: x"), []string{`portico.yaml:21: unknown key "ca_fil" in backends[0].tls; did you mean "ca_file"?`}},
-		{"no close key", f.base("", "zzzzzz: 1\n"), []string{`unknown key "zzzzzz" at top level; known keys: admin, backend_defaults, backends, fleet, limits, listeners, log, pid_file, routing, tls`}},
+		{"no close key", f.base("", "zzzzzz: 1\n"), []string{`unknown key "zzzzzz" at top level; known keys: admin, auth, backend_defaults, backends, fleet, limits, listeners, log, pid_file, routing, tls`}},
 		{"secret", f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password: {envv: X}"), []string{`portico.yaml:16: unknown key "envv" in routing.redis.password`}},
 		{"secret block", f.base(`    addrs: ["127.0.0.1:6379"]`, `    addrs: ["127.0.0.1:6379"]`+"\n    password:\n      fiel: /x"), []string{`portico.yaml:17: unknown key "fiel" in routing.redis.password`}},
 		{"merge key", f.base("", "x: &opts\n  security: plain\n"), []string{`portico.yaml:19: unknown key "x" at top level`}},

@@ -121,6 +121,7 @@ func (c *Config) ApplyDefaults() {
 	setInt(&f.WriteRate, defaultWriteRate)
 	setDur(&f.MoveHold, defaultMoveHold)
 	setDur(&f.DrainWindow, defaultDrainWindow)
+	c.Auth.ApplyDefaults()
 	if c.Admin != nil && c.Admin.Address == "" {
 		c.Admin.Address = DefaultAdminAddress
 	}

@@ -118,6 +118,7 @@ func (c *Config) resolveSecrets() error {
 	if c.Admin != nil {
 		resolve(&c.Admin.Token, "admin.token")
 	}
+	c.Auth.resolveSecrets(resolve)
 	return errors.Join(errs...)
 }
 

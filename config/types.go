@@ -24,6 +24,9 @@ type Config struct {
 	// Admin is the HTTP listener for /metrics, /healthz, /readyz and
 	// /debug/pprof/; nil (the default) means none.
 	Admin *Admin `yaml:"admin"`
+	// Auth decides logins at the proxy (auth.go); the zero value leaves
+	// them to the backends.
+	Auth Auth `yaml:"auth"`
 }
 
 // Admin configures the admin HTTP listener.

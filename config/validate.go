@@ -28,6 +28,7 @@ func (c *Config) Validate() error {
 	c.validatePools(v)
 	c.validateFleet(v)
 	c.validateAdmin(v)
+	c.validateAuth(v)
 	return errors.Join(v.errs...)
 }
 

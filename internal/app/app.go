@@ -141,6 +141,9 @@ func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 	if err := rt.buildLimits(cfg, srv, logger); err != nil {
 		return nil, err
 	}
+	if err := rt.buildAuth(cfg, srv, logger); err != nil {
+		return nil, err
+	}
 	rt.buildFleet(cfg, srv, logger)
 
 	for _, l := range cfg.Listeners {

@@ -1,0 +1,30 @@
+// Package auth decides logins at the proxy, so that backends need not
+// hold users' passwords.
+//
+// It provides proxy.Authenticator implementations for proxy.Server
+// (Server.Authenticator, or Config.Authenticator on reload):
+//
+//   - Mux sends each login to the authenticator for its mechanism: OAuth
+//     2.0 tokens (XOAUTH2, OAUTHBEARER) to one, passwords (LOGIN, PLAIN)
+//     to another. A nil one leaves the decision to the backend.
+//   - Passwords checks a password against a Store (hashes in Redis, an
+//     LDAP bind) and, when it is right, has the proxy log in to the
+//     backend as a master user on the user's behalf (Dovecot's master
+//     passdb), so that the backend never sees the user's password.
+//
+// Typical use, with the hashes in the route hashes of routing.redis:
+//
+//	store := &auth.RedisStore{Client: rdb, Prefix: "portico:", Field: "password"}
+//	srv.Authenticator = &auth.Mux{
+//		Password: &auth.Passwords{
+//			Store:  store,
+//			Master: auth.Master{User: "portico", Password: masterPW},
+//		},
+//		// OAuth: nil — tokens are passed to the backend, which decides.
+//	}
+//
+// Every authenticator here answers a wrong password and an unknown user
+// alike, in the same time, with a result whose OK is false, never an
+// error: errors mean "could not decide" (the client gets NO [UNAVAILABLE]).
+// Passwords and hashes never reach a log line or an error message.
+package auth

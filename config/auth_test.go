@@ -1,0 +1,115 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestAuth(t *testing.T) {
+	f := newFixture(t)
+	t.Setenv("PORTICO_TEST_MASTER_PW", "master-secret-value")
+	master := "  master_user: portico\n  master_password: {env: PORTICO_TEST_MASTER_PW}\n"
+	for _, tc := range []struct {
+		name, auth string
+		check      func(t *testing.T, a Auth)
+		err        string // want an error containing err
+	}{
+		{"absent", "", func(t *testing.T, a Auth) {
+			if a.Passwords != "" || a.Redis != nil || a.LDAP != nil || a.MasterUser != "" {
+				t.Errorf("auth = %+v", a)
+			}
+		}, ""},
+		{"redis defaults", "auth:\n  passwords: redis\n" + master, func(t *testing.T, a Auth) {
+			if a.Redis == nil || a.Redis.Field != "password" || a.Redis.Key != "" || a.Redis.AllowPlain {
+				t.Errorf("auth.redis = %+v", a.Redis)
+			}
+			if a.MasterUser != "portico" || a.MasterPassword.Value != "master-secret-value" {
+				t.Errorf("master = %q", a.MasterUser)
+			}
+		}, ""},
+		{"redis key", "auth:\n  passwords: redis\n  redis: {key: \"passwd:{user}\"}\n", func(t *testing.T, a Auth) {
+			if a.Redis.Field != "" || a.Redis.Key != "passwd:{user}" {
+				t.Errorf("auth.redis = %+v", a.Redis)
+			}
+		}, ""},
+		{"redis key and field", "auth:\n  passwords: redis\n  redis: {key: \"passwd:{user}\", field: pw}\n", nil, "auth.redis: field and key are exclusive"},
+		{"redis key without user", "auth:\n  passwords: redis\n  redis: {key: passwd}\n", nil, `auth.redis.key: must contain "{user}"`},
+		{"redis route field", "auth:\n  passwords: redis\n  redis: {field: backend}\n", nil, `auth.redis.field: "backend" is a field of the route record`},
+		{"redis unused", "auth:\n  redis: {}\n", nil, `auth.redis: is only used with auth.passwords "redis"`},
+		{"unknown source", "auth:\n  passwords: sql\n", nil, `auth.passwords: must be "redis", "ldap", "http" or ""`},
+		{"ldap missing", "auth:\n  passwords: ldap\n", nil, `auth.ldap: is required`},
+		{"http missing", "auth:\n  passwords: http\n", nil, `auth.http: is required`},
+		{"ldap bind_dn", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://127.0.0.1:389\", bind_dn: \"uid={local},ou=people,dc=example,dc=com\", start_tls: true}\n", func(t *testing.T, a Auth) {
+			l := a.LDAP
+			if l.Timeout != 5*time.Second || l.PoolSize != 8 || l.SearchFilter != "" || !l.StartTLS {
+				t.Errorf("auth.ldap = %+v", l)
+			}
+		}, ""},
+		{"ldap search", "auth:\n  passwords: ldap\n  ldap: {url: \"ldaps://ldap.example.com\", search_base: \"dc=example,dc=com\", service_dn: \"cn=portico,dc=example,dc=com\", service_password: {env: PORTICO_TEST_MASTER_PW}}\n", func(t *testing.T, a Auth) {
+			l := a.LDAP
+			if l.SearchFilter != "(mail={user})" || l.ServicePassword.Value != "master-secret-value" {
+				t.Errorf("auth.ldap = %+v", l)
+			}
+		}, ""},
+		{"ldap neither", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://127.0.0.1\"}\n", nil, "auth.ldap: needs bind_dn"},
+		{"ldap both", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://127.0.0.1\", bind_dn: \"uid={user}\", search_base: \"dc=x\"}\n", nil, "auth.ldap: bind_dn and search_base are exclusive"},
+		{"ldap bad url", "auth:\n  passwords: ldap\n  ldap: {url: \"http://x\", bind_dn: \"uid={user}\"}\n", nil, "auth.ldap.url: must be ldap://"},
+		{"ldaps starttls", "auth:\n  passwords: ldap\n  ldap: {url: \"ldaps://x\", bind_dn: \"uid={user}\", start_tls: true}\n", nil, "auth.ldap.start_tls: is for ldap:// URLs"},
+		{"ldap dn without user", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://x\", bind_dn: \"cn=admin\"}\n", nil, `auth.ldap.bind_dn: must contain "{user}"`},
+		{"ldap bad filter", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://x\", search_base: \"dc=x\", search_filter: \"mail={user}\"}\n", nil, "auth.ldap.search_filter: must be an LDAP filter in parentheses"},
+		{"ldap timeout", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://x\", bind_dn: \"uid={user}\", timeout: 2m}\n", nil, "auth.ldap.timeout: must be between"},
+		{"ldap unused", "auth:\n  ldap: {url: \"ldap://x\", bind_dn: \"uid={user}\"}\n", nil, `auth.ldap: is only used with auth.passwords "ldap"`},
+		{"master without password", "auth:\n  passwords: redis\n  master_user: portico\n", nil, "auth.master_password: is required with auth.master_user"},
+		{"master password inline", "auth:\n  passwords: redis\n  master_user: portico\n  master_password: master-secret-value\n", nil, "auth.master_password: must be {env: NAME} or {file: PATH}, not written in the config file"},
+		{"master password alone", "auth:\n  master_password: {env: PORTICO_TEST_MASTER_PW}\n", nil, "auth.master_password: is set but auth.master_user is not"},
+		{"master env unset", "auth:\n  master_user: portico\n  master_password: {env: PORTICO_TEST_NO_SUCH_VAR}\n", nil, "auth.master_password: environment variable PORTICO_TEST_NO_SUCH_VAR is not set"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(f.base("", quiet+tc.auth)), "portico.yaml")
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				if strings.Contains(err.Error(), "master-secret-value") {
+					t.Errorf("the master password is in the error: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c.Auth)
+			if w := c.Warnings(); len(w) != 0 {
+				t.Errorf("warnings: %q", w)
+			}
+		})
+	}
+}
+
+func TestAuthSecretsNeverPrinted(t *testing.T) {
+	f := newFixture(t)
+	const pw = "S3cr3t-Ma5ter"
+	t.Setenv("PORTICO_TEST_MASTER_PW", pw)
+	c, err := Parse([]byte(f.base("", quiet+"auth:\n  passwords: ldap\n  master_user: portico\n  master_password: {env: PORTICO_TEST_MASTER_PW}\n"+
+		"  ldap: {url: \"ldap://127.0.0.1\", search_base: \"dc=x\", service_dn: \"cn=svc\", service_password: {env: PORTICO_TEST_MASTER_PW}}\n")), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Auth.MasterPassword.Value != pw || c.Auth.LDAP.ServicePassword.Value != pw {
+		t.Fatal("secrets not loaded")
+	}
+	for _, v := range []any{c, *c, c.Auth, &c.Auth, c.Auth.LDAP, *c.Auth.LDAP} {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {
+			if s := fmt.Sprintf(verb, v); strings.Contains(s, pw) || strings.Contains(s, fmt.Sprintf("%x", pw)) {
+				t.Errorf("secret revealed by %s: %s", verb, s)
+			}
+		}
+		js, _ := json.Marshal(v)
+		if strings.Contains(string(js), pw) {
+			t.Errorf("secret revealed in JSON: %s", js)
+		}
+	}
+}

@@ -1,0 +1,54 @@
+package app
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/portico-mail/portico/auth"
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/proxy"
+)
+
+// buildAuth gives the server its Authenticator (auth:): an auth.Mux that
+// sends passwords to the source of auth.passwords and OAuth tokens to
+// auth.oauth's validator; either left out means the backend decides.
+// Without an auth: section the server has no Authenticator at all.
+func (rt *App) buildAuth(cfg *config.Config, srv *proxy.Server, logger *slog.Logger) error {
+	a := &cfg.Auth
+	master := auth.Master{User: a.MasterUser, Password: a.MasterPassword.Value}
+	mux := &auth.Mux{}
+	switch a.Passwords {
+	case "":
+	case "http":
+		h, err := rt.buildHTTPAuth(cfg, master, logger)
+		if err != nil {
+			return fmt.Errorf("auth.http: %w", err)
+		}
+		if h == nil {
+			return fmt.Errorf("auth.passwords %q: not available in this build", a.Passwords)
+		}
+		mux.Password = h
+	default:
+		store, err := rt.passwordStore(cfg, logger)
+		if err != nil {
+			return fmt.Errorf("auth.%s: %w", a.Passwords, err)
+		}
+		mux.Password = &auth.Passwords{Store: store, Master: master}
+	}
+	o, err := rt.buildOAuth(cfg, master, logger)
+	if err != nil {
+		return fmt.Errorf("auth.oauth: %w", err)
+	}
+	mux.OAuth = o
+	if mux.Password == nil && mux.OAuth == nil {
+		return nil // nothing decided here: no Authenticator, as before
+	}
+	logger.Info("proxy-side authentication", "passwords", a.String(), "oauth", mux.OAuth != nil)
+	srv.Authenticator = mux
+	return nil
+}
+
+// passwordStore builds the auth.Store of auth.passwords "redis" or "ldap".
+func (rt *App) passwordStore(cfg *config.Config, logger *slog.Logger) (auth.Store, error) {
+	return nil, fmt.Errorf("password source %q is not implemented yet", cfg.Auth.Passwords)
+}
