@@ -92,6 +92,10 @@ type Credentials struct {
 	// backend offers it, else LOGIN), or a SASL mechanism the client
 	// used and the backend must offer too ("XOAUTH2", "OAUTHBEARER").
 	Mechanism string
+	// AllowCleartext lets a Mechanism's token go to a backend without
+	// TLS (routing.Plain); without it such a login is refused. Passwords
+	// are not affected.
+	AllowCleartext bool
 }
 
 // Result is a logged-in backend connection.
@@ -486,7 +490,7 @@ func (c *conn) authenticate(caps []string, cred Credentials) ([]string, error) {
 	var err error
 	switch {
 	case cred.Mechanism != "":
-		return nil, c.errorf("login: mechanism %s not supported", cred.Mechanism)
+		r, err = c.authOAuth(tag, caps, cred, onUntagged)
 	case hasCap(caps, "AUTH=PLAIN"):
 		r, err = c.authPlain(tag, caps, cred.AuthzID, cred.User, cred.Secret, onUntagged)
 	case cred.AuthzID != "":
