@@ -65,10 +65,12 @@ const (
 	mechLogin = iota
 	mechPlain
 	mechSASLLogin
+	mechXOAUTH2
+	mechOAUTHBEARER
 	numMechs
 )
 
-var mechNames = [numMechs]string{proxy.MechLogin, proxy.MechPlain, proxy.MechSASLLogin}
+var mechNames = [numMechs]string{proxy.MechLogin, proxy.MechPlain, proxy.MechSASLLogin, proxy.MechXOAUTH2, proxy.MechOAUTHBEARER}
 
 func mechIndex(m string) int {
 	switch m {
@@ -76,6 +78,10 @@ func mechIndex(m string) int {
 		return mechPlain
 	case proxy.MechSASLLogin:
 		return mechSASLLogin
+	case proxy.MechXOAUTH2:
+		return mechXOAUTH2
+	case proxy.MechOAUTHBEARER:
+		return mechOAUTHBEARER
 	}
 	return mechLogin
 }

@@ -131,6 +131,7 @@ func (s *session) upstreamCredentials(ev *LoginEvent, user, secret string) upstr
 	switch m := strings.ToUpper(ev.Mechanism); m {
 	case "XOAUTH2", "OAUTHBEARER":
 		c.Mechanism = m
+		c.AllowCleartext = s.set.oauth.CleartextBackends
 	}
 	return c
 }

@@ -15,8 +15,9 @@ import (
 // errCancelled is the client's "*" answer to a challenge.
 var errCancelled = errors.New("authentication cancelled")
 
-// AUTHENTICATE PLAIN (RFC 4616, with or without SASL-IR) and the legacy
-// LOGIN mechanism, for which go-sasl no longer has a server.
+// AUTHENTICATE PLAIN (RFC 4616, with or without SASL-IR), the legacy
+// LOGIN mechanism, for which go-sasl no longer has a server, and with
+// Server.OAuth XOAUTH2 and OAUTHBEARER (oauth.go).
 func (s *session) handleAuthenticate(cmd *wire.Command) action {
 	if len(cmd.Args) < 1 || len(cmd.Args) > 2 || cmd.Args[0].Kind != wire.KindAtom {
 		return s.badCommand(cmd.Tag, "AUTHENTICATE takes a mechanism and an optional initial response")
@@ -32,21 +33,31 @@ func (s *session) handleAuthenticate(cmd *wire.Command) action {
 		}
 	}
 	mech := strings.ToUpper(cmd.Args[0].Value)
-	if mech != "PLAIN" && mech != "LOGIN" {
+	var m string
+	switch mech {
+	case "PLAIN":
+		m = MechPlain
+	case "LOGIN":
+		m = MechSASLLogin
+	case "XOAUTH2", "OAUTHBEARER":
+		if s.set.oauth.Enabled {
+			m = strings.ToLower(mech)
+		}
+	}
+	if m == "" {
 		s.writeStatus(cmd.Tag, imap.StatusResponseTypeNo, "", "Unsupported authentication mechanism")
 		return actContinue
 	}
 	if !s.canAuth() {
-		m := MechPlain
-		if mech == "LOGIN" {
-			m = MechSASLLogin
-		}
 		return s.privacyRequired(cmd.Tag, m)
 	}
-	if mech == "PLAIN" {
+	switch m {
+	case MechPlain:
 		return s.authPlain(cmd.Tag, ir)
+	case MechSASLLogin:
+		return s.authLogin(cmd.Tag, ir)
 	}
-	return s.authLogin(cmd.Tag, ir)
+	return s.authOAuth(cmd.Tag, mech, ir)
 }
 
 func (s *session) authPlain(tag string, ir []byte) action {

@@ -186,6 +186,13 @@ func (s *session) failLogin(tag string, start time.Time) action {
 		}
 		t.Stop()
 	}
+	// The error challenge comes after the delay, not before it: it tells
+	// the client its token failed as surely as the NO does.
+	if s.oauthChallenge != "" {
+		if act, ok := s.oauthRefusal(tag); !ok {
+			return act
+		}
+	}
 	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodeAuthenticationFailed, "Authentication failed")
 	s.authFails++
 	return s.afterAuthFailure()

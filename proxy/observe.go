@@ -53,7 +53,7 @@ const (
 // of the phases are zero for phases the login did not reach.
 type LoginEvent struct {
 	Result    LoginResult
-	Mechanism string // MechLogin, MechPlain or MechSASLLogin
+	Mechanism string // MechLogin, MechPlain, MechSASLLogin, MechXOAUTH2 or MechOAUTHBEARER
 	// Backend was asked to log the user in (nil if none was): the result
 	// is then its answer, OK, AuthFailed or Unavailable, except that a
 	// login the backend accepted for a user kicked meanwhile is

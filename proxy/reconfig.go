@@ -27,6 +27,7 @@ type Config struct {
 	Login           LoginFunc
 	Limiter         LoginLimiter
 	Authenticator   Authenticator
+	OAuth           OAuth
 	TrustedNetworks []netip.Prefix
 }
 
@@ -39,7 +40,10 @@ type settings struct {
 	login         LoginFunc
 	limiter       LoginLimiter
 	authenticator Authenticator
+	oauth         OAuth
 	trusted       []netip.Prefix
+
+	oauthChallenge string // oauth.errorChallenge()
 }
 
 func newSettings(c Config) *settings {
@@ -51,7 +55,11 @@ func newSettings(c Config) *settings {
 		login:         c.Login,
 		limiter:       c.Limiter,
 		authenticator: c.Authenticator,
+		oauth:         c.OAuth,
 		trusted:       c.TrustedNetworks,
+	}
+	if st.oauth.Enabled {
+		st.oauthChallenge = st.oauth.errorChallenge()
 	}
 	if st.login == nil {
 		st.login = upstream.Login
@@ -64,7 +72,7 @@ func newSettings(c Config) *settings {
 func (s *Server) exportedSettings() *settings {
 	return newSettings(Config{
 		Router: s.Router, TLSConfig: s.TLSConfig, DefaultDomain: s.DefaultDomain, Limits: s.Limits,
-		Login: s.Login, Limiter: s.Limiter, Authenticator: s.Authenticator, TrustedNetworks: s.TrustedNetworks,
+		Login: s.Login, Limiter: s.Limiter, Authenticator: s.Authenticator, OAuth: s.OAuth, TrustedNetworks: s.TrustedNetworks,
 	})
 }
 

@@ -181,6 +181,10 @@ type Server struct {
 	// Authenticator); nil leaves the decision to the backends.
 	Authenticator Authenticator
 
+	// OAuth offers AUTHENTICATE XOAUTH2 and OAUTHBEARER (see OAuth); the
+	// zero value does not.
+	OAuth OAuth
+
 	// OnSplice is called when a session is logged in and spliced, and
 	// OnEnd when that session has ended, once each per session and in that
 	// order. They run on the session's goroutine and must not block: a

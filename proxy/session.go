@@ -60,6 +60,9 @@ type session struct {
 	authFails  int
 	verdict    LimitVerdict // the limiter's answer about the login under way
 	auth       AuthResult   // the Authenticator's answer about it
+	// oauthChallenge, during an OAuth login, is the error challenge a
+	// refusal sends before its tagged NO (RFC 7628 §3.2.2).
+	oauthChallenge string
 
 	loginTag string // tag of the login command being answered
 	user     string
@@ -336,6 +339,9 @@ func (s *session) caps() []string {
 	}
 	if s.canAuth() {
 		caps = append(caps, "AUTH=PLAIN", "AUTH=LOGIN")
+		if s.set.oauth.Enabled {
+			caps = append(caps, "AUTH=XOAUTH2", "AUTH=OAUTHBEARER")
+		}
 	} else {
 		caps = append(caps, string(imap.CapLoginDisabled))
 	}
