@@ -21,9 +21,15 @@ import (
 )
 
 // App is what a config turns into: everything but the sockets.
+//
+// A reload builds a new App from the running one (Next): the parts that
+// live as long as the process (the proxy.Server with its sessions, Redis,
+// the fleet registry, ACME) are shared, the others are new; see reload.go.
 type App struct {
 	Server      *proxy.Server
 	Listeners   []Listener
+	cfg         *config.Config
+	settings    proxy.Config          // the Server's configuration from this App
 	Redis       redis.UniversalClient // nil without Redis
 	RedisPrefix string
 
@@ -35,6 +41,14 @@ type App struct {
 	acmeCfg   *config.ACME
 	tickets   *ptls.TicketKeys
 	tlsCfg    config.TLS
+	// certReload reloads the certificate files now (SIGHUP); set by the
+	// Process that runs this App.
+	certReload func()
+	// stopChallenges closes the ACME challenge listeners; nil without.
+	stopChallenges context.CancelFunc
+	// sockets are the process's listening sockets, for upgrades; nil
+	// outside a Process.
+	sockets *sockets
 
 	// Routing; see routing.go.
 	router      routing.Router
@@ -47,7 +61,8 @@ type App struct {
 
 	// Limiter limits failed logins; nil when limits.brute_force is
 	// disabled. See limits.go.
-	Limiter *limits.Limiter
+	Limiter    *limits.Limiter
+	limiterCfg limiterConfig
 }
 
 // Listener is one client listener to open.
@@ -64,7 +79,13 @@ func (rt *App) Close() {
 
 // NewLogger builds the process logger from the config.
 func NewLogger(c config.Log, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
+	return newLogger(c, w, c.SlogLevel())
+}
+
+// newLogger is NewLogger with the level given apart: a *slog.LevelVar
+// lets a reload change it.
+func newLogger(c config.Log, w io.Writer, level slog.Leveler) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
@@ -78,7 +99,14 @@ func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 	if logger == nil {
 		logger = NewLogger(cfg.Log, os.Stderr)
 	}
-	rt := &App{}
+	return build(cfg, logger, nil)
+}
+
+// build is Build, or with prev the next App of a reload, which shares
+// prev's process-wide parts and leaves prev.Server as it is: Next's
+// caller applies the new settings when it commits.
+func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
+	rt := &App{cfg: cfg}
 	srv := &proxy.Server{
 		DefaultDomain: cfg.Routing.DefaultDomain,
 		Logger:        logger,
@@ -111,7 +139,11 @@ func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 	if srv.TrustedNetworks, err = prefixes(cfg.Limits.TrustedNetworks); err != nil {
 		return nil, fmt.Errorf("limits.trusted_networks: %w", err)
 	}
-	if rc := cfg.Routing.Redis; rc != nil {
+	if prev != nil {
+		// Redis and the fleet registry stay as the process started them
+		// (restartNeeded names their changes).
+		rt.Redis, rt.RedisPrefix = prev.Redis, prev.RedisPrefix
+	} else if rc := cfg.Routing.Redis; rc != nil {
 		opts := routing.RedisOptions{
 			Addrs: rc.Addrs, MasterName: rc.MasterName, Username: rc.Username,
 			Password: rc.Password.Value, DB: rc.DB, DialTimeout: rc.DialTimeout,
@@ -128,23 +160,32 @@ func Build(cfg *config.Config, logger *slog.Logger) (*App, error) {
 		rt.Redis = routing.NewRedisClient(opts)
 		rt.RedisPrefix = rc.KeyPrefix
 	}
-	if err := rt.buildTLS(cfg, logger); err != nil {
+	if err := rt.buildTLS(cfg, logger, prev); err != nil {
 		return nil, err
 	}
 	srv.TLSConfig = rt.tlsConfig
 
-	if err := rt.buildRouting(cfg, logger); err != nil {
+	if err := rt.buildRouting(cfg, logger, prev); err != nil {
 		return nil, err
 	}
 	srv.Router = rt.router
 	srv.Login = rt.loginWithHealth(srv.Login)
-	if err := rt.buildLimits(cfg, srv, logger); err != nil {
+	if err := rt.buildLimits(cfg, srv, logger, prev); err != nil {
 		return nil, err
 	}
 	if err := rt.buildAuth(cfg, srv, logger); err != nil {
 		return nil, err
 	}
-	rt.buildFleet(cfg, srv, logger)
+	rt.settings = proxy.Config{
+		Router: srv.Router, TLSConfig: srv.TLSConfig, DefaultDomain: srv.DefaultDomain, Limits: srv.Limits,
+		Login: srv.Login, Limiter: srv.Limiter, Authenticator: srv.Authenticator, TrustedNetworks: srv.TrustedNetworks,
+	}
+	if prev != nil {
+		rt.fleet = prev.fleet
+		srv = prev.Server
+	} else {
+		rt.buildFleet(cfg, srv, logger)
+	}
 
 	for _, l := range cfg.Listeners {
 		pl := proxy.Listener{Name: l.Name, Mode: proxy.ImplicitTLS}

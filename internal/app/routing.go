@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"time"
 
 	"github.com/portico-mail/portico/config"
@@ -18,7 +19,11 @@ import (
 // buildRouting turns backends, pools, static routes and Redis into the
 // router chain: static routes first (guarded by health and drain state),
 // then Redis with its pools, cache, health and fleet state.
-func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger) error {
+//
+// A reload (prev set) keeps prev's fleet state, and its health states and
+// route cache when their settings are unchanged: a reload must not make
+// every backend look up again, nor send every user to Redis at once.
+func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger, prev *App) error {
 	named := make(map[string]*routing.Backend, len(cfg.Backends))
 	for _, b := range cfg.Backends {
 		rb, err := backend(b.Name, b.Address, b.BackendOptions)
@@ -35,9 +40,15 @@ func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 		}
 	}
 	if h := cfg.Routing.Health; !h.Disabled {
-		rt.health = &routing.Health{Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall, Logger: logger}
+		if prev != nil && prev.health != nil && reflect.DeepEqual(prev.cfg.Routing.Health, h) {
+			rt.health = prev.health
+		} else {
+			rt.health = &routing.Health{Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall, Logger: logger}
+		}
 	}
-	if rt.Redis != nil {
+	if prev != nil {
+		rt.FleetState = prev.FleetState
+	} else if rt.Redis != nil {
 		rt.FleetState = &routing.Fleet{Client: rt.Redis, Prefix: rt.RedisPrefix}
 	}
 
@@ -73,7 +84,13 @@ func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger) error {
 			domainPools[d] = pools[p]
 		}
 		if c := cfg.Routing.Cache; !c.Disabled {
-			rt.routeCache = &routing.Cache{PositiveTTL: c.PositiveTTL, NegativeTTL: c.NegativeTTL, MaxEntries: c.MaxEntries}
+			if prev != nil && prev.routeCache != nil && reflect.DeepEqual(prev.cfg.Routing.Cache, c) {
+				// Entries are route records by user, not backends: they
+				// mean the same under the new backends and pools.
+				rt.routeCache = prev.routeCache
+			} else {
+				rt.routeCache = &routing.Cache{PositiveTTL: c.PositiveTTL, NegativeTTL: c.NegativeTTL, MaxEntries: c.MaxEntries}
+			}
 		}
 		rt.RedisRouter = &routing.Redis{
 			Client:      rt.Redis,
@@ -125,11 +142,18 @@ func ReportHealth(h *routing.Health, next proxy.LoginFunc) proxy.LoginFunc {
 // startRouting runs the health checks and the cache and fleet-state
 // invalidation until ctx ends.
 func (rt *App) startRouting(ctx context.Context, logger *slog.Logger) {
-	if rt.health != nil && len(rt.backends) > 0 {
-		go rt.health.Run(ctx, rt.backends...)
-	}
 	if rt.fleet != nil {
 		go rt.fleet.Run(ctx)
+	}
+	rt.startRoutingChecks(ctx, logger)
+}
+
+// startRoutingChecks runs this App's health checks and cache and
+// fleet-state invalidation until ctx ends: the part of startRouting that
+// a reload replaces.
+func (rt *App) startRoutingChecks(ctx context.Context, logger *slog.Logger) {
+	if rt.health != nil && len(rt.backends) > 0 {
+		go rt.health.Run(ctx, rt.backends...)
 	}
 	if rt.Redis != nil {
 		inv := &routing.Invalidator{Client: rt.Redis, Prefix: rt.RedisPrefix, Cache: rt.routeCache, Fleet: rt.FleetState, Logger: logger}

@@ -22,8 +22,10 @@ import (
 )
 
 // buildTLS loads file certificates, prepares ACME (without network access)
-// and builds the one tls.Config every client listener uses.
-func (rt *App) buildTLS(cfg *config.Config, logger *slog.Logger) error {
+// and builds the one tls.Config every client listener uses. A reload
+// (prev set) keeps prev's ACME manager: it owns the challenge listeners
+// and the renewals, and tls.acme changes need a restart.
+func (rt *App) buildTLS(cfg *config.Config, logger *slog.Logger, prev *App) error {
 	rt.tlsCfg = cfg.TLS
 	if len(cfg.TLS.Certificates) > 0 {
 		rt.pairs = make([]ptls.Pair, len(cfg.TLS.Certificates))
@@ -36,7 +38,9 @@ func (rt *App) buildTLS(cfg *config.Config, logger *slog.Logger) error {
 		}
 		rt.Store = store
 	}
-	if a := cfg.TLS.ACME; a != nil {
+	if prev != nil {
+		rt.ACME, rt.acmeCfg = prev.ACME, prev.acmeCfg
+	} else if a := cfg.TLS.ACME; a != nil {
 		m, err := rt.buildACME(a, logger)
 		if err != nil {
 			return fmt.Errorf("tls.acme: %w", err)
@@ -132,12 +136,19 @@ func (rt *App) buildACME(a *config.ACME, logger *slog.Logger) (*ptls.ACME, error
 // listener opens), file reloads and shared ticket keys. It returns the
 // reload function for SIGHUP.
 func (rt *App) startTLS(ctx context.Context, logger *slog.Logger) (reload func(), err error) {
-	reload = func() {}
 	if rt.ACME != nil {
 		if err := rt.startACME(ctx, logger); err != nil {
 			return nil, err
 		}
 	}
+	return rt.startCertReloads(ctx, logger), nil
+}
+
+// startCertReloads runs the file reloads and the shared ticket keys of
+// this App's certificates until ctx ends, and returns the reload function
+// for SIGHUP.
+func (rt *App) startCertReloads(ctx context.Context, logger *slog.Logger) (reload func()) {
+	reload = func() {}
 	if rt.Store != nil {
 		r := &ptls.Reloader{
 			Store: rt.Store, Pairs: rt.pairs, Interval: rt.tlsCfg.ReloadInterval,
@@ -155,27 +166,32 @@ func (rt *App) startTLS(ctx context.Context, logger *slog.Logger) (reload func()
 	if rt.tickets != nil {
 		go rt.tickets.Run(ctx, rt.tlsConfig)
 	}
-	return reload, nil
+	return reload
 }
 
 func (rt *App) startACME(ctx context.Context, logger *slog.Logger) error {
+	// The challenge listeners close when ctx ends, or earlier when a new
+	// process has taken them over (StopChallenges).
+	ctx, rt.stopChallenges = context.WithCancel(ctx)
 	if addr := rt.acmeCfg.HTTPChallengeAddress(); addr != "" {
-		ln, err := net.Listen("tcp", addr)
+		key := "acme-http " + addr
+		ln, err := rt.listen(ctx, key, addr)
 		if err != nil {
 			return fmt.Errorf("tls.acme.http_address: %w", err)
 		}
 		srv := &http.Server{Handler: rt.ACME.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(ln)
-		context.AfterFunc(ctx, func() { srv.Close() })
+		context.AfterFunc(ctx, func() { rt.sockets.closed(key); srv.Close() })
 		logger.Info("acme: HTTP-01 challenges", "addr", ln.Addr().String())
 	}
 	if addr := rt.acmeCfg.TLSALPNChallengeAddress(); addr != "" {
-		ln, err := net.Listen("tcp", addr)
+		key := "acme-tls-alpn " + addr
+		ln, err := rt.listen(ctx, key, addr)
 		if err != nil {
 			return fmt.Errorf("tls.acme.tls_alpn_address: %w", err)
 		}
 		go serveALPNChallenges(tls.NewListener(ln, rt.ACME.TLSALPNConfig()))
-		context.AfterFunc(ctx, func() { ln.Close() })
+		context.AfterFunc(ctx, func() { rt.sockets.closed(key); ln.Close() })
 		logger.Info("acme: TLS-ALPN-01 challenges", "addr", ln.Addr().String())
 	}
 	octx, cancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -188,6 +204,16 @@ func (rt *App) startACME(ctx context.Context, logger *slog.Logger) error {
 		logger.Info("acme: certificate in service", "cert", c, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// listen opens a listening socket for key, or takes the one a process
+// being upgraded handed on.
+func (rt *App) listen(ctx context.Context, key, addr string) (net.Listener, error) {
+	ln, _, err := rt.sockets.listen(ctx, key, func(ctx context.Context) (net.Listener, error) {
+		var lc net.ListenConfig
+		return lc.Listen(ctx, "tcp", addr)
+	})
+	return ln, err
 }
 
 // serveALPNChallenges completes TLS-ALPN-01 handshakes; the validation is

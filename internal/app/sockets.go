@@ -1,0 +1,170 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+// sockets are the listening sockets of a process, by key ("client
+// 127.0.0.1:993", "acme-http :80"): those inherited from the process it
+// took over from at an upgrade, and those it has open, which it hands on
+// at its own upgrade. A socket keeps its key across processes, so a new
+// process finds the socket of each configured address in what it
+// inherited, and opens only the addresses that are new.
+//
+// The zero value opens every socket itself.
+//
+// A nil *sockets opens every socket and remembers none.
+type sockets struct {
+	mu        sync.Mutex
+	inherited map[string]*os.File     // owned here until taken or closed
+	open      map[string]net.Listener // owned by their users; listed for hand-on
+}
+
+// upgradeEnv carries the inherited descriptors to the new process.
+const upgradeEnv = "PORTICO_UPGRADE"
+
+// handOn describes, in upgradeEnv, what a new process inherits.
+type handOn struct {
+	Ready   int            `json:"ready"`   // descriptor to write "ready\n" to
+	Sockets map[string]int `json:"sockets"` // key -> descriptor
+}
+
+// inherit reads what an upgrading parent passed on, if anything, and
+// removes it from the environment so that no process started later
+// believes it too. ready is nil when this process was not started by an
+// upgrade.
+func inherit() (s *sockets, ready *os.File, err error) {
+	s = &sockets{}
+	v, ok := os.LookupEnv(upgradeEnv)
+	if !ok {
+		return s, nil, nil
+	}
+	os.Unsetenv(upgradeEnv)
+	var h handOn
+	if err := json.Unmarshal([]byte(v), &h); err != nil {
+		return s, nil, fmt.Errorf("%s: %w", upgradeEnv, err)
+	}
+	s.inherited = make(map[string]*os.File, len(h.Sockets))
+	for key, fd := range h.Sockets {
+		syscall.CloseOnExec(fd)
+		s.inherited[key] = os.NewFile(uintptr(fd), key)
+	}
+	syscall.CloseOnExec(h.Ready)
+	return s, os.NewFile(uintptr(h.Ready), "upgrade-ready"), nil
+}
+
+// listen returns the inherited socket of key or, when there is none, opens
+// one with open. The caller owns the listener and calls closed(key) when
+// it closes it for good.
+func (s *sockets) listen(ctx context.Context, key string, open func(ctx context.Context) (net.Listener, error)) (net.Listener, bool, error) {
+	if s == nil {
+		ln, err := open(ctx)
+		return ln, false, err
+	}
+	s.mu.Lock()
+	f := s.inherited[key]
+	delete(s.inherited, key)
+	s.mu.Unlock()
+	var (
+		ln  net.Listener
+		err error
+	)
+	if f != nil {
+		// FileListener duplicates the descriptor: ours is closed either way.
+		ln, err = net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, false, fmt.Errorf("inherited socket %s: %w", key, err)
+		}
+	} else if ln, err = open(ctx); err != nil {
+		return nil, false, err
+	}
+	s.mu.Lock()
+	if s.open == nil {
+		s.open = make(map[string]net.Listener)
+	}
+	s.open[key] = ln
+	s.mu.Unlock()
+	return ln, f != nil, nil
+}
+
+// closed forgets key's listener: it is not handed on any more.
+func (s *sockets) closed(key string) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	delete(s.open, key)
+	s.mu.Unlock()
+}
+
+// closeInherited closes the inherited sockets that the configuration no
+// longer uses; the parent still has them open until it stops accepting.
+func (s *sockets) closeInherited() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, f := range s.inherited {
+		f.Close()
+		delete(s.inherited, key)
+	}
+}
+
+// files duplicates the open listeners' descriptors for a new process, in
+// key order. The caller owns the files and closes them once the process
+// has started (it has its own copies then).
+func (s *sockets) files() (keys []string, files []*os.File, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key := range s.open {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		fl, ok := s.open[key].(interface{ File() (*os.File, error) })
+		if !ok {
+			err = fmt.Errorf("socket %s cannot be handed on", key)
+			break
+		}
+		f, ferr := fl.File()
+		if ferr != nil {
+			err = fmt.Errorf("socket %s: %w", key, ferr)
+			break
+		}
+		files = append(files, f)
+	}
+	if err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, nil, err
+	}
+	return keys, files, nil
+}
+
+// signalReady tells the parent that this process serves. The parent reads
+// "ready\n"; anything else, or the descriptor closing without it (this
+// process died), means the upgrade failed.
+func signalReady(f *os.File) error {
+	if f == nil {
+		return nil
+	}
+	defer f.Close()
+	if _, err := f.WriteString("ready\n"); err != nil {
+		return fmt.Errorf("telling the old process we are ready: %w", err)
+	}
+	return nil
+}
+
+// clientKey names a client listener's socket.
+func clientKey(addr string) string { return "client " + addr }
+
+// pidString is the process id as pid files hold it.
+func pidString() string { return strconv.Itoa(os.Getpid()) }
