@@ -3,7 +3,14 @@
 // routing (static routes, Redis, pools, health, cache) and the fleet
 // registry. cmd/portico stays a thin layer of flags and subcommands.
 //
-// Typical use:
+// A whole serve process, with reloads and upgrades, is a Process:
+//
+//	p := &app.Process{ConfigPath: path, Hooks: hooks}
+//	go func() { for range hup { p.Reload() } }()     // SIGHUP
+//	go func() { for range usr2 { p.Upgrade() } }()   // SIGUSR2
+//	err := p.Run(ctx)                                 // until ctx ends or a new process took over
+//
+// The parts, for tests and tools that need less:
 //
 //	cfg, err := config.Load(path)
 //	a, err := app.Build(cfg, logger) // no socket opened, nothing contacted
