@@ -1,6 +1,8 @@
 // Command portico is an authenticating IMAP proxy and load balancer.
 //
 //	portico serve -config /etc/portico/portico.yaml
+//	portico reload -config /etc/portico/portico.yaml
+//	portico upgrade -config /etc/portico/portico.yaml
 //	portico demo
 //	portico check-config /etc/portico/portico.yaml
 //	portico certs -config /etc/portico/portico.yaml
@@ -24,6 +26,8 @@ type command struct {
 
 var commands = []command{
 	{"serve", "run the proxy from a config file", runServe},
+	{"reload", "make the running serve load its config file again", runReload},
+	{"upgrade", "hand the running serve's sockets to the binary now installed", runUpgrade},
 	{"demo", "run a self-contained demo with in-memory backends", runDemo},
 	{"check-config", "validate a config file and print warnings", runCheckConfig},
 	{"certs", "list the certificates in service (files and ACME cache)", runCerts},

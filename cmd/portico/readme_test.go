@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -79,6 +80,7 @@ func TestDocumentedCommands(t *testing.T) {
 	imaps := freeAddr(t)
 	// The names are the README's: backends imap1 and imap2 in pool main.
 	p := writeConfig(t, dir, `
+pid_file: `+filepath.Join(dir, "portico.pid")+`
 listeners:
   - {name: imaps, mode: imaps, address: "`+imaps+`"}
 `+certFiles(t, dir)+`routing:
@@ -133,6 +135,17 @@ fleet: {move_hold: 5s}
 					t.Errorf("%s: exit: %v\n%s", line, err, stderr)
 				}
 			}
+		case sub == "upgrade":
+			// TestUpgrade runs it against a serve and a second binary;
+			// here, as written, it parses.
+			if out, code := run(t, bin, nil, append(args, "-h")...); code != 0 {
+				t.Errorf("%s -h: exit %d\n%s", line, code, out)
+			}
+		case sub == "reload":
+			if serve == nil {
+				t.Fatalf("%s: comes before any portico serve", line)
+			}
+			fallthrough
 		case sub == "check-config" || sub == "version" || sub == "certs" ||
 			sub == "route" || sub == "backend" || sub == "kick" || sub == "move" || sub == "sessions" || sub == "limits":
 			if sub != "check-config" && sub != "version" && !slices.Contains(args, p) {

@@ -6,7 +6,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/app"
 	"github.com/portico-mail/portico/internal/gcpolicy"
 )
@@ -17,49 +16,33 @@ func runServe(args []string) error {
 	if _, help, err := parseArgs(fs, args); help || err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	logger := app.NewLogger(cfg.Log, os.Stderr)
-	for _, w := range cfg.Warnings() {
-		logger.Warn("config: " + w)
-	}
-	rt, err := app.Build(cfg, logger)
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	if rt.Store != nil {
-		for _, c := range rt.Store.Certificates() {
-			logger.Info("certificate loaded", "cert", c)
-		}
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go new(gcpolicy.Settler).Run(ctx) // see the package doc
-	ops, err := app.StartOps(ctx, cfg.Admin, binaryVersion(), logger)
-	if err != nil {
-		return err
-	}
-	ops.Attach(rt)
-	// Certificates first: ACME issuance happens before any listener opens.
-	reload, err := rt.Start(ctx, logger)
-	if err != nil {
-		return err
-	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+
+	// The process opens the admin listener (metrics) before the client
+	// listeners and hands it each App a reload builds.
+	p := &app.Process{ConfigPath: *path, Version: binaryVersion()}
+	// SIGHUP reloads the whole config file (portico reload), SIGUSR2
+	// upgrades to the binary now installed at our path (portico upgrade).
+	// Each is handled to its end before the next: a burst of signals
+	// collapses into one more round.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
 	go func() {
 		for {
 			select {
-			case <-hup:
-				reload()
+			case sig := <-sigs:
+				if sig == syscall.SIGUSR2 {
+					p.Upgrade() // logs and reports its outcome itself
+				} else {
+					p.Reload()
+				}
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
-	return rt.Serve(ctx, cfg.Limits.ShutdownTimeout, logger)
+	return p.Run(ctx)
 }

@@ -121,6 +121,12 @@ func Listen(addr string, h http.Handler, logger *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin: listen %q: %w", addr, err)
 	}
+	return NewServer(ln, h, logger), nil
+}
+
+// NewServer serves h on ln, a listener opened by the caller (or handed
+// over by the process being upgraded); Serve owns ln from then on.
+func NewServer(ln net.Listener, h http.Handler, logger *slog.Logger) *Server {
 	return &Server{ln: ln, srv: &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -130,7 +136,7 @@ func Listen(addr string, h http.Handler, logger *slog.Logger) (*Server, error) {
 		WriteTimeout: 2 * time.Minute,
 		IdleTimeout:  2 * time.Minute,
 		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}}, nil
+	}}
 }
 
 // Addr is the listening address.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -32,15 +33,31 @@ type Ops struct {
 // listeners (and before ACME issuance), so that /healthz answers and
 // /readyz says what is missing from the start.
 func StartOps(ctx context.Context, cfg *config.Admin, version string, logger *slog.Logger) (*Ops, error) {
+	return startOps(ctx, cfg, version, logger, nil)
+}
+
+// startOps is StartOps with the admin socket taken from socks, where an
+// upgrade hands it on like the client listeners.
+func startOps(ctx context.Context, cfg *config.Admin, version string, logger *slog.Logger, socks *sockets) (*Ops, error) {
 	o := &Ops{Metrics: metrics.New(version)}
 	if cfg == nil {
 		return o, nil
 	}
 	h := admin.NewHandler(admin.Options{Token: cfg.Token.Value, Metrics: o.Metrics.Handler(), Ready: o.ready})
-	srv, err := admin.Listen(cfg.Address, h, logger)
+	key := "admin " + cfg.Address
+	ln, _, err := socks.listen(ctx, key, func(ctx context.Context) (net.Listener, error) {
+		var lc net.ListenConfig
+		ln, err := lc.Listen(ctx, "tcp", cfg.Address)
+		if err != nil {
+			return nil, fmt.Errorf("admin: listen %q: %w", cfg.Address, err)
+		}
+		return ln, nil
+	})
 	if err != nil {
 		return nil, err
 	}
+	context.AfterFunc(ctx, func() { socks.closed(key) })
+	srv := admin.NewServer(ln, h, logger)
 	o.Addr = srv.Addr()
 	logger.Info("admin: listening", "addr", srv.Addr().String(), "token", cfg.Token.Value != "")
 	go func() {

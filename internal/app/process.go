@@ -46,6 +46,9 @@ type Process struct {
 	// has started serving, e.g. in Hooks.Ready); it follows reloads of
 	// log.level.
 	Logger *slog.Logger
+	// Ops are the metrics and the admin listener, set by Run before the
+	// client listeners open; every App a reload builds is attached.
+	Ops *Ops
 
 	// mu serialises Run's start, Reload and Upgrade, and guards what
 	// follows.
@@ -117,15 +120,26 @@ func (p *Process) Run(ctx context.Context) error {
 		return err
 	}
 	rt.sockets = socks
+
+	procCtx, stopProc := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopProc()
+	// The admin listener lives until a new process has taken it over, or
+	// to the end.
+	opsCtx, stopOps := context.WithCancel(procCtx)
+	defer stopOps()
+	ops, err := startOps(opsCtx, cfg.Admin, p.Version, logger, socks)
+	if err != nil {
+		return err
+	}
+	ops.Attach(rt)
 	if rt.Store != nil {
 		for _, c := range rt.Store.Certificates() {
 			logger.Info("certificate loaded", "cert", c)
 		}
 	}
 
-	procCtx, stopProc := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopProc()
 	p.mu.Lock()
+	p.Ops = ops
 	p.procCtx = procCtx
 	p.app = rt
 	p.listeners = make(map[string]*served)
@@ -176,6 +190,7 @@ func (p *Process) Run(ctx context.Context) error {
 		if f := p.Hooks.Stopping; f != nil {
 			f(true)
 		}
+		stopOps() // the new process answers scrapes now
 		p.drain(ctx)
 		return p.retire(stopProc)
 	}
@@ -361,6 +376,7 @@ func (p *Process) reload() error {
 	// and cache, when not shared with the new one, stop changing now.
 	stopOld()
 	p.app = next
+	p.Ops.Attach(next)
 	var names []string
 	for _, b := range next.backends {
 		names = append(names, b.Name)

@@ -47,5 +47,6 @@ func restartNeeded(old, new *config.Config) []string {
 	diff("tls.acme", old.TLS.ACME, new.TLS.ACME)
 	diff("log.format", old.Log.Format, new.Log.Format)
 	diff("pid_file", old.PIDFile, new.PIDFile)
+	diff("admin", old.Admin, new.Admin)
 	return keys
 }
