@@ -120,6 +120,13 @@ func (p *Process) Run(ctx context.Context) error {
 		return err
 	}
 	rt.sockets = socks
+	serving := false
+	defer func() {
+		if !serving { // a start that failed half-way
+			rt.Server.Close()
+			rt.Close()
+		}
+	}()
 
 	procCtx, stopProc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopProc()
@@ -168,6 +175,7 @@ func (p *Process) Run(ctx context.Context) error {
 		return err
 	}
 	p.status.write("start", nil)
+	serving = true
 	p.mu.Unlock()
 	defer removePIDFile(cfg.PIDFile)
 
