@@ -230,6 +230,8 @@ admin:
 	}
 	clear.c.Close()
 
+	// The server sees the cleartext client's close a moment later.
+	waitMetric(t, adminAddr, 5*time.Second, func(v float64) bool { return v == 0 }, "portico_connections", "listener=imap")
 	s1 := waitMetric(t, adminAddr, 5*time.Second, func(v float64) bool { return v == 0 }, "portico_connections", "listener=imaps")
 	checks := []struct {
 		name   string
