@@ -55,6 +55,7 @@ type Process struct {
 	mu        sync.Mutex
 	app       *App
 	level     slog.LevelVar
+	runCtx    context.Context    // Run's: ends at SIGTERM
 	procCtx   context.Context    // until Run returns: process-wide goroutines
 	stopGen   context.CancelFunc // the current App's reloads and checks
 	listeners map[string]*served // by address
@@ -147,6 +148,7 @@ func (p *Process) Run(ctx context.Context) error {
 
 	p.mu.Lock()
 	p.Ops = ops
+	p.runCtx = ctx
 	p.procCtx = procCtx
 	p.app = rt
 	p.listeners = make(map[string]*served)

@@ -105,6 +105,12 @@ func (p *Process) Upgrade() (pid int, err error) {
 		cmd.Process.Kill()
 		readyR.Close() // ends the reader goroutine
 		return 0, fmt.Errorf("the new process %d did not serve within %s; stopped", cmd.Process.Pid, UpgradeReadyTimeout)
+	case <-p.runCtx.Done():
+		// Asked to stop while the new process starts: stop both, rather
+		// than hold the shutdown until the new one is ready.
+		cmd.Process.Kill()
+		readyR.Close()
+		return 0, fmt.Errorf("shutting down: the new process %d was stopped", cmd.Process.Pid)
 	}
 	pid = cmd.Process.Pid
 	p.Logger.Info("upgrade: the new process serves; this one stops accepting", "new_pid", pid)
