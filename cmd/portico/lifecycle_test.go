@@ -122,8 +122,8 @@ func (ic *lcConn) done() {
 }
 
 // TestReload changes the running configuration with `portico reload`: a
-// backend is added, a pool changed, a listener added and then one
-// removed, and an invalid file refused, while a session spliced before
+// backend is added, a pool changed, a listener added, TLS 1.2 turned off,
+// then a listener removed, and an invalid file refused, while a session spliced before
 // all of them sits in IDLE and one accepted before the first reload logs
 // in afterwards under the configuration it was accepted with.
 func TestReload(t *testing.T) {
@@ -192,7 +192,19 @@ backends:
 	// A client that has not logged in yet when the first reload happens.
 	preauth := dialLC(t, imaps, true)
 
-	t.Run("backend, pool and listener added", func(t *testing.T) {
+	tls12 := func() error {
+		c, err := tls.Dial("tcp", imaps, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"imap"}, MaxVersion: tls.VersionTLS12})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := tls12(); err != nil {
+		t.Fatalf("TLS 1.2 before the reload: %v", err)
+	}
+
+	t.Run("backend, pool, listener and TLS settings", func(t *testing.T) {
+		certs = strings.Replace(certs, "tls:\n", "tls:\n  min_version: \"1.3\"\n", 1)
 		os.WriteFile(p, []byte(config(lImaps+lImap, aliceOn("imap2")+erinOn2, "imap2", b1+b2)), 0o600)
 		if out := reload(); !strings.Contains(out, "reloaded") {
 			t.Fatalf("reload said %q", out)
@@ -205,6 +217,9 @@ backends:
 		}
 		if n := exists(t, imap, false, "alice"); n != 2 {
 			t.Fatalf("alice on the new listener on the backend with %d messages", n)
+		}
+		if err := tls12(); err == nil {
+			t.Fatal("TLS 1.2 still accepted after min_version 1.3 was reloaded")
 		}
 		// Accepted under the old configuration, it logs in under it.
 		preauth.cmd("a", "LOGIN alice pw")
@@ -296,8 +311,9 @@ func TestUpgrade(t *testing.T) {
 	t.Cleanup(func() { be.Close() })
 	r := testsrv.StartRedis(t)
 	pidFile := filepath.Join(dir, "portico.pid")
-	imap := freeAddr(t)
-	p := writeConfig(t, dir, "pid_file: "+pidFile+"\n"+certFiles(t, dir)+`listeners:
+	imap, adminAddr := freeAddr(t), freeAddr(t)
+	p := writeConfig(t, dir, "pid_file: "+pidFile+"\n"+certFiles(t, dir)+`admin: {address: "`+adminAddr+`"}
+listeners:
   - {name: imap, mode: imap, address: "`+imap+`", cleartext_login_networks: [127.0.0.1/32]}
 limits:
   upgrade_timeout: `+upgradeTimeout.String()+`
@@ -485,6 +501,17 @@ fleet: {heartbeat: 1s}
 	}
 	// The old process's sessions are still registered.
 	registered(sessions)
+	// The admin socket went over too: scrapes reach the new binary only.
+	for seen, end := 0, time.Now().Add(10*time.Second); seen < 5; {
+		if _, body := adminGet(t, adminAddr, "/metrics", ""); strings.Contains(body, `version="v2-upgrade-test"`) {
+			seen++
+		} else {
+			seen = 0
+		}
+		if time.Now().After(end) {
+			t.Fatal("/metrics still answered by the old process after the upgrade")
+		}
+	}
 
 	// Every spliced session lasts until the old process's deadline, then
 	// gets a BYE, spread over the window.
