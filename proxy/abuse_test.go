@@ -161,13 +161,7 @@ func TestSessionsPerUser(t *testing.T) {
 			return int(count.Load()), nil
 		}
 	})
-	login := func(want string) {
-		t.Helper()
-		c := h.dialTLS(t, h.imaps)
-		c.greeting()
-		c.send("a LOGIN alice@example.test " + alicePW + "\r\n")
-		c.expectPrefix(want)
-	}
+	login := func(want string) { t.Helper(); h.loginAlice(t, want) }
 	count.Store(2)
 	login("a OK ")
 	count.Store(3) // the fleet's count
@@ -185,6 +179,16 @@ func TestSessionsPerUser(t *testing.T) {
 	}
 }
 
+// loginAlice logs alice in over implicit TLS and expects an answer that
+// starts with want; the session stays open until the test ends.
+func (h *harness) loginAlice(t *testing.T, want string) {
+	t.Helper()
+	c := h.dialTLS(t, h.imaps)
+	c.greeting()
+	c.send("a LOGIN alice@example.test " + alicePW + "\r\n")
+	c.expectPrefix(want)
+}
+
 // TestSessionsCountedByLimiter: a count of the user's sessions that came
 // with the limiter's verdict is used instead of a read of its own, and
 // the verdict reaches Succeeded.
@@ -197,13 +201,7 @@ func TestSessionsCountedByLimiter(t *testing.T) {
 			return 0, nil
 		}
 	})
-	login := func(want string) {
-		t.Helper()
-		c := h.dialTLS(t, h.imaps)
-		c.greeting()
-		c.send("a LOGIN alice@example.test " + alicePW + "\r\n")
-		c.expectPrefix(want)
-	}
+	login := func(want string) { t.Helper(); h.loginAlice(t, want) }
 	lim.set(proxy.LimitVerdict{Sessions: 3, SessionsCounted: true})
 	login("a NO [LIMIT] Too many sessions of this user")
 	lim.set(proxy.LimitVerdict{Sessions: 2, SessionsCounted: true, Recorded: true})
