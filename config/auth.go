@@ -173,7 +173,7 @@ func (c *Config) validateAuth(v *validator) {
 		a.HTTP.validate(v, p+".http")
 	}
 	if a.OAuth != nil {
-		a.OAuth.validate(v, p+".oauth")
+		a.OAuth.validate(v, p+".oauth", a.MasterUser != "")
 	}
 }
 

@@ -176,9 +176,11 @@ func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
 	if err := rt.buildAuth(cfg, srv, logger); err != nil {
 		return nil, err
 	}
+	srv.OAuth = oauthOffer(cfg)
 	rt.settings = proxy.Config{
 		Router: srv.Router, TLSConfig: srv.TLSConfig, DefaultDomain: srv.DefaultDomain, Limits: srv.Limits,
-		Login: srv.Login, Limiter: srv.Limiter, Authenticator: srv.Authenticator, TrustedNetworks: srv.TrustedNetworks,
+		Login: srv.Login, Limiter: srv.Limiter, Authenticator: srv.Authenticator, OAuth: srv.OAuth,
+		TrustedNetworks: srv.TrustedNetworks,
 	}
 	if prev != nil {
 		rt.fleet = prev.fleet
