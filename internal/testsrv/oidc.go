@@ -185,6 +185,15 @@ func OpaqueToken() string {
 	return strings.TrimRight(fmt.Sprintf("opq.%x", b), "=")
 }
 
+// CloseConnections closes the connections clients keep open to the
+// issuer (Dovecot's, and Client's idle ones), so that a goroutine count
+// taken before they were opened holds again.
+func (is *Issuer) CloseConnections() {
+	is.Client.CloseIdleConnections()
+	is.srv.CloseClientConnections()
+	is.plain.CloseClientConnections()
+}
+
 // SetDown makes every endpoint answer 503 (true) or work again.
 func (is *Issuer) SetDown(down bool) { is.down.Store(down) }
 
