@@ -23,6 +23,15 @@ func runServe(args []string) error {
 	// The process opens the admin listener (metrics) before the client
 	// listeners and hands it each App a reload builds.
 	p := &app.Process{ConfigPath: *path, Version: binaryVersion()}
+	// systemd (Type=notify): not ctx, the watchdog goes on through the
+	// graceful shutdown.
+	sctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc := newService(sctx)
+	p.Hooks = app.Hooks{
+		Ready:     func(upgraded bool) { svc.ready(p.Logger, p.Server(), upgraded) },
+		Reloading: svc.reloading, Reloaded: svc.reloaded, Stopping: svc.stopping,
+	}
 	// SIGHUP reloads the whole config file (portico reload), SIGUSR2
 	// upgrades to the binary now installed at our path (portico upgrade).
 	// Each is handled to its end before the next: a burst of signals
