@@ -21,6 +21,7 @@ var packagingSecrets = []string{
 	"PORTICO_ACME_CACHE_KEY=0123456789abcdef0123456789abcdef",
 	"PORTICO_TICKET_KEY=fedcba9876543210fedcba9876543210",
 	"PORTICO_BRUTE_FORCE_KEY=00112233445566778899aabbccddeeff",
+	"PORTICO_ADMIN_TOKEN=0a1b2c3d4e5f60718293a4b5c6d7e8f9",
 }
 
 // packagedConfig copies packaging/NAME into a temp dir with the files it
@@ -73,9 +74,13 @@ func TestPackagedConfigs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The unit lets Portico write only below its StateDirectory.
+			// The unit lets Portico write only below its StateDirectory
+			// and RuntimeDirectory, and follows the pid file.
 			if a := cfg.TLS.ACME; a != nil && a.Cache == "dir" && !strings.HasPrefix(a.CacheDir, "/var/lib/portico/") {
 				t.Errorf("tls.acme.cache_dir %q is outside StateDirectory=portico (/var/lib/portico)", a.CacheDir)
+			}
+			if pf := unitDirective(t, "PIDFile"); cfg.PIDFile != pf {
+				t.Errorf("pid_file %q, the unit's PIDFile=%s", cfg.PIDFile, pf)
 			}
 		})
 	}
@@ -208,6 +213,7 @@ func TestUnitFile(t *testing.T) {
 	}
 	for _, want := range []string{
 		"Type=notify", "NotifyAccess=all", "WatchdogSec=", "Restart=on-failure",
+		"ExecReload=/usr/bin/portico reload -config /etc/portico/portico.yaml",
 		"User=portico", "StateDirectory=portico", "RuntimeDirectory=portico", "LimitNOFILE=",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
 		"CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
