@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,6 +111,15 @@ type notifiedServe struct {
 	cmd         *exec.Cmd
 	imaps, imap string
 	logFile     string
+
+	waitOnce sync.Once
+	waitErr  error
+}
+
+// wait is cmd.Wait, callable from the test and its cleanup alike.
+func (s *notifiedServe) wait() error {
+	s.waitOnce.Do(func() { s.waitErr = s.cmd.Wait() })
+	return s.waitErr
 }
 
 // log returns what serve has logged so far.
@@ -166,7 +176,7 @@ backends:
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
+	t.Cleanup(func() { s.cmd.Process.Kill(); s.wait() })
 	return s
 }
 
@@ -253,7 +263,7 @@ func testSystemdNotify(t *testing.T, bin string) {
 		t.Fatalf("after SIGTERM: %s, want STOPPING=1", msg)
 	}
 	sess.c.Close() // or serve waits shutdown_timeout for it
-	if err := srv.cmd.Wait(); err != nil {
+	if err := srv.wait(); err != nil {
 		t.Fatalf("serve: %v\n%s", err, srv.log())
 	}
 }
@@ -272,7 +282,7 @@ func testWatchdogForAnotherProcess(t *testing.T, bin string) {
 	if pings != 0 || !strings.HasPrefix(msg.text, "STOPPING=1\n") {
 		t.Fatalf("%d pings for WATCHDOG_PID=1, then %s", pings, msg)
 	}
-	if err := srv.cmd.Wait(); err != nil {
+	if err := srv.wait(); err != nil {
 		t.Fatalf("serve: %v\n%s", err, srv.log())
 	}
 }
@@ -311,7 +321,7 @@ func testSystemdUpgrade(t *testing.T, bin string) {
 	// The old process drains its session (upgrade_timeout) and exits,
 	// silent; the new one pings throughout.
 	exited := make(chan error, 1)
-	go func() { exited <- srv.cmd.Wait() }()
+	go func() { exited <- srv.wait() }()
 	newPings, oldExited := 0, false
 	for deadline := time.After(15 * time.Second); !oldExited || newPings < 3; {
 		select {
