@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -183,6 +184,11 @@ func OpaqueToken() string {
 	var b [24]byte
 	rand.Read(b[:])
 	return strings.TrimRight(fmt.Sprintf("opq.%x", b), "=")
+}
+
+// CAPEM returns the issuer's certificate in PEM, for a tls.ca_file.
+func (is *Issuer) CAPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: is.srv.Certificate().Raw})
 }
 
 // CloseConnections closes the connections clients keep open to the

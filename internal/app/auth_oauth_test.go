@@ -1,0 +1,95 @@
+package app
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/testsrv"
+	"github.com/portico-mail/portico/proxy"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+// TestBuildOAuth: auth.oauth reaches the server, in both modes.
+func TestBuildOAuth(t *testing.T) {
+	is := testsrv.StartIssuer(t)
+	defer is.CloseConnections()
+	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile, idpCA := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "idp.pem")
+	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(idpCA, is.CAPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PORTICO_TEST_MASTER_PW", "master-pw")
+	build := func(auth string) *App {
+		t.Helper()
+		cfg, err := config.Parse([]byte(`
+listeners:
+  - {mode: imaps, address: "127.0.0.1:0"}
+tls:
+  certificates:
+    - {cert_file: `+certFile+`, key_file: `+keyFile+`}
+routing:
+  redis: {addrs: ["127.0.0.1:1"]}
+  health: {disabled: true}
+  default_domain: example.test
+`+auth), "portico.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rt.Close() })
+		return rt
+	}
+
+	if rt := build(""); rt.Server.OAuth.Enabled {
+		t.Error("OAuth offered without auth.oauth")
+	}
+	rt := build("auth:\n  oauth: {mode: passthrough, scope: mail, cleartext_backends: true}\n")
+	if o := rt.Server.OAuth; !o.Enabled || o.Scope != "mail" || !o.CleartextBackends || rt.Server.Authenticator != nil {
+		t.Errorf("passthrough: OAuth %+v, Authenticator %v", o, rt.Server.Authenticator)
+	}
+
+	rt = build(`auth:
+  master_user: portico
+  master_password: {env: PORTICO_TEST_MASTER_PW}
+  oauth:
+    mode: validate
+    issuer: "` + is.URL + `"
+    audience: [imap]
+    tls: {ca_file: ` + idpCA + `}
+`)
+	o := rt.Server.OAuth
+	if !o.Enabled || o.CleartextBackends || o.OpenIDConfiguration != is.URL+"/.well-known/openid-configuration" {
+		t.Errorf("validate: OAuth %+v", o)
+	}
+	a := rt.Server.Authenticator
+	if a == nil {
+		t.Fatal("validate: no Authenticator")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tok := is.Token(t, map[string]any{"aud": "imap", "email": "alice"}) // completed with default_domain
+	res, err := a.Authenticate(ctx, proxy.AuthRequest{Mechanism: "XOAUTH2", User: "alice@example.test", Secret: tok})
+	if err != nil || !res.OK || res.Upstream.User != "portico" || res.Upstream.AuthzID != "alice@example.test" {
+		t.Errorf("validate: %+v, %v", res, err)
+	}
+	// Passwords still go to the backend.
+	if res, err := a.Authenticate(ctx, proxy.AuthRequest{Mechanism: "PLAIN", User: "alice@example.test", Secret: "pw"}); err != nil || !res.OK || res.Upstream.User != "" {
+		t.Errorf("PLAIN: %+v, %v", res, err)
+	}
+}
