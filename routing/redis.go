@@ -224,7 +224,7 @@ func (r *Redis) resolve(ctx context.Context, user string, ex *Explanation) (*Bac
 		if err != nil {
 			return nil, fmt.Errorf("routing: redis lookup %q: %w", key, err)
 		}
-		rrec, rfound := recordOf(fields), len(fields) > 0
+		rrec, rfound := recordOf(fields), hasRouteField(fields)
 		if rfound && ex != nil {
 			ex.add("redis %s: %v", key, rrec)
 		} else if ex != nil {
@@ -275,10 +275,16 @@ func (r *Redis) resolve(ctx context.Context, user string, ex *Explanation) (*Bac
 
 // assignScript writes an assignment unless the route exists. It touches
 // only KEYS[1], so it needs no hash tag in a Redis Cluster; PUBLISH takes
-// a channel, not a key. It returns the existing record (HGETALL's flat
-// list) or an empty list when it wrote.
+// a channel, not a key. It returns the existing record (the route fields
+// as HGETALL's flat list) or an empty list when it wrote. A hash with
+// other fields only (a password hash) has no route yet, and keeps them.
 var assignScript = redis.NewScript(`
-local cur = redis.call('HGETALL', KEYS[1])
+local names = {` + routeFieldsLua + `}
+local vals = redis.call('HMGET', KEYS[1], unpack(names))
+local cur = {}
+for i, v in ipairs(names) do
+  if vals[i] then cur[#cur+1] = v; cur[#cur+1] = vals[i] end
+end
 if #cur > 0 then return cur end
 redis.call('HSET', KEYS[1], 'backend', ARGV[1], 'assigned_pool', ARGV[2], 'assigned_at', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -305,6 +311,49 @@ func (r *Redis) assign(ctx context.Context, user, key string, pool *Pool, b *Bac
 		f[v[i]] = v[i+1]
 	}
 	return recordOf(f), false, nil
+}
+
+// routeFields are the fields of a route record, which SetRoute replaces
+// and DeleteRoute removes; any other field of the hash is left alone.
+var routeFields = []string{FieldBackend, FieldPool, FieldAddr, FieldSecurity, FieldServerName, FieldFallback, FieldAssignedPool, FieldAssignedAt}
+
+// hasRouteField reports whether a hash holds a route record: any of its
+// fields, even empty (which is a data error, not a missing route).
+func hasRouteField(fields map[string]string) bool {
+	for _, f := range routeFields {
+		if _, ok := fields[f]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// routeFieldsLua is routeFields as a Lua list.
+var routeFieldsLua = "'" + strings.Join(routeFields, "', '") + "'"
+
+// Fields reads user's whole route hash in one round trip, for fields that
+// live next to the route (a password hash), and puts the route record it
+// holds in the cache, so that the Lookup of the same login costs no
+// second read. It never answers from the cache: only route records are
+// cached, never other fields.
+func (r *Redis) Fields(ctx context.Context, user string) (map[string]string, error) {
+	key := r.Key(user)
+	if r.Client == nil {
+		return nil, fmt.Errorf("routing: redis read %q: no client", key)
+	}
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = DefaultLookupTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	gen := r.Cache.generation()
+	fields, err := r.Client.HGetAll(ctx, key).Result()
+	if err != nil {
+		return nil, fmt.Errorf("routing: redis read %q: %w", key, err)
+	}
+	r.Cache.put(user, recordOf(fields), hasRouteField(fields), gen)
+	return fields, nil
 }
 
 // poolFor returns the pool deciding about a user without a route.
@@ -477,7 +526,7 @@ func (r *Redis) SetRoute(ctx context.Context, user string, rec Record) error {
 		values = append(values, kv[0], kv[1])
 	}
 	_, err := r.Client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, key)
+		p.HDel(ctx, key, routeFields...) // not DEL: other fields stay
 		p.HSet(ctx, key, values...)
 		p.Publish(ctx, InvalidateChannel(r.Prefix), user)
 		return nil
@@ -499,7 +548,7 @@ func (r *Redis) GetRoute(ctx context.Context, user string) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("routing: redis get route %q: %w", key, err)
 	}
-	if len(f) == 0 {
+	if !hasRouteField(f) {
 		return Record{}, fmt.Errorf("routing: redis get route %q: %w", key, ErrNotFound)
 	}
 	return recordOf(f), nil
@@ -507,14 +556,15 @@ func (r *Redis) GetRoute(ctx context.Context, user string) (Record, error) {
 
 // DeleteRoute removes user's route and tells every proxy. Deleting a
 // missing route is not an error. A user of a pool with PolicyAssign gets
-// a new assignment at the next login.
+// a new assignment at the next login. Fields of the hash that are not
+// the route's (a password hash) stay.
 func (r *Redis) DeleteRoute(ctx context.Context, user string) error {
 	key := r.Key(user)
 	if r.Client == nil {
 		return fmt.Errorf("routing: redis delete route %q: no client", key)
 	}
 	_, err := r.Client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, key)
+		p.HDel(ctx, key, routeFields...)
 		p.Publish(ctx, InvalidateChannel(r.Prefix), user)
 		return nil
 	})

@@ -116,7 +116,10 @@
 //	               backend was chosen from
 //	assigned_at    written by assignment: unix seconds
 //
-// Other fields are ignored. A missing key means the user has no route:
+// Other fields are ignored, and kept by SetRoute, DeleteRoute and
+// assignment: the hash may hold the user's password hash (auth.redis), read
+// with the route by Fields. A missing key, or a hash without any of the
+// fields above, means the user has no route:
 // ErrNotFound (the client is told its login failed, exactly as for a wrong
 // password) or an assignment, as above. A record naming an unknown backend,
 // pool or fallback, or with a bad addr or security, is a data error: the
