@@ -1,6 +1,7 @@
 package app
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -50,5 +51,20 @@ func (rt *App) buildAuth(cfg *config.Config, srv *proxy.Server, logger *slog.Log
 
 // passwordStore builds the auth.Store of auth.passwords "redis" or "ldap".
 func (rt *App) passwordStore(cfg *config.Config, logger *slog.Logger) (auth.Store, error) {
+	switch a := &cfg.Auth; a.Passwords {
+	case "redis":
+		if rt.Redis == nil || rt.RedisRouter == nil {
+			return nil, errors.New("needs routing.redis")
+		}
+		r := a.Redis
+		if r == nil {
+			r = &config.AuthRedis{Field: "password"}
+		}
+		return &auth.RedisStore{
+			Routes: rt.RedisRouter, Field: r.Field,
+			Client: rt.Redis, Prefix: rt.RedisPrefix, Key: r.Key,
+			Hashes: auth.Hashes{AllowPlain: r.AllowPlain},
+		}, nil
+	}
 	return nil, fmt.Errorf("password source %q is not implemented yet", cfg.Auth.Passwords)
 }

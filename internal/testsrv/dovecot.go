@@ -3,6 +3,8 @@ package testsrv
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -35,6 +37,10 @@ type DovecotOptions struct {
 	// logs in as any user.
 	MasterUser     string
 	MasterPassword string
+	// MasterOnlyUsers exist (in the users passdb, with a home) but with a
+	// random password nobody knows: only the master user logs in as them,
+	// as when a proxy checks passwords and backends do not hold them.
+	MasterOnlyUsers []string
 
 	// TrustedNetworks becomes login_trusted_networks: clients from there may
 	// forward the real client IP with ID x-originating-ip. nil means
@@ -98,6 +104,11 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *Dovecot {
 	var users bytes.Buffer
 	for u, pw := range opts.Users {
 		fmt.Fprintf(&users, "%s:{PLAIN}%s\n", u, pw)
+		mkdirMail(t, filepath.Join(dir, "home", u))
+	}
+	for _, u := range opts.MasterOnlyUsers {
+		checkPasswdField(t, "user name", u)
+		fmt.Fprintf(&users, "%s:{PLAIN}%s\n", u, randomHex(16))
 		mkdirMail(t, filepath.Join(dir, "home", u))
 	}
 	// The auth process runs as the dovecot user, hence world-readable files;
@@ -479,4 +490,13 @@ func writeFile(t testing.TB, p string, b []byte, mode os.FileMode) {
 	if err := os.WriteFile(p, b, mode); err != nil {
 		t.Fatalf("testsrv: %v", err)
 	}
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
 }
