@@ -202,7 +202,8 @@ func (p *Process) Run(ctx context.Context) error {
 		}
 		stopOps() // the new process answers scrapes now
 		p.drain(ctx)
-		return p.retire(stopProc)
+		p.retire(stopProc)
+		return nil
 	}
 	if f := p.Hooks.Stopping; f != nil {
 		f(false)
@@ -217,16 +218,24 @@ func (p *Process) Run(ctx context.Context) error {
 	if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
 		logger.Warn("shutdown", "err", serr)
 	}
-	if rerr := p.retire(stopProc); rerr != nil {
-		return rerr
+	// Shutdown closed the listeners: their Serve calls return.
+	p.mu.Lock()
+	var listening []chan struct{}
+	for _, s := range p.listeners {
+		listening = append(listening, s.done)
 	}
+	p.mu.Unlock()
+	for _, done := range listening {
+		<-done
+	}
+	p.retire(stopProc)
 	return err
 }
 
 // retire ends the process-wide goroutines and takes the instance out of
 // the fleet registry: the sessions are gone, say so now rather than three
 // heartbeats later.
-func (p *Process) retire(stopProc context.CancelFunc) error {
+func (p *Process) retire(stopProc context.CancelFunc) {
 	p.mu.Lock()
 	rt := p.app
 	if p.stopGen != nil {
@@ -242,7 +251,6 @@ func (p *Process) retire(stopProc context.CancelFunc) error {
 		}
 	}
 	rt.Close()
-	return nil
 }
 
 // startGeneration runs rt's certificate reloads, ticket keys, health
