@@ -66,7 +66,9 @@ type Process struct {
 
 // Hooks are called as the process changes state, from the goroutine that
 // changes it; they must not block for long. They are meant for sd_notify:
-// READY=1, RELOADING=1, STOPPING=1 and MAINPID.
+// READY=1, RELOADING=1, STOPPING=1 and MAINPID. Reloading and Reloaded run
+// while the Process holds its lock (a reload is one step): they must not
+// call the Process's methods, Server included. Ready and Stopping may.
 type Hooks struct {
 	// Ready: every listener serves. upgraded is true in a process started
 	// by an upgrade, which has become the service's main process.
