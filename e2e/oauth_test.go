@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -29,6 +34,7 @@ type oauthEnv struct {
 	srv    *proxy.Server
 	imaps  string
 	caFile string
+	roots  *x509.CertPool
 	logs   *testsrv.Buffer
 	redis  *testsrv.Redis
 	dump   func() string
@@ -60,6 +66,7 @@ func newOAuthEnv(t *testing.T, validate bool) *oauthEnv {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	e.roots = ptls.CertPool(cert)
 	e.caFile = filepath.Join(dir, "ca.pem")
 	if err := ptls.WritePEM(cert, e.caFile, filepath.Join(dir, "key.pem")); err != nil {
 		t.Fatal(err)
@@ -95,6 +102,9 @@ func newOAuthEnv(t *testing.T, validate bool) *oauthEnv {
 			Issuer: e.is.URL, Audience: []string{"imap.example.test"},
 			IntrospectionURL: e.is.URL + "/introspect", ClientID: e.is.ClientID, ClientSecret: e.is.ClientSecret,
 			Master: auth.Master{User: oauthMaster, Password: oauthMasterPW}, HTTPClient: e.is.Client, Logger: logger,
+			// Refused tokens with unknown key ids fetch the keys too; the
+			// test's few must not meet the throttle.
+			JWKSMinRefresh: 50 * time.Millisecond,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -267,5 +277,38 @@ func TestOAuthValidateDovecot(t *testing.T) {
 	if log := e.d.Log(); strings.Contains(log, good) || strings.Contains(log, opaque) {
 		t.Error("a token reached the backend")
 	}
-	e.checkSecrets(t, good, expired, wrongUser, opaque, rotated)
+
+	// The IdP down, and a token signed with a key not yet seen: the
+	// client is told to try again later, not that its token is bad.
+	e.is.Rotate(t)
+	unseen := e.is.Token(t, claims)
+	time.Sleep(200 * time.Millisecond) // the JWKS throttle's bucket refills
+	e.is.SetDown(true)
+	if got := e.authenticate(t, "XOAUTH2", "user="+aliceUser+"\x01auth=Bearer "+unseen+"\x01\x01"); !strings.HasPrefix(got, "a NO [UNAVAILABLE] ") {
+		t.Errorf("with the IdP down: %q, want NO [UNAVAILABLE]", got)
+	}
+	e.is.SetDown(false)
+	e.checkSecrets(t, good, expired, wrongUser, opaque, rotated, unseen)
+}
+
+// authenticate runs one AUTHENTICATE with an initial response over a
+// fresh connection and returns the first reply line.
+func (e *oauthEnv) authenticate(t *testing.T, mech, msg string) string {
+	t.Helper()
+	c, err := tls.Dial("tcp", e.imaps, &tls.Config{RootCAs: e.roots, ServerName: "localhost", NextProtos: []string{"imap"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "a AUTHENTICATE %s %s\r\n", mech, base64.StdEncoding.EncodeToString([]byte(msg)))
+	l, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimRight(l, "\r\n")
 }
