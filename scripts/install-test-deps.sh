@@ -2,7 +2,8 @@
 # Installs what the test suite runs for real: redis-server, dovecot
 # (dovecot-imapd), pebble (an ACME test CA), curl, python3, openssl, systemd
 # (systemd-analyze verifies the unit file; nothing is started), promtool
-# (from prometheus, to check /metrics), and a C toolchain for `go test -race`.
+# (from prometheus, to check /metrics), slapd and ldap-utils (an LDAP
+# directory for auth.ldap), and a C toolchain for `go test -race`.
 # Idempotent: it does nothing when everything is present. Debian/Ubuntu only;
 # elsewhere it names what is missing and fails.
 set -euo pipefail
@@ -21,6 +22,9 @@ declare -A pkg=(
 	[systemd-analyze]=systemd
 	[systemd-sysusers]=systemd
 	[promtool]=prometheus
+	[slapd]=slapd
+	[slapadd]=slapd
+	[ldapwhoami]=ldap-utils
 )
 
 have() {
@@ -41,7 +45,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		sudo=(sudo -n)
 	else
 		echo "install-test-deps: not root and no password-less sudo; install them with:" >&2
-		echo "  apt-get install redis-server dovecot-imapd pebble prometheus curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
+		echo "  apt-get install redis-server dovecot-imapd pebble prometheus slapd ldap-utils curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
 		exit 1
 	fi
 	if ! command -v apt-get >/dev/null 2>&1; then
@@ -66,12 +70,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	"${sudo[@]}" apt-get update -q
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-		redis-server dovecot-imapd pebble prometheus curl python3 openssl ca-certificates make gcc libc6-dev systemd
+		redis-server dovecot-imapd pebble prometheus slapd ldap-utils curl python3 openssl ca-certificates make gcc libc6-dev systemd
 
 	# systemd ignores policy-rc.d: stop whatever apt started anyway.
 	"${sudo[@]}" service dovecot stop >/dev/null 2>&1 || true
 	"${sudo[@]}" service redis-server stop >/dev/null 2>&1 || true
 	"${sudo[@]}" service prometheus stop >/dev/null 2>&1 || true
+	"${sudo[@]}" service slapd stop >/dev/null 2>&1 || true
 	cleanup
 	trap - EXIT
 
