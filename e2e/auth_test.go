@@ -66,6 +66,7 @@ type authEnv struct {
 	redis    *testsrv.Redis
 	rdb      redis.UniversalClient
 	dovecot  *testsrv.Dovecot
+	slapd    *testsrv.Slapd // with passwords in LDAP
 	addr     string
 	logs     *testsrv.Buffer
 	users    []*authUser
@@ -73,6 +74,12 @@ type authEnv struct {
 }
 
 func newAuthEnv(t *testing.T, limitsYAML string) *authEnv {
+	return newAuthEnvFrom(t, limitsYAML, "redis")
+}
+
+// newAuthEnvFrom is newAuthEnv with the passwords in source: "redis"
+// (hashes next to the routes) or "ldap" (a slapd holding the users).
+func newAuthEnvFrom(t *testing.T, limitsYAML, source string) *authEnv {
 	t.Helper()
 	e := &authEnv{logs: &testsrv.Buffer{}, users: authUsers()}
 	e.redis = testsrv.StartRedis(t)
@@ -95,6 +102,22 @@ func newAuthEnv(t *testing.T, limitsYAML string) *authEnv {
 		t.Fatal(err)
 	}
 	masterFile := writeTemp(t, "master", authMasterPW+"\n")
+	sourceYAML := ""
+	if source == "ldap" {
+		users := map[string]string{}
+		for _, u := range e.users {
+			users[u.name] = u.pw
+		}
+		e.slapd = testsrv.StartSlapd(t, testsrv.SlapdOptions{Users: users, ServicePassword: "svc-pw"})
+		svcFile := writeTemp(t, "svc", "svc-pw\n")
+		sourceYAML = `  ldap:
+    url: ` + e.slapd.URL + `
+    search_base: "` + e.slapd.People + `"
+    service_dn: "` + e.slapd.ServiceDN + `"
+    service_password: {file: ` + svcFile + `}
+    timeout: 1s
+`
+	}
 	cfg, err := config.Parse([]byte(`
 listeners:
   - {mode: imap, address: "127.0.0.1:0", cleartext_login_networks: [127.0.0.0/8]}
@@ -110,10 +133,10 @@ routing:
 backends:
   - {name: dovecot, address: "`+e.dovecot.Addr+`", forward_id: true}
 auth:
-  passwords: redis
+  passwords: `+source+`
   master_user: `+authMaster+`
   master_password: {file: `+masterFile+`}
-`), "portico.yaml")
+`+sourceYAML), "portico.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +148,11 @@ auth:
 	e.rdb = rt.Redis
 	ctx := context.Background()
 	for _, u := range e.users {
-		if err := e.rdb.HSet(ctx, "portico:route:"+u.name, "backend", "dovecot", "password", u.hash).Err(); err != nil {
+		fields := []any{"backend", "dovecot"}
+		if source == "redis" {
+			fields = append(fields, "password", u.hash)
+		}
+		if err := e.rdb.HSet(ctx, "portico:route:"+u.name, fields...).Err(); err != nil {
 			t.Fatal(err)
 		}
 		e.dovecot.AddMessage(t, u.name, "INBOX", message("mailbox of "+u.name, []byte("hello "+u.name)))
@@ -162,8 +189,11 @@ auth:
 		// saw the users' passwords at all.
 		logs, dlog := e.logs.String(), e.dovecot.Log()
 		for _, u := range e.users {
-			i := strings.LastIndexByte(u.hash, '$')
-			for _, s := range []string{u.pw, u.hash, u.hash[i+1:], u.hash[i-8 : i]} {
+			secrets := []string{u.pw}
+			if i := strings.LastIndexByte(u.hash, '$'); i > 8 {
+				secrets = append(secrets, u.hash, u.hash[i+1:], u.hash[i-8:i])
+			}
+			for _, s := range secrets {
 				if strings.Contains(logs, s) {
 					t.Errorf("a secret of %s reached Portico's log: %q", u.name, s)
 				}
@@ -375,6 +405,69 @@ func TestProxyAuthBruteForce(t *testing.T) {
 	c.close()
 	if err != nil || !strings.HasPrefix(reply, "OK") {
 		t.Fatalf("from another address: %q, %v", reply, err)
+	}
+}
+
+// TestProxyAuthLDAP: the same users, their passwords in a real slapd
+// (found by a search as a service account, then a bind as the user):
+// they land in their own mailboxes through the master user; wrong
+// passwords and unknown users get one answer; a directory that is down
+// gives NO [UNAVAILABLE].
+func TestProxyAuthLDAP(t *testing.T) {
+	e := newAuthEnvFrom(t, "  brute_force: {disabled: true}\n", "ldap")
+	for _, u := range e.users {
+		c, err := dialFrom(e.addr, "127.0.0.2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		reply, _, err := c.login(u.name, u.pw)
+		if err != nil || !strings.HasPrefix(reply, "OK") {
+			t.Fatalf("%s: %q, %v", u.name, reply, err)
+		}
+		if _, err := c.command("SELECT INBOX"); err != nil {
+			t.Fatal(err)
+		}
+		out, err := c.command("FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
+		if err != nil || !strings.Contains(out, "Subject: mailbox of "+u.name) {
+			t.Fatalf("%s is not in their own mailbox: %q, %v", u.name, out, err)
+		}
+		c.close()
+	}
+	backends := e.backends.Load()
+	var replies []string
+	for _, tc := range [][2]string{
+		{e.users[0].name, "wrong"},
+		{"nobody@example.test", e.users[0].pw},
+		{e.users[0].name, ""},
+		{"*@example.test", e.users[0].pw},
+	} {
+		c, err := dialFrom(e.addr, "127.0.0.5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		reply, _, err := c.login(tc[0], tc[1])
+		c.close()
+		if err != nil || !strings.HasPrefix(reply, "NO [AUTHENTICATIONFAILED]") {
+			t.Errorf("%s: %q, %v", tc[0], reply, err)
+		}
+		replies = append(replies, reply)
+	}
+	for _, r := range replies[1:] {
+		if r != replies[0] {
+			t.Errorf("answers differ: %q and %q", replies[0], r)
+		}
+	}
+	if n := e.backends.Load() - backends; n != 0 {
+		t.Errorf("%d failed logins reached Dovecot", n)
+	}
+	e.slapd.Stop()
+	c, err := dialFrom(e.addr, "127.0.0.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	if reply, _, err := c.login(e.users[1].name, e.users[1].pw); err != nil || !strings.HasPrefix(reply, "NO [UNAVAILABLE]") {
+		t.Fatalf("directory down: %q, %v", reply, err)
 	}
 }
 

@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"time"
 
 	"github.com/portico-mail/portico/auth"
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/proxy"
+	ptls "github.com/portico-mail/portico/tls"
 )
 
 // buildAuth gives the server its Authenticator (auth:): an auth.Mux that
@@ -46,6 +49,7 @@ func (rt *App) buildAuth(cfg *config.Config, srv *proxy.Server, logger *slog.Log
 	}
 	logger.Info("proxy-side authentication", "passwords", a.String(), "oauth", mux.OAuth != nil)
 	srv.Authenticator = mux
+	srv.Limits.AuthTimeout = authTimeout(cfg)
 	return nil
 }
 
@@ -65,6 +69,43 @@ func (rt *App) passwordStore(cfg *config.Config, logger *slog.Logger) (auth.Stor
 			Client: rt.Redis, Prefix: rt.RedisPrefix, Key: r.Key,
 			Hashes: auth.Hashes{AllowPlain: r.AllowPlain},
 		}, nil
+	case "ldap":
+		l := a.LDAP
+		if l == nil {
+			return nil, errors.New("auth.ldap is missing")
+		}
+		s := &auth.LDAPStore{
+			URL: l.URL, StartTLS: l.StartTLS, BindDN: l.BindDN,
+			SearchBase: l.SearchBase, SearchFilter: l.SearchFilter,
+			ServiceDN: l.ServiceDN, ServicePassword: l.ServicePassword.Value,
+			Timeout: l.Timeout, PoolSize: l.PoolSize,
+		}
+		if l.TLS != nil || l.StartTLS || strings.HasPrefix(l.URL, "ldaps:") {
+			opts := ptls.ClientOptions{}
+			if l.TLS != nil {
+				opts = clientOptions(l.TLS)
+			}
+			tc, err := ptls.ClientConfig(opts)
+			if err != nil {
+				return nil, fmt.Errorf("tls: %w", err)
+			}
+			s.TLSConfig = tc
+		}
+		return s, nil
 	}
-	return nil, fmt.Errorf("password source %q is not implemented yet", cfg.Auth.Passwords)
+	return nil, fmt.Errorf("unknown password source %q", cfg.Auth.Passwords)
+}
+
+// authTimeout is how long the Authenticator may take: the route lookup's
+// timeout, or longer for a source that is given longer (a directory, an
+// issuer) than Redis.
+func authTimeout(cfg *config.Config) time.Duration {
+	d := cfg.Routing.LookupTimeout
+	if l := cfg.Auth.LDAP; l != nil && cfg.Auth.Passwords == "ldap" {
+		d = max(d, l.Timeout)
+	}
+	if o := cfg.Auth.OAuth; o != nil {
+		d = max(d, o.Timeout)
+	}
+	return d
 }
