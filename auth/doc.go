@@ -11,6 +11,9 @@
 //     LDAP bind) and, when it is right, has the proxy log in to the
 //     backend as a master user on the user's behalf (Dovecot's master
 //     passdb), so that the backend never sees the user's password.
+//   - OAuth validates OAuth 2.0 bearer tokens itself (a JWT against the
+//     issuer's keys, or RFC 7662 introspection) and logs in as the master
+//     user, so that the backend never sees the token.
 //
 // Typical use, with the hashes in the route hashes of routing.redis:
 //
