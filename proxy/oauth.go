@@ -50,11 +50,12 @@ func (o OAuth) errorChallenge() string {
 }
 
 // authOAuth runs AUTHENTICATE XOAUTH2 or OAUTHBEARER after the initial
-// response (nil: none yet, ask for it with an empty challenge).
+// response (nil: none, ask for the message with an empty challenge).
 func (s *session) authOAuth(tag, mech string, ir []byte) action {
 	resp := ir
-	if len(resp) == 0 {
-		// "=" (an empty initial response) is no message either: ask.
+	if resp == nil {
+		// "=" is an empty response (RFC 4959), malformed below, not a
+		// request for a challenge.
 		var act action
 		if resp, act = s.challenge(tag, ""); resp == nil {
 			return act

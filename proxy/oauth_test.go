@@ -159,11 +159,10 @@ func TestOAuthPassThrough(t *testing.T) {
 		backendGot("OAUTHBEARER")
 	})
 	t.Run("OAUTHBEARER empty IR", func(t *testing.T) {
+		// RFC 4959: "=" is an empty message, which is malformed.
 		c := open()
 		c.send("a AUTHENTICATE OAUTHBEARER =\r\n")
-		c.expect("+ ")
-		c.send(oauthbearer("tok@example.test", goodToken) + "\r\n")
-		c.expectPrefix("a OK ")
+		c.expect("a " + failText)
 	})
 	t.Run("refused token", func(t *testing.T) {
 		c := open()
