@@ -29,8 +29,9 @@ type Authenticator interface {
 
 // AuthRequest is one login attempt, as an Authenticator sees it.
 type AuthRequest struct {
-	// Mechanism is the client's: "LOGIN" (the IMAP command), or the SASL
-	// mechanism ("PLAIN", "XOAUTH2", "OAUTHBEARER").
+	// Mechanism is the client's: "LOGIN" (the IMAP command or the SASL
+	// mechanism of that name), or the SASL mechanism ("PLAIN", "XOAUTH2",
+	// "OAUTHBEARER").
 	Mechanism string
 	// User is the user name, normalised (lower case, default domain).
 	User string
@@ -87,7 +88,7 @@ func (s *session) authenticate(tag string, ev *LoginEvent, start time.Time, logi
 		return actContinue, true
 	}
 	req := AuthRequest{
-		Mechanism: strings.ToUpper(ev.Mechanism), User: user, Login: login, Secret: secret,
+		Mechanism: authMechanism(ev.Mechanism), User: user, Login: login, Secret: secret,
 		Client: s.client, Local: s.local, TLS: s.tlsVersion != "",
 		ProxySource: s.ab.proxySrc, ProxyDest: s.ab.proxyDst,
 		Attempt: s.authFails + 1, Protocol: "imap",
@@ -134,4 +135,14 @@ func (s *session) upstreamCredentials(ev *LoginEvent, user, secret string) upstr
 		c.AllowCleartext = s.set.oauth.CleartextBackends
 	}
 	return c
+}
+
+// authMechanism names a login's mechanism (LoginEvent.Mechanism) for an
+// Authenticator: the LOGIN command and AUTHENTICATE LOGIN are both
+// "LOGIN", a user name and a password.
+func authMechanism(m string) string {
+	if m == MechSASLLogin {
+		return "LOGIN"
+	}
+	return strings.ToUpper(m)
 }

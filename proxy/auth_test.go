@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"strings"
 	"sync"
@@ -55,6 +56,20 @@ func TestAuthenticator(t *testing.T) {
 		return time.Since(start)
 	}
 	login("alice", "proxy-pw", "OK ")
+	// AUTHENTICATE LOGIN is a LOGIN to the Authenticator.
+	c := h.dialTLS(t, h.imaps)
+	c.greeting()
+	c.send("a AUTHENTICATE LOGIN\r\n")
+	c.expectPrefix("+ ")
+	c.send(base64.StdEncoding.EncodeToString([]byte("alice")) + "\r\n")
+	c.expectPrefix("+ ")
+	c.send(base64.StdEncoding.EncodeToString([]byte("proxy-pw")) + "\r\n")
+	c.expectPrefix("a OK ")
+	auth.mu.Lock()
+	if m := auth.asked[len(auth.asked)-1].Mechanism; m != "LOGIN" {
+		t.Errorf("AUTHENTICATE LOGIN reached the Authenticator as %q", m)
+	}
+	auth.mu.Unlock()
 	// The backend would take this password; the authenticator decides.
 	if d := login("alice", alicePW, failText); d < delay {
 		t.Errorf("refusal answered after %v, before the failure delay", d)
@@ -69,7 +84,7 @@ func TestAuthenticator(t *testing.T) {
 		t.Errorf("refusal with Wait answered after %v", d)
 	}
 	// A refusal with Close ends the session after the tagged answer.
-	c := h.dialTLS(t, h.imaps)
+	c = h.dialTLS(t, h.imaps)
 	c.greeting()
 	c.send("a LOGIN Closed pw\r\n")
 	c.expectPrefix("a " + failText)
