@@ -65,6 +65,13 @@ type HTTP struct {
 	// the defaults), or fails when it may not take logins (down,
 	// drained). Nil means a plain-IMAP backend named by its address.
 	Backend func(ctx context.Context, addr netip.AddrPort) (*routing.Backend, error)
+	// Master, when set, is who the proxy logs in to the backend as after
+	// an OK that rewrites no credentials, on behalf of the user (see
+	// Passwords); the zero Master means with the client's credentials,
+	// as nginx does.
+	Master Master
+	// TLSConfig is for an https:// URL; nil means the system roots.
+	TLSConfig *tls.Config
 	// Client sends the requests; nil means one of HTTP's own, with
 	// keep-alive and no environment proxy.
 	Client *http.Client
@@ -116,7 +123,7 @@ func (h *HTTP) init() {
 				IdleConnTimeout:        60 * time.Second,
 				DisableCompression:     true, // nginx sends no Accept-Encoding
 				MaxResponseHeaderBytes: 64 << 10,
-				TLSClientConfig:        &tls.Config{MinVersion: tls.VersionTLS12},
+				TLSClientConfig:        h.TLSConfig,
 			}}
 		}
 	})
@@ -253,6 +260,8 @@ func (h *HTTP) answer(ctx context.Context, req proxy.AuthRequest, resp *http.Res
 		if res.Upstream.User == "" || res.Upstream.Secret == "" {
 			return proxy.AuthResult{}, errors.New("auth http: answer with an empty Auth-User or Auth-Pass")
 		}
+	} else {
+		res.Upstream = h.Master.Credentials(req.User)
 	}
 	if h.KeepRouting {
 		return res, nil

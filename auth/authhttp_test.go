@@ -316,6 +316,17 @@ func TestHTTPAnswers(t *testing.T) {
 	}
 	answer <- "" // let the silent connection go
 
+	// With a master user, an OK without rewrites logs in as the master.
+	h.Master = Master{User: "portico", Password: "master-pw"}
+	answer <- ok200("Auth-Status: OK", "Auth-Server: 127.0.0.1", "Auth-Port: 143")
+	if res, _ := h.Authenticate(context.Background(), req); res.Upstream != (upstream.Credentials{User: "portico", Secret: "master-pw", AuthzID: "alice@example.test"}) {
+		t.Errorf("master: %+v", res.Upstream)
+	}
+	answer <- ok200("Auth-Status: OK", "Auth-Server: 127.0.0.1", "Auth-Port: 143", "Auth-Pass: x")
+	if res, _ := h.Authenticate(context.Background(), req); res.Upstream.User != "alice@example.test" || res.Upstream.AuthzID != "" {
+		t.Errorf("master and a rewrite: %+v", res.Upstream)
+	}
+
 	// KeepRouting: the answer decides the password only.
 	h2 := &HTTP{URL: svc.url(), KeepRouting: true}
 	defer h2.Close()
