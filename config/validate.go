@@ -332,8 +332,8 @@ func (c *Config) validateRouting(v *validator) {
 		v.add("routing.default_domain", `must be a domain such as example.com, without "@", not %q`, d)
 	}
 	checkDur(v, "routing.lookup_timeout", r.LookupTimeout, time.Millisecond, time.Minute)
-	if len(r.Static) == 0 && r.Redis == nil {
-		v.add("routing", "needs static routes (routing.static), redis (routing.redis) or both")
+	if len(r.Static) == 0 && r.Redis == nil && !c.Auth.HTTPNamesBackends() {
+		v.add("routing", "needs static routes (routing.static), redis (routing.redis) or both, unless auth.http names the backends")
 	}
 	backends := make(map[string]bool, len(c.Backends))
 	for _, b := range c.Backends {
