@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/portico-mail/portico/auth"
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/fleet"
 	"github.com/portico-mail/portico/limits"
@@ -63,6 +64,10 @@ type App struct {
 	// disabled. See limits.go.
 	Limiter    *limits.Limiter
 	limiterCfg limiterConfig
+
+	// authHTTP is auth.http's client, whose idle connections Close drops;
+	// nil without it. See auth_http.go.
+	authHTTP *auth.HTTP
 }
 
 // Listener is one client listener to open.
@@ -74,6 +79,9 @@ type Listener struct {
 func (rt *App) Close() {
 	if rt.Redis != nil {
 		rt.Redis.Close()
+	}
+	if rt.authHTTP != nil {
+		rt.authHTTP.Close()
 	}
 }
 

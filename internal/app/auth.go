@@ -104,6 +104,9 @@ func authTimeout(cfg *config.Config) time.Duration {
 	if l := cfg.Auth.LDAP; l != nil && cfg.Auth.Passwords == "ldap" {
 		d = max(d, l.Timeout)
 	}
+	if h := cfg.Auth.HTTP; h != nil && cfg.Auth.Passwords == "http" {
+		d = max(d, h.Timeout)
+	}
 	if o := cfg.Auth.OAuth; o != nil {
 		d = max(d, o.Timeout)
 	}

@@ -395,6 +395,11 @@ func (p *Process) reload() error {
 	// Sessions accepted before keep the old router; its health states
 	// and cache, when not shared with the new one, stop changing now.
 	stopOld()
+	if a := old.authHTTP; a != nil {
+		// Its idle connections only; a login still under way in an old
+		// session finishes (and may dial again).
+		a.Close()
+	}
 	p.app = next
 	p.Ops.Attach(next)
 	var names []string
