@@ -95,7 +95,7 @@ func TestLDAPStore(t *testing.T) {
 	})
 
 	t.Run("pool", func(t *testing.T) {
-		s := &LDAPStore{URL: d.URL, BindDN: "uid={local}," + d.People, PoolSize: 3, IdleTimeout: 300 * time.Millisecond}
+		s := &LDAPStore{URL: d.URL, BindDN: "uid={local}," + d.People, PoolSize: 3, IdleTimeout: 2 * time.Second}
 		var wg sync.WaitGroup
 		for i := range 40 {
 			wg.Add(1)
@@ -119,10 +119,12 @@ func TestLDAPStore(t *testing.T) {
 			t.Errorf("%d idle connections, want 1..3", n)
 		}
 		// Idle connections close by themselves.
-		time.Sleep(600 * time.Millisecond)
-		s.mu.Lock()
-		n = len(s.idle)
-		s.mu.Unlock()
+		deadline := time.Now().Add(10 * time.Second)
+		for ; n > 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			s.mu.Lock()
+			n = len(s.idle)
+			s.mu.Unlock()
+		}
 		if n != 0 {
 			t.Errorf("%d idle connections after the idle timeout", n)
 		}
