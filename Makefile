@@ -19,10 +19,11 @@ vet:
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# A short fuzz run of the pre-auth codec; the anchors matter because -fuzz
-# must match exactly one target.
+# A short fuzz run of the pre-auth codec and of the OAuth SASL messages;
+# the anchors matter because -fuzz must match exactly one target.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadCommand$$' -fuzztime $(FUZZTIME) ./proxy/wire
+	$(GO) test -run '^$$' -fuzz '^FuzzOAuthMessage$$' -fuzztime $(FUZZTIME) ./proxy
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
