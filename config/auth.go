@@ -255,3 +255,32 @@ func (l LDAP) Format(f fmt.State, verb rune) {
 	type LDAP ldapFields
 	fmt.Fprintf(f, fmt.FormatString(f, verb), LDAP(l))
 }
+
+// authWarnings adds the risky but valid auth: settings to Warnings.
+func (c *Config) authWarnings(add func(path, format string, args ...any)) {
+	a := &c.Auth
+	usesMaster := a.Passwords != "" || (a.OAuth != nil && a.OAuth.Mode == OAuthValidate)
+	if a.MasterUser != "" && !usesMaster {
+		add("auth.master_user", "has no effect: nothing checks credentials at the proxy (set auth.passwords, or auth.oauth mode validate)")
+	}
+	if a.MasterUser != "" && usesMaster {
+		// Worse than a user's password in clear: this one opens every
+		// mailbox.
+		for i, b := range c.Backends {
+			if b.Security == "plain" && !loopbackHost(b.Address) {
+				add(fmt.Sprintf("backends[%d].security", i), `"plain" sends the master password, which opens every mailbox, in clear to %s; use "starttls" or "tls"`, b.Address)
+			}
+		}
+	}
+	if l := a.LDAP; l != nil && a.Passwords == "ldap" {
+		if u, err := url.Parse(l.URL); err == nil && u.Scheme == "ldap" && !l.StartTLS && !IsLoopbackHost(u.Hostname()) {
+			add("auth.ldap.start_tls", "is not set: users' passwords are sent in clear to %s; use start_tls or ldaps://", u.Host)
+		}
+		if l.TLS != nil && l.TLS.InsecureSkipVerify {
+			add("auth.ldap.tls.insecure_skip_verify", "the directory's certificate is not verified: anyone on the path can impersonate it, collect passwords and accept any")
+		}
+	}
+	if r := a.Redis; r != nil && a.Passwords == "redis" && r.AllowPlain {
+		add("auth.redis.allow_plain", "accepts passwords stored in clear in Redis: anyone who reads Redis (or a dump of it) has them")
+	}
+}

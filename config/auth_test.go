@@ -113,3 +113,50 @@ func TestAuthSecretsNeverPrinted(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthWarnings(t *testing.T) {
+	f := newFixture(t)
+	t.Setenv("PORTICO_TEST_MASTER_PW", "master-secret-value")
+	master := "  master_user: portico\n  master_password: {env: PORTICO_TEST_MASTER_PW}\n"
+	for _, tc := range []struct {
+		name, yml string
+		want      []string // warnings starting so, in order
+	}{
+		{"master unused", "auth:\n" + master, []string{"auth.master_user: has no effect"}},
+		{"master to a plain backend", "auth:\n  passwords: redis\n" + master, nil},
+		{"ldap in clear", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://ldap.example.com\", bind_dn: \"uid={user}\"}\n", []string{"auth.ldap.start_tls: is not set: users' passwords are sent in clear to ldap.example.com"}},
+		{"ldap on loopback", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://127.0.0.1:3389\", bind_dn: \"uid={user}\"}\n", nil},
+		{"ldap starttls", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://ldap.example.com\", start_tls: true, bind_dn: \"uid={user}\", tls: {insecure_skip_verify: true}}\n", []string{"auth.ldap.tls.insecure_skip_verify"}},
+		{"plain hashes", "auth:\n  passwords: redis\n  redis: {allow_plain: true}\n", []string{"auth.redis.allow_plain"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(f.base("", quiet+tc.yml)), "portico.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := c.Warnings()
+			if len(w) != len(tc.want) {
+				t.Fatalf("warnings %q, want %q", w, tc.want)
+			}
+			for i := range w {
+				if !strings.HasPrefix(w[i], tc.want[i]) {
+					t.Errorf("warning %q, want %q...", w[i], tc.want[i])
+				}
+			}
+		})
+	}
+	// A named backend in clear with a master user: the master password
+	// would cross the network.
+	yml := strings.Replace(f.base("", quiet+"auth:\n  passwords: redis\n"+master), "backends:\n", "backends:\n  - {name: far, address: \"192.0.2.7:143\", security: plain}\n", 1)
+	c, err := Parse([]byte(yml), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, w := range c.Warnings() {
+		found = found || strings.Contains(w, "sends the master password, which opens every mailbox, in clear to 192.0.2.7:143")
+	}
+	if !found {
+		t.Errorf("no master password warning in %q", c.Warnings())
+	}
+}

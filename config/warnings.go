@@ -58,6 +58,7 @@ func (c *Config) Warnings() []string {
 		}
 	}
 	c.tlsWarnings(add)
+	c.authWarnings(add)
 	if r := c.Routing.Redis; r != nil && r.TLS != nil && r.TLS.InsecureSkipVerify {
 		add("routing.redis.tls.insecure_skip_verify", "the Redis server's certificate is not verified: anyone on the path can impersonate it and choose users' backends")
 	}
