@@ -3,7 +3,9 @@
 # (dovecot-imapd), pebble (an ACME test CA), curl, python3, openssl, systemd
 # (systemd-analyze verifies the unit file; nothing is started), promtool
 # (from prometheus, to check /metrics), slapd and ldap-utils (an LDAP
-# directory for auth.ldap), and a C toolchain for `go test -race`.
+# directory for auth.ldap), nginx-light and libnginx-mod-mail (nginx's mail
+# proxy, run next to Portico in front of the same auth_http service), and a
+# C toolchain for `go test -race`.
 # Idempotent: it does nothing when everything is present. Debian/Ubuntu only;
 # elsewhere it names what is missing and fails.
 set -euo pipefail
@@ -25,10 +27,16 @@ declare -A pkg=(
 	[slapd]=slapd
 	[slapadd]=slapd
 	[ldapwhoami]=ldap-utils
+	[nginx]=nginx-light
+	[ngx_mail_module]=libnginx-mod-mail
 )
 
 have() {
-	# dovecot lives in /usr/sbin, which a non-root PATH may lack.
+	if [ "$1" = ngx_mail_module ]; then
+		[ -e /usr/lib/nginx/modules/ngx_mail_module.so ]
+		return
+	fi
+	# dovecot and nginx live in /usr/sbin, which a non-root PATH may lack.
 	command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]
 }
 
@@ -45,7 +53,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		sudo=(sudo -n)
 	else
 		echo "install-test-deps: not root and no password-less sudo; install them with:" >&2
-		echo "  apt-get install redis-server dovecot-imapd pebble prometheus slapd ldap-utils curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
+		echo "  apt-get install redis-server dovecot-imapd pebble prometheus slapd ldap-utils nginx-light libnginx-mod-mail curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
 		exit 1
 	fi
 	if ! command -v apt-get >/dev/null 2>&1; then
@@ -70,12 +78,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	"${sudo[@]}" apt-get update -q
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-		redis-server dovecot-imapd pebble prometheus slapd ldap-utils curl python3 openssl ca-certificates make gcc libc6-dev systemd
+		redis-server dovecot-imapd pebble prometheus slapd ldap-utils nginx-light libnginx-mod-mail curl python3 openssl ca-certificates make gcc libc6-dev systemd
 
 	# systemd ignores policy-rc.d: stop whatever apt started anyway.
 	"${sudo[@]}" service dovecot stop >/dev/null 2>&1 || true
 	"${sudo[@]}" service redis-server stop >/dev/null 2>&1 || true
 	"${sudo[@]}" service prometheus stop >/dev/null 2>&1 || true
+	"${sudo[@]}" service nginx stop >/dev/null 2>&1 || true
 	"${sudo[@]}" service slapd stop >/dev/null 2>&1 || true
 	cleanup
 	trap - EXIT
