@@ -14,6 +14,9 @@
 //   - OAuth validates OAuth 2.0 bearer tokens itself (a JWT against the
 //     issuer's keys, or RFC 7662 introspection) and logs in as the master
 //     user, so that the backend never sees the token.
+//   - HTTP asks an auth service written for nginx's mail proxy
+//     (auth_http) about passwords, with nginx's request; its answer may
+//     also name the backend and the credentials to log in there with.
 //
 // Typical use, with the hashes in the route hashes of routing.redis:
 //
@@ -27,7 +30,7 @@
 //	}
 //
 // Every authenticator here answers a wrong password and an unknown user
-// alike, in the same time, with a result whose OK is false, never an
+// alike (HTTP as its service does), in the same time, with a result whose OK is false, never an
 // error: errors mean "could not decide" (the client gets NO [UNAVAILABLE]).
 // Passwords and hashes never reach a log line or an error message.
 package auth
