@@ -17,10 +17,17 @@
 //   - HTTP asks an auth service written for nginx's mail proxy
 //     (auth_http) about passwords, with nginx's request; its answer may
 //     also name the backend and the credentials to log in there with.
+//   - The Stores: RedisStore (hashes as Dovecot writes them, see
+//     VerifyHash, in a field of the route hash or in keys of their own)
+//     and LDAPStore (a bind as the user, with a connection pool).
 //
-// Typical use, with the hashes in the route hashes of routing.redis:
+// Typical use, with the hashes in the route hashes of routing.redis
+// (router is the *routing.Redis of the server's Router, so that the
+// password check and the route lookup share one Redis read):
 //
-//	store := &auth.RedisStore{Client: rdb, Prefix: "portico:", Field: "password"}
+//	store := &auth.RedisStore{Routes: router, Field: "password"}
+//	// or: &auth.LDAPStore{URL: "ldap://ldap.example.com", StartTLS: true,
+//	//	BindDN: "uid={local},ou=people,dc=example,dc=com"}
 //	srv.Authenticator = &auth.Mux{
 //		Password: &auth.Passwords{
 //			Store:  store,
@@ -30,7 +37,8 @@
 //	}
 //
 // Every authenticator here answers a wrong password and an unknown user
-// alike (HTTP as its service does), in the same time, with a result whose OK is false, never an
-// error: errors mean "could not decide" (the client gets NO [UNAVAILABLE]).
+// alike (HTTP as its service does), in the same time, with a result
+// whose OK is false, never an error: errors mean "could not decide" (the
+// client gets NO [UNAVAILABLE]).
 // Passwords and hashes never reach a log line or an error message.
 package auth
