@@ -280,6 +280,9 @@ func (c *Config) authWarnings(add func(path, format string, args ...any)) {
 			add("auth.ldap.tls.insecure_skip_verify", "the directory's certificate is not verified: anyone on the path can impersonate it, collect passwords and accept any")
 		}
 	}
+	if h := a.HTTP; h != nil && a.Passwords == "http" {
+		h.warnings(add)
+	}
 	if r := a.Redis; r != nil && a.Passwords == "redis" && r.AllowPlain {
 		add("auth.redis.allow_plain", "accepts passwords stored in clear in Redis: anyone who reads Redis (or a dump of it) has them")
 	}

@@ -81,6 +81,18 @@ func (h *HTTPAuth) validate(v *validator, p string) {
 	checkClientTLS(v, p+".tls", h.TLS)
 }
 
+// warnings adds auth.http's risky but valid settings to Warnings.
+func (h *HTTPAuth) warnings(add func(path, format string, args ...any)) {
+	if u, err := url.Parse(h.URL); err == nil && u.Scheme == "http" && !IsLoopbackHost(u.Hostname()) {
+		// nginx's auth_http has no TLS, so services often listen on
+		// another host in clear; every Auth-Pass then crosses the network.
+		add("auth.http.url", "users' passwords are sent in clear to %s; use https:// or a service on this host", u.Host)
+	}
+	if h.TLS != nil && h.TLS.InsecureSkipVerify {
+		add("auth.http.tls.insecure_skip_verify", "the service's certificate is not verified: anyone on the path can impersonate it, collect passwords and accept any")
+	}
+}
+
 // headerNames are the names of Headers, sorted, so that errors and
 // requests do not change order from run to run.
 func (h *HTTPAuth) headerNames() []string {

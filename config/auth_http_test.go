@@ -29,6 +29,8 @@ func TestHTTPAuth(t *testing.T) {
 				t.Errorf("headers %q", l)
 			}
 		}, ""},
+		{"clear to another host", "{url: \"http://10.1.2.3:9000/auth\"}", nil, "warning auth.http.url: users' passwords are sent in clear to 10.1.2.3:9000"},
+		{"unverified", "{url: \"https://auth.internal/auth\", tls: {insecure_skip_verify: true}}", nil, "warning auth.http.tls.insecure_skip_verify: "},
 		{"no url", "{timeout: 1s}", nil, "auth.http.url: is required"},
 		{"bad url", "{url: \"127.0.0.1:9000/auth\"}", nil, "auth.http.url: must be http://"},
 		{"ftp", "{url: \"ftp://x/auth\"}", nil, "auth.http.url: must be http://"},
@@ -42,6 +44,15 @@ func TestHTTPAuth(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse([]byte(f.base("", quiet+"auth:\n  passwords: http\n  http: "+tc.http+"\n")), "portico.yaml")
+			if w, ok := strings.CutPrefix(tc.err, "warning "); ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ws := c.Warnings(); len(ws) != 1 || !strings.HasPrefix(ws[0], w) {
+					t.Errorf("warnings %q, want %q", ws, w)
+				}
+				return
+			}
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want %q", err, tc.err)
