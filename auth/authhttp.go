@@ -47,7 +47,8 @@ const DefaultHTTPTimeout = 5 * time.Second
 // allows (HTTP/1.1); a service that answers HTTP/1.0 and closes, as
 // nginx expects, works too.
 type HTTP struct {
-	// URL is the service, http:// (or https://) host[:port]/path.
+	// URL is the service, http:// (or https://) host[:port]/path, or as
+	// nginx writes a Unix socket, unix:/path/to/socket[:/path].
 	URL string
 	// Timeout bounds one request, connecting included; zero means
 	// DefaultHTTPTimeout. The caller's context may end it sooner.
@@ -81,6 +82,7 @@ type HTTP struct {
 
 	once   sync.Once
 	client *http.Client
+	url    string // what is asked for: URL, or http://localhost/uri for a socket
 	host   string // the Host header: the URL's host without its port, as nginx sends it
 	err    error
 }
@@ -98,17 +100,32 @@ func (h *HTTP) Close() {
 
 func (h *HTTP) init() {
 	h.once.Do(func() {
-		u, err := url.Parse(h.URL)
-		switch {
-		case err != nil:
-			h.err = fmt.Errorf("auth http: url: %w", err)
-		case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
-			h.err = fmt.Errorf("auth http: url %q: want http://host[:port]/path", h.URL)
-		}
-		if h.err == nil {
-			h.host = u.Hostname()
-			if strings.Contains(h.host, ":") {
-				h.host = "[" + h.host + "]"
+		dialer := &net.Dialer{Timeout: h.timeout(), KeepAlive: 30 * time.Second}
+		dial := dialer.DialContext
+		h.url = h.URL
+		if rest, ok := strings.CutPrefix(h.URL, "unix:"); ok {
+			// nginx's unix:/path/to/socket[:/uri]. Its Host header is
+			// "localhost".
+			sock, uri, _ := strings.Cut(rest, ":")
+			if sock == "" || !strings.HasPrefix(uri, "/") && uri != "" {
+				h.err = fmt.Errorf("auth http: url %q: want unix:/path/to/socket[:/uri]", h.URL)
+			}
+			h.url, h.host = "http://localhost"+cmp.Or(uri, "/"), "localhost"
+			dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, "unix", sock)
+			}
+		} else {
+			u, err := url.Parse(h.URL)
+			switch {
+			case err != nil:
+				h.err = fmt.Errorf("auth http: url: %w", err)
+			case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+				h.err = fmt.Errorf("auth http: url %q: want http://host[:port]/path", h.URL)
+			default:
+				h.host = u.Hostname()
+				if strings.Contains(h.host, ":") {
+					h.host = "[" + h.host + "]"
+				}
 			}
 		}
 		h.client = h.Client
@@ -116,7 +133,7 @@ func (h *HTTP) init() {
 			h.client = &http.Client{Transport: &http.Transport{
 				// A login must never take a detour through HTTP_PROXY.
 				Proxy:       nil,
-				DialContext: (&net.Dialer{Timeout: h.timeout(), KeepAlive: 30 * time.Second}).DialContext,
+				DialContext: dial,
 				// Enough idle connections for a burst of logins; more are
 				// opened when needed and closed after use.
 				MaxIdleConnsPerHost:    64,
@@ -156,7 +173,7 @@ func (h *HTTP) Authenticate(ctx context.Context, req proxy.AuthRequest) (proxy.A
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.timeout())
 	defer cancel()
-	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, h.URL, nil)
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
 	if err != nil {
 		return proxy.AuthResult{}, fmt.Errorf("auth http: %w", err)
 	}

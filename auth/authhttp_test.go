@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"net/textproto"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,6 +41,11 @@ func startRawService(t *testing.T, answer func(req []string) string) *rawService
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startRawServiceOn(t, ln, answer)
+}
+
+func startRawServiceOn(t *testing.T, ln net.Listener, answer func(req []string) string) *rawService {
+	t.Helper()
 	s := &rawService{ln: ln, answer: answer}
 	s.wg.Add(1)
 	go func() {
@@ -402,5 +409,32 @@ func TestHTTPServiceDown(t *testing.T) {
 	r.Mechanism = "XOAUTH2"
 	if _, err := h.Authenticate(context.Background(), r); err == nil {
 		t.Error("XOAUTH2 sent to an auth_http service")
+	}
+}
+
+// TestHTTPUnixSocket: nginx's unix:/path/to/socket:/uri form of the URL.
+func TestHTTPUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "auth.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := startRawServiceOn(t, ln, func([]string) string { return ok200("Auth-Status: OK") })
+	for url, line := range map[string]string{"unix:" + sock + ":/auth": "GET /auth HTTP/1.1", "unix:" + sock: "GET / HTTP/1.1"} {
+		h := &HTTP{URL: url, KeepRouting: true}
+		res, err := h.Authenticate(context.Background(), loginReq)
+		h.Close()
+		if err != nil || !res.OK {
+			t.Fatalf("%s: %+v, %v", url, res, err)
+		}
+		req := svc.last()
+		if req[0] != line || !slices.Contains(req, "Host: localhost") {
+			t.Errorf("%s: request %q", url, req)
+		}
+	}
+	for _, url := range []string{"unix:", "unix::/auth", "unix:" + sock + ":auth"} {
+		if _, err := (&HTTP{URL: url}).Authenticate(context.Background(), loginReq); err == nil {
+			t.Errorf("URL %q accepted", url)
+		}
 	}
 }

@@ -11,8 +11,8 @@ import (
 // speaks to its auth_http service (auth.http), so that a service written
 // for nginx works unchanged.
 type HTTPAuth struct {
-	// URL of the service: http://host[:port]/path (nginx's auth_http), or
-	// https://. Required.
+	// URL of the service: http://host[:port]/path (nginx's auth_http),
+	// https://, or nginx's unix:/path/to/socket:/uri. Required.
 	URL string `yaml:"url"`
 	// Timeout bounds each request, connecting included (nginx's
 	// auth_http_timeout). Default 5s.
@@ -52,11 +52,16 @@ func (h *HTTPAuth) applyDefaults() {
 
 func (h *HTTPAuth) validate(v *validator, p string) {
 	u, err := url.Parse(h.URL)
+	sock, uri, _ := strings.Cut(strings.TrimPrefix(h.URL, "unix:"), ":")
 	switch {
 	case h.URL == "":
 		v.add(p+".url", "is required (http://host[:port]/path, as nginx's auth_http)")
+	case strings.HasPrefix(h.URL, "unix:"):
+		if !strings.HasPrefix(sock, "/") || uri != "" && !strings.HasPrefix(uri, "/") {
+			v.add(p+".url", "must be unix:/path/to/socket or unix:/path/to/socket:/uri, not %q", h.URL)
+		}
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		v.add(p+".url", "must be http://host[:port]/path or https://..., not %q", h.URL)
+		v.add(p+".url", "must be http://host[:port]/path, https://... or unix:/path/to/socket:/uri, not %q", h.URL)
 	}
 	checkDur(v, p+".timeout", h.Timeout, 10*time.Millisecond, time.Minute)
 	switch h.Backend {

@@ -31,6 +31,12 @@ func TestHTTPAuth(t *testing.T) {
 		}, ""},
 		{"clear to another host", "{url: \"http://10.1.2.3:9000/auth\"}", nil, "warning auth.http.url: users' passwords are sent in clear to 10.1.2.3:9000"},
 		{"unverified", "{url: \"https://auth.internal/auth\", tls: {insecure_skip_verify: true}}", nil, "warning auth.http.tls.insecure_skip_verify: "},
+		{"unix socket", "{url: \"unix:/run/auth.sock:/auth\"}", func(t *testing.T, h *HTTPAuth) {
+			if h.URL != "unix:/run/auth.sock:/auth" {
+				t.Errorf("auth.http = %+v", h)
+			}
+		}, ""},
+		{"unix relative", "{url: \"unix:auth.sock\"}", nil, "auth.http.url: must be unix:/path/to/socket"},
 		{"no url", "{timeout: 1s}", nil, "auth.http.url: is required"},
 		{"bad url", "{url: \"127.0.0.1:9000/auth\"}", nil, "auth.http.url: must be http://"},
 		{"ftp", "{url: \"ftp://x/auth\"}", nil, "auth.http.url: must be http://"},
