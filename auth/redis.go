@@ -62,7 +62,7 @@ func (s *RedisStore) read(ctx context.Context, user string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("auth: redis get %q: %w", key, err)
 		}
-		return v, nil
+		return strings.TrimRight(v, "\r\n"), nil
 	}
 	if s.Routes == nil || s.Field == "" {
 		return "", errors.New("auth: redis password store: neither a key nor a route field")
@@ -71,5 +71,6 @@ func (s *RedisStore) read(ctx context.Context, user string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("auth: %w", err)
 	}
-	return f[s.Field], nil
+	// A final newline is an import's, never part of a hash.
+	return strings.TrimRight(f[s.Field], "\r\n"), nil
 }

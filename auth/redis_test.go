@@ -26,6 +26,7 @@ func TestRedisStore(t *testing.T) {
 	rdb.Set(ctx, "portico:route:string@example.com", "x", 0)
 	rdb.Set(ctx, "portico:passwd:carol@example.com", sha, 0)
 	rdb.Set(ctx, "portico:passwd:empty@example.com", "", 0)
+	rdb.Set(ctx, "portico:passwd:newline@example.com", sha+"\n", 0) // as a careless import writes it
 
 	routes := &routing.Redis{Client: rdb, Prefix: "portico:"}
 	field := &RedisStore{Routes: routes, Field: "password"}
@@ -48,6 +49,7 @@ func TestRedisStore(t *testing.T) {
 		{key, "carol@example.com", "alice-pw", true, nil, nil},
 		{key, "carol@example.com", "Alice-pw", false, nil, nil},
 		{key, "empty@example.com", "", false, nil, nil},
+		{key, "newline@example.com", "alice-pw", true, nil, nil},
 		{key, "alice@example.com", "alice-pw", false, nil, nil},
 	} {
 		ok, err := tc.store.Verify(ctx, tc.user, tc.pw)
