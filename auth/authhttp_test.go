@@ -74,7 +74,7 @@ func (s *rawService) serve(c net.Conn) {
 	defer c.Close()
 	tr := textproto.NewReader(bufio.NewReader(c))
 	for {
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		var req []string
 		for {
 			line, err := tr.ReadLine()
