@@ -31,6 +31,9 @@ type Auth struct {
 	Redis *AuthRedis `yaml:"redis"`
 	// LDAP is the directory, for passwords "ldap".
 	LDAP *LDAP `yaml:"ldap"`
+	// Cache remembers accepted passwords of redis and ldap for a while;
+	// nil (the default) means every login is checked in full.
+	Cache *AuthCache `yaml:"cache"`
 	// HTTP is the auth_http service, for passwords "http" (auth_http.go).
 	HTTP *HTTPAuth `yaml:"http"`
 	// OAuth configures XOAUTH2 and OAUTHBEARER (auth_oauth.go).
@@ -52,6 +55,15 @@ type AuthRedis struct {
 	// is passwords stored in clear; default false, such entries fail as
 	// data errors (NO [UNAVAILABLE]) and are logged.
 	AllowPlain bool `yaml:"allow_plain"`
+}
+
+// AuthCache configures the cache of accepted passwords (auth.CachedStore).
+type AuthCache struct {
+	// TTL: a password changed in the store keeps working this long.
+	// 1s..1h; default 1m.
+	TTL time.Duration `yaml:"ttl"`
+	// MaxEntries bounds the memory (about 100 bytes each). Default 10000.
+	MaxEntries int `yaml:"max_entries"`
 }
 
 // LDAP configures password checks by an LDAP bind as the user.
@@ -105,6 +117,10 @@ func (a *Auth) ApplyDefaults() {
 		}
 		setDur(&l.Timeout, defaultLDAPTimeout)
 		setInt(&l.PoolSize, defaultLDAPPoolSize)
+	}
+	if c := a.Cache; c != nil {
+		setDur(&c.TTL, time.Minute)
+		setInt(&c.MaxEntries, 10_000)
 	}
 	if a.HTTP != nil {
 		a.HTTP.applyDefaults()
@@ -168,6 +184,13 @@ func (c *Config) validateAuth(v *validator) {
 	}
 	if l := a.LDAP; l != nil {
 		l.validate(v, p+".ldap")
+	}
+	if ca := a.Cache; ca != nil {
+		if a.Passwords != "redis" && a.Passwords != "ldap" {
+			v.add(p+".cache", `is only used with auth.passwords "redis" or "ldap"`)
+		}
+		checkDur(v, p+".cache.ttl", ca.TTL, time.Second, time.Hour)
+		checkInt(v, p+".cache.max_entries", ca.MaxEntries, 1, 10_000_000)
 	}
 	if a.HTTP != nil {
 		a.HTTP.validate(v, p+".http")

@@ -65,6 +65,13 @@ func TestAuth(t *testing.T) {
 		{"master without password", "auth:\n  passwords: redis\n  master_user: portico\n", nil, "auth.master_password: is required with auth.master_user"},
 		{"master password inline", "auth:\n  passwords: redis\n  master_user: portico\n  master_password: master-secret-value\n", nil, "auth.master_password: must be {env: NAME} or {file: PATH}, not written in the config file"},
 		{"master password alone", "auth:\n  master_password: {env: PORTICO_TEST_MASTER_PW}\n", nil, "auth.master_password: is set but auth.master_user is not"},
+		{"cache", "auth:\n  passwords: redis\n  cache: {}\n", func(t *testing.T, a Auth) {
+			if a.Cache == nil || a.Cache.TTL != time.Minute || a.Cache.MaxEntries != 10000 {
+				t.Errorf("auth.cache = %+v", a.Cache)
+			}
+		}, ""},
+		{"cache ttl", "auth:\n  passwords: ldap\n  ldap: {url: \"ldap://127.0.0.1\", bind_dn: \"uid={user}\"}\n  cache: {ttl: 2h}\n", nil, "auth.cache.ttl: must be between 1s and 1h"},
+		{"cache unused", "auth:\n  cache: {}\n", nil, `auth.cache: is only used with auth.passwords "redis" or "ldap"`},
 		{"master env unset", "auth:\n  master_user: portico\n  master_password: {env: PORTICO_TEST_NO_SUCH_VAR}\n", nil, "auth.master_password: environment variable PORTICO_TEST_NO_SUCH_VAR is not set"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,9 @@ func (rt *App) buildAuth(cfg *config.Config, srv *proxy.Server, logger *slog.Log
 		if err != nil {
 			return fmt.Errorf("auth.%s: %w", a.Passwords, err)
 		}
+		if c := a.Cache; c != nil {
+			store = &auth.CachedStore{Store: store, TTL: c.TTL, MaxEntries: c.MaxEntries}
+		}
 		mux.Password = &auth.Passwords{Store: store, Master: master}
 	}
 	o, err := rt.buildOAuth(cfg, master, logger)

@@ -90,6 +90,13 @@ auth:
 		t.Errorf("AuthTimeout = %v, want auth.ldap.timeout", rt.Server.Limits.AuthTimeout)
 	}
 
+	rt = build("  passwords: redis\n  cache: {ttl: 30s, max_entries: 5}\n")
+	if c, ok := passwords(rt).Store.(*auth.CachedStore); !ok || c.TTL != 30*time.Second || c.MaxEntries != 5 {
+		t.Errorf("cached store = %+v", passwords(rt).Store)
+	} else if _, ok := c.Store.(*auth.RedisStore); !ok {
+		t.Errorf("cache in front of %T", c.Store)
+	}
+
 	// Without auth.passwords (and OAuth), no Authenticator at all.
 	if rt := build(""); rt.Server.Authenticator != nil {
 		t.Errorf("Authenticator = %T without a source", rt.Server.Authenticator)
