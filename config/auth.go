@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -285,6 +286,11 @@ func (c *Config) authWarnings(add func(path, format string, args ...any)) {
 	usesMaster := a.Passwords != "" || (a.OAuth != nil && a.OAuth.Mode == OAuthValidate)
 	if a.MasterUser != "" && !usesMaster {
 		add("auth.master_user", "has no effect: nothing checks credentials at the proxy (set auth.passwords, or auth.oauth mode validate)")
+	}
+	if path, ok := strings.CutPrefix(a.MasterPassword.Source, "file:"); ok {
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			add("auth.master_password", "the file %s is readable by others (mode %04o), and the password opens every mailbox; chmod 600 it", path, fi.Mode().Perm())
+		}
 	}
 	if a.MasterUser != "" && usesMaster {
 		// Worse than a user's password in clear: this one opens every

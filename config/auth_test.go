@@ -3,6 +3,8 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -152,10 +154,25 @@ func TestAuthWarnings(t *testing.T) {
 			}
 		})
 	}
+	// A master password file others can read.
+	pwFile := filepath.Join(t.TempDir(), "master")
+	os.WriteFile(pwFile, []byte("master-secret-value\n"), 0o644)
+	c, err := Parse([]byte(f.base("", quiet+"auth:\n  passwords: redis\n  master_user: portico\n  master_password: {file: "+pwFile+"}\n")), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0], "is readable by others (mode 0644)") {
+		t.Errorf("warnings %q", w)
+	}
+	os.Chmod(pwFile, 0o600)
+	if c, _ = Parse([]byte(f.base("", quiet+"auth:\n  passwords: redis\n  master_user: portico\n  master_password: {file: "+pwFile+"}\n")), "portico.yaml"); len(c.Warnings()) != 0 {
+		t.Errorf("warnings %q for mode 0600", c.Warnings())
+	}
+
 	// A named backend in clear with a master user: the master password
 	// would cross the network.
 	yml := strings.Replace(f.base("", quiet+"auth:\n  passwords: redis\n"+master), "backends:\n", "backends:\n  - {name: far, address: \"192.0.2.7:143\", security: plain}\n", 1)
-	c, err := Parse([]byte(yml), "portico.yaml")
+	c, err = Parse([]byte(yml), "portico.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
