@@ -171,6 +171,39 @@ func (h *HTTP) Authenticate(ctx context.Context, req proxy.AuthRequest) (proxy.A
 		// know what to do with a token.
 		return proxy.AuthResult{}, fmt.Errorf("auth http: mechanism %s carries no password", req.Mechanism)
 	}
+	for asked := 1; ; asked++ {
+		res, err := h.ask(ctx, req)
+		var w *waitError
+		if !errors.As(err, &w) {
+			return res, err
+		}
+		// Auth-Status WAIT: nginx asks again after Auth-Wait seconds, as
+		// often as it is told to; Portico as long as the caller's
+		// context lasts, and at most maxAsks times.
+		if asked == maxAsks {
+			return proxy.AuthResult{}, fmt.Errorf("auth http: Auth-Status WAIT %d times", asked)
+		}
+		t := time.NewTimer(w.d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return proxy.AuthResult{}, fmt.Errorf("auth http: Auth-Status WAIT: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// maxAsks bounds how often one login is asked about again after
+// Auth-Status WAIT.
+const maxAsks = 10
+
+// waitError is an answer of Auth-Status WAIT: ask again after d.
+type waitError struct{ d time.Duration }
+
+func (w *waitError) Error() string { return fmt.Sprintf("auth http: Auth-Status WAIT (%v)", w.d) }
+
+// ask sends the request once and reads the answer.
+func (h *HTTP) ask(ctx context.Context, req proxy.AuthRequest) (proxy.AuthResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.timeout())
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
@@ -257,7 +290,7 @@ func (h *HTTP) answer(ctx context.Context, req proxy.AuthRequest, resp *http.Res
 		return proxy.AuthResult{}, fmt.Errorf("auth http: answer %s without Auth-Status", resp.Status)
 	case status == "WAIT":
 		// nginx's undocumented "ask again after Auth-Wait seconds".
-		return proxy.AuthResult{}, errors.New("auth http: Auth-Status WAIT is not supported")
+		return proxy.AuthResult{}, &waitError{authWait(resp.Header)}
 	case status != "OK":
 		return h.refusal(req, status, resp.Header), nil
 	}
@@ -302,19 +335,27 @@ func (h *HTTP) answer(ctx context.Context, req proxy.AuthRequest, resp *http.Res
 // every wrong password, so that a service's "no such user" cannot tell
 // an attacker which users exist.
 func (h *HTTP) refusal(req proxy.AuthRequest, status string, hd http.Header) proxy.AuthResult {
-	var wait time.Duration
-	if w, ok := last(hd, "Auth-Wait"); ok {
-		// ngx_atoi: digits only; anything else is ignored. An hour is
-		// more than any client waits.
-		if n, err := strconv.ParseUint(w, 10, 32); err == nil {
-			wait = min(time.Duration(n)*time.Second, time.Hour)
-		}
-	}
+	wait := authWait(hd)
 	h.logger().Info("auth service refused login", "user", req.User, "client", req.Client.String(),
 		"status", truncate(status, 200), "wait", wait)
 	// nginx: with Auth-Wait the client may try again after the wait;
 	// without it (or with 0) the connection is closed after the answer.
 	return proxy.AuthResult{Wait: wait, Close: wait == 0}
+}
+
+// authWait is the answer's Auth-Wait, in seconds.
+func authWait(hd http.Header) time.Duration {
+	w, ok := last(hd, "Auth-Wait")
+	if !ok {
+		return 0
+	}
+	// ngx_atoi: digits only; anything else is ignored. An hour is more
+	// than any client waits.
+	n, err := strconv.ParseUint(w, 10, 32)
+	if err != nil {
+		return 0
+	}
+	return min(time.Duration(n)*time.Second, time.Hour)
 }
 
 // serverAddr is the backend address of an OK answer: Auth-Server, an IP

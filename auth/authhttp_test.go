@@ -299,7 +299,6 @@ func TestHTTPAnswers(t *testing.T) {
 		"port 0":             ok200("Auth-Status: OK", "Auth-Server: 127.0.0.1", "Auth-Port: 0"),
 		"port too big":       ok200("Auth-Status: OK", "Auth-Server: 127.0.0.1", "Auth-Port: 65536"),
 		"backend down":       ok200("Auth-Status: OK", "Auth-Server: 127.0.0.1", "Auth-Port: 9999"),
-		"WAIT":               ok200("Auth-Status: WAIT", "Auth-Wait: 1"),
 		"empty Auth-Pass":    ok200("Auth-Status: OK", "Auth-Server: 127.0.0.1", "Auth-Port: 143", "Auth-Pass: "),
 		"garbage":            "SSH-2.0-OpenSSH_9.2\r\n\r\n",
 		"hang up":            "",
@@ -333,6 +332,21 @@ func TestHTTPAnswers(t *testing.T) {
 	if res, _ := h.Authenticate(context.Background(), req); res.Upstream.User != "alice@example.test" || res.Upstream.AuthzID != "" {
 		t.Errorf("master and a rewrite: %+v", res.Upstream)
 	}
+
+	// Auth-Status WAIT: asked again after Auth-Wait seconds, as nginx does.
+	answer <- ok200("Auth-Status: WAIT", "Auth-Wait: 1")
+	go func() { answer <- ok200("Auth-Status: OK", "Auth-Server: 127.0.0.1", "Auth-Port: 143") }()
+	start = time.Now()
+	if res, err := h.Authenticate(context.Background(), req); err != nil || !res.OK || time.Since(start) < time.Second {
+		t.Errorf("WAIT, then OK: %+v, %v after %v", res, err, time.Since(start))
+	}
+	// ... for as long as the caller's context lasts.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	answer <- ok200("Auth-Status: WAIT", "Auth-Wait: 1")
+	if _, err := h.Authenticate(ctx, req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WAIT beyond the deadline: %v", err)
+	}
+	cancel()
 
 	// KeepRouting: the answer decides the password only.
 	h2 := &HTTP{URL: svc.url(), KeepRouting: true}
