@@ -59,28 +59,9 @@ func (c *conn) authOAuth(tag string, caps []string, cred Credentials, onUntagged
 		return response{}, c.errorf("login: OAuth user or token contains control characters")
 	}
 	ir := base64.StdEncoding.EncodeToString([]byte(msg))
-	if hasCap(caps, "SASL-IR") || hasCap(caps, "IMAP4rev2") {
-		if err := c.write(tag + " AUTHENTICATE " + mech + " " + ir + "\r\n"); err != nil {
-			return response{}, c.errorf("authenticate: %w", err)
-		}
-	} else {
-		if err := c.write(tag + " AUTHENTICATE " + mech + "\r\n"); err != nil {
-			return response{}, c.errorf("authenticate: %w", err)
-		}
-		r, err := c.readTagged(tag, onUntagged)
-		if err != nil {
-			return response{}, c.errorf("authenticate: %w", err)
-		}
-		if r.kind != "+" {
-			return r, nil
-		}
-		if err := c.write(ir + "\r\n"); err != nil {
-			return response{}, c.errorf("authenticate: %w", err)
-		}
-	}
-	r, err := c.readTagged(tag, onUntagged)
+	r, err := c.saslStart(tag, mech, ir, caps, onUntagged)
 	if err != nil {
-		return response{}, c.errorf("authenticate: %w", err)
+		return response{}, err
 	}
 	if r.kind != "+" {
 		return r, nil

@@ -522,12 +522,35 @@ func (c *conn) authenticate(caps []string, cred Credentials) ([]string, error) {
 
 func (c *conn) authPlain(tag string, caps []string, authzid, user, password string, onUntagged func(response, []byte)) (response, error) {
 	ir := base64.StdEncoding.EncodeToString([]byte(authzid + "\x00" + user + "\x00" + password))
+	r, err := c.saslStart(tag, "PLAIN", ir, caps, onUntagged)
+	if err != nil {
+		return response{}, err
+	}
+	if r.kind == "+" {
+		// PLAIN has a single step: a further challenge is a protocol error.
+		// Cancel so the backend answers and the line stays in sync.
+		if err := c.write("*\r\n"); err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+		if _, err := c.readTagged(tag, nil); err != nil {
+			return response{}, c.errorf("authenticate: %w", err)
+		}
+		return response{}, c.errorf("authenticate: unexpected continuation")
+	}
+	return r, nil
+}
+
+// saslStart sends AUTHENTICATE mech with the initial response ir: on the
+// command line where the backend takes SASL-IR, else after its first
+// continuation. It returns the backend's next answer: the tagged result,
+// or a further "+" challenge for the caller.
+func (c *conn) saslStart(tag, mech, ir string, caps []string, onUntagged func(response, []byte)) (response, error) {
 	if hasCap(caps, "SASL-IR") || hasCap(caps, "IMAP4rev2") {
-		if err := c.write(tag + " AUTHENTICATE PLAIN " + ir + "\r\n"); err != nil {
+		if err := c.write(tag + " AUTHENTICATE " + mech + " " + ir + "\r\n"); err != nil {
 			return response{}, c.errorf("authenticate: %w", err)
 		}
 	} else {
-		if err := c.write(tag + " AUTHENTICATE PLAIN\r\n"); err != nil {
+		if err := c.write(tag + " AUTHENTICATE " + mech + "\r\n"); err != nil {
 			return response{}, c.errorf("authenticate: %w", err)
 		}
 		r, err := c.readTagged(tag, onUntagged)
@@ -544,17 +567,6 @@ func (c *conn) authPlain(tag string, caps []string, authzid, user, password stri
 	r, err := c.readTagged(tag, onUntagged)
 	if err != nil {
 		return response{}, c.errorf("authenticate: %w", err)
-	}
-	if r.kind == "+" {
-		// PLAIN has a single step: a further challenge is a protocol error.
-		// Cancel so the backend answers and the line stays in sync.
-		if err := c.write("*\r\n"); err != nil {
-			return response{}, c.errorf("authenticate: %w", err)
-		}
-		if _, err := c.readTagged(tag, nil); err != nil {
-			return response{}, c.errorf("authenticate: %w", err)
-		}
-		return response{}, c.errorf("authenticate: unexpected continuation")
 	}
 	return r, nil
 }
