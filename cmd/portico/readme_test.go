@@ -2,7 +2,9 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -166,4 +168,35 @@ fleet: {move_hold: 5s}
 		t.Fatal("README.md has no `portico serve` example")
 	}
 	serve()
+}
+
+// TestReadmeAlertRules: the alert rules the README suggests load in the
+// real `promtool check rules`, and name only metrics its metric table
+// documents.
+func TestReadmeAlertRules(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(readme)
+	_, after, ok := strings.Cut(text, "**Alerts worth setting**")
+	if !ok {
+		t.Fatal("README has no alert rules")
+	}
+	_, block, _ := strings.Cut(after, "```yaml\n")
+	block, _, _ = strings.Cut(block, "```")
+	file := filepath.Join(t.TempDir(), "alerts.yml")
+	if err := os.WriteFile(file, []byte(block), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(testsrv.LookPath(t, "promtool"), "check", "rules", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool check rules: %v\n%s\n%s", err, out, block)
+	}
+	for _, name := range regexp.MustCompile(`portico_[a-z_]+`).FindAllString(block, -1) {
+		name = strings.TrimSuffix(name, "_bucket")
+		if !strings.Contains(text, "| `"+name+"`") && !strings.Contains(text, "`"+name+"`, `") {
+			t.Errorf("alert rule uses %s, which the README's metric table does not list", name)
+		}
+	}
 }
