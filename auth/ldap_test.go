@@ -3,13 +3,13 @@ package auth
 import (
 	"context"
 	"crypto/tls"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -157,15 +157,8 @@ func TestLDAPStore(t *testing.T) {
 }
 
 func TestLDAPStartTLS(t *testing.T) {
-	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	cert, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
 	d := testsrv.StartSlapd(t, testsrv.SlapdOptions{Users: ldapUsers, CertFile: certFile, KeyFile: keyFile})
 	s := &LDAPStore{URL: d.URL, StartTLS: true, BindDN: "uid={local}," + d.People,
 		TLSConfig: &tls.Config{RootCAs: ptls.CertPool(cert), ServerName: "localhost", MinVersion: tls.VersionTLS12}}

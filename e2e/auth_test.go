@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -19,10 +18,10 @@ import (
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/app"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // Proxy-side authentication: users whose password hashes are in Redis,
@@ -92,15 +91,8 @@ func newAuthEnvFrom(t *testing.T, limitsYAML, source string) *authEnv {
 	e.dovecot = testsrv.StartDovecot(t, testsrv.DovecotOptions{
 		MasterOnlyUsers: names, MasterUser: authMaster, MasterPassword: authMasterPW,
 	})
-	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
 	masterFile := writeTemp(t, "master", authMasterPW+"\n")
 	sourceYAML := ""
 	if source == "ldap" {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -21,11 +20,11 @@ import (
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/app"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // recordingLimiter passes everything to the server's real limiter and
@@ -103,15 +102,8 @@ service anvil {
   }
 }
 `})
-	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
 	var static strings.Builder
 	for u := range users {
 		fmt.Fprintf(&static, "    - {user: %q, backend: dovecot}\n", u)

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // Issue 10's checks with real `portico serve` processes: the open-file
@@ -30,14 +30,7 @@ import (
 // lines for it.
 func certFiles(t *testing.T, dir string) string {
 	t.Helper()
-	cert, err := ptls.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, k := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, c, k); err != nil {
-		t.Fatal(err)
-	}
+	_, c, k := testcert.Files(t, dir, "localhost")
 	return "tls:\n  certificates:\n    - {cert_file: " + c + ", key_file: " + k + "}\n"
 }
 

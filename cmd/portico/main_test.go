@@ -20,6 +20,7 @@ import (
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -63,14 +64,7 @@ func runWithin(t *testing.T, d time.Duration, bin string, env []string, args ...
 func exampleConfig(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	cert, err := ptls.SelfSigned("mail.example.com")
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile := testcert.Files(t, dir, "mail.example.com")
 	data := strings.ReplaceAll(string(config.Example), "/etc/portico/tls/cert.pem", certFile)
 	data = strings.ReplaceAll(data, "/etc/portico/tls/key.pem", keyFile)
 	return writeConfig(t, dir, data)

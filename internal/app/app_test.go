@@ -6,17 +6,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // tlsFront serves a TLS listener in front of a cleartext backend: an IMAPS
@@ -59,15 +58,8 @@ func tlsFront(t *testing.T, cert tls.Certificate, backend string) string {
 // address: the backend is verified with backend_defaults' CA.
 func TestBackendDefaultsTLSWithPlain(t *testing.T) {
 	r := testsrv.StartRedis(t)
-	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	cert, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
 	const user, pass = "alice@example.test", "alice-pw"
 	mem, err := membackend.Start("127.0.0.1:0", membackend.User{Name: user, Password: pass})
 	if err != nil {

@@ -10,24 +10,18 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // TestBuildOAuth: auth.oauth reaches the server, in both modes.
 func TestBuildOAuth(t *testing.T) {
 	is := testsrv.StartIssuer(t)
 	defer is.CloseConnections()
-	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	certFile, keyFile, idpCA := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "idp.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
+	idpCA := filepath.Join(dir, "idp.pem")
 	if err := os.WriteFile(idpCA, is.CAPEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}

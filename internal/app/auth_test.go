@@ -3,28 +3,20 @@ package app
 import (
 	"io"
 	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/portico-mail/portico/auth"
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/proxy/upstream"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // TestBuildPasswords: auth.passwords redis and ldap reach the server as a
 // Mux whose password side checks the store and logs in as the master user.
 func TestBuildPasswords(t *testing.T) {
-	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
 	t.Setenv("PORTICO_TEST_MASTER_PW", "master-pw")
 	build := func(authYAML string) *App {
 		t.Helper()

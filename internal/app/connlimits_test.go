@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,9 +18,9 @@ import (
 	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/fleet"
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // TestConnectionLimitsConfig: the connection limits, trusted networks and
@@ -243,14 +242,6 @@ limits: {max_sessions_per_user: 2}
 // certPair writes a self-signed certificate and key for localhost.
 func certPair(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
-	cert, err := ptls.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile = testcert.Files(t, t.TempDir(), "localhost")
 	return certFile, keyFile
 }

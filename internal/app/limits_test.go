@@ -4,30 +4,22 @@ import (
 	"bytes"
 	"log/slog"
 	"net/netip"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/limits"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // TestBuildLimits: limits.brute_force, with limits.ipv6_prefix,
 // limits.trusted_networks and routing.lookup_timeout, becomes the
 // server's limiter; disabled, the server has none.
 func TestBuildLimits(t *testing.T) {
-	cert, err := ptls.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile := testcert.Files(t, dir, "localhost")
 	t.Setenv("PORTICO_TEST_BF_KEY", "0123456789abcdef0123456789abcdef")
 	build := func(limitsYAML string) (*App, string) {
 		t.Helper()

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
-	ptls "github.com/portico-mail/portico/tls"
 )
 
 // TestProcessReloadLeaksNothing runs a Process in this test's process,
@@ -31,14 +31,7 @@ func TestProcessReloadLeaksNothing(t *testing.T) {
 	baseline := runtime.NumGoroutine()
 
 	dir := t.TempDir()
-	cert, err := ptls.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := ptls.WritePEM(cert, certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
+	_, certFile, keyFile := testcert.Files(t, dir, "localhost")
 	addr := "127.0.0.1:" + fmt.Sprint(testsrv.FreePort(t))
 	pidFile := filepath.Join(dir, "portico.pid")
 	path := filepath.Join(dir, "portico.yaml")
