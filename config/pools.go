@@ -116,7 +116,7 @@ func (c *Config) validatePools(v *validator) {
 		// Reported above; do not measure negative_ttl against it.
 		checkDur(v, "routing.cache.negative_ttl", rc.NegativeTTL, time.Millisecond, maxPositiveTTL)
 	} else if rc.NegativeTTL < time.Millisecond || rc.NegativeTTL > pos {
-		v.add("routing.cache.negative_ttl", "must be between 1ms and positive_ttl (%s), not %s", fmtDur(pos), fmtDur(rc.NegativeTTL))
+		v.add("routing.cache.negative_ttl", "must be between 1ms and positive_ttl (%s), not %s", FormatDuration(pos), FormatDuration(rc.NegativeTTL))
 	}
 	checkInt(v, "routing.cache.max_entries", rc.MaxEntries, minCacheEntries, maxCacheEntries)
 
@@ -125,7 +125,7 @@ func (c *Config) validatePools(v *validator) {
 	if iv := h.Interval; iv < minHealthRecheck || iv > maxHealthRecheck {
 		checkDur(v, "routing.health.timeout", h.Timeout, time.Millisecond, maxHealthRecheck)
 	} else if h.Timeout < time.Millisecond || h.Timeout >= iv {
-		v.add("routing.health.timeout", "must be at least 1ms and less than interval (%s), not %s", fmtDur(iv), fmtDur(h.Timeout))
+		v.add("routing.health.timeout", "must be at least 1ms and less than interval (%s), not %s", FormatDuration(iv), FormatDuration(h.Timeout))
 	}
 	checkInt(v, "routing.health.rise", h.Rise, 1, maxRiseFall)
 	checkInt(v, "routing.health.fall", h.Fall, 1, maxRiseFall)
@@ -196,7 +196,7 @@ func (c *Config) validateFleet(v *validator) {
 	}
 	checkDur(v, "fleet.move_hold", f.MoveHold, time.Second, 10*time.Minute)
 	if f.DrainWindow < 0 || f.DrainWindow > 24*time.Hour {
-		v.add("fleet.drain_window", "must be between 0 (the default, %s) and 24h, not %s", fmtDur(defaultDrainWindow), fmtDur(f.DrainWindow))
+		v.add("fleet.drain_window", "must be between 0 (the default, %s) and 24h, not %s", FormatDuration(defaultDrainWindow), FormatDuration(f.DrainWindow))
 	}
 }
 

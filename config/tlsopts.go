@@ -262,7 +262,7 @@ func (c *Config) validateACME(v *validator, a *ACME) {
 		v.add(p+".cache_key", "must not be empty")
 	}
 	if a.RenewBefore < 0 || a.RenewBefore > maxRenewBefore {
-		v.add(p+".renew_before", "must be between 0 (autocert's default: a third of the lifetime, at most 30 days) and %s, not %s", fmtDur(maxRenewBefore), fmtDur(a.RenewBefore))
+		v.add(p+".renew_before", "must be between 0 (autocert's default: a third of the lifetime, at most 30 days) and %s, not %s", FormatDuration(maxRenewBefore), FormatDuration(a.RenewBefore))
 	}
 }
 

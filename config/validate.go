@@ -300,12 +300,13 @@ func checkInt(v *validator, path string, x, lo, hi int) {
 
 func checkDur(v *validator, path string, d, lo, hi time.Duration) {
 	if d < lo || d > hi {
-		v.add(path, "must be between %s and %s, not %s", fmtDur(lo), fmtDur(hi), fmtDur(d))
+		v.add(path, "must be between %s and %s, not %s", FormatDuration(lo), FormatDuration(hi), FormatDuration(d))
 	}
 }
 
-// fmtDur writes 10m rather than 10m0s.
-func fmtDur(d time.Duration) string {
+// FormatDuration writes 10m rather than 10m0s, as an operator writes it
+// in the config.
+func FormatDuration(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = s[:len(s)-2]

@@ -145,15 +145,7 @@ func (s *Server) clientKey(a netip.Addr) netip.Prefix {
 	return p
 }
 
-func (s *Server) trusted(a netip.Addr) bool {
-	a = a.Unmap()
-	for _, p := range s.current().trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+func (s *Server) trusted(a netip.Addr) bool { return inNetworks(s.current().trusted, a) }
 
 // countPreauth counts a session that has not logged in under its client
 // address, and reports false when that address has too many already.

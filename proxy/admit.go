@@ -21,9 +21,12 @@ import (
 // imaps listener); beyond it they are closed at once.
 const maxRefusing = 64
 
-func (l *Listener) proxyTrusted(a netip.Addr) bool {
+func (l *Listener) proxyTrusted(a netip.Addr) bool { return inNetworks(l.ProxyProtocolFrom, a) }
+
+// inNetworks reports whether a, IPv4-mapped or not, is in one of nets.
+func inNetworks(nets []netip.Prefix, a netip.Addr) bool {
 	a = a.Unmap()
-	for _, p := range l.ProxyProtocolFrom {
+	for _, p := range nets {
 		if p.Contains(a) {
 			return true
 		}

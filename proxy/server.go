@@ -49,15 +49,7 @@ type Listener struct {
 	ProxyProtocolFrom []netip.Prefix
 }
 
-func (l *Listener) allowsCleartext(a netip.Addr) bool {
-	a = a.Unmap()
-	for _, p := range l.CleartextLogin {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+func (l *Listener) allowsCleartext(a netip.Addr) bool { return inNetworks(l.CleartextLogin, a) }
 
 // Limits bound what an unauthenticated client can make Portico do. Zero
 // fields take the defaults in parentheses.

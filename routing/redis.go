@@ -196,11 +196,7 @@ func (r *Redis) resolve(ctx context.Context, user string, ex *Explanation) (*Bac
 	if r.Client == nil {
 		return nil, fmt.Errorf("routing: redis lookup %q: no client", key)
 	}
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = DefaultLookupTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, r.timeout())
 	defer cancel()
 
 	rec, found, hit := r.Cache.get(user)
@@ -331,6 +327,15 @@ func hasRouteField(fields map[string]string) bool {
 // routeFieldsLua is routeFields as a Lua list.
 var routeFieldsLua = "'" + strings.Join(routeFields, "', '") + "'"
 
+// timeout is how long one read may take (Timeout, or
+// DefaultLookupTimeout).
+func (r *Redis) timeout() time.Duration {
+	if r.Timeout <= 0 {
+		return DefaultLookupTimeout
+	}
+	return r.Timeout
+}
+
 // Fields reads user's whole route hash in one round trip, for fields that
 // live next to the route (a password hash), and puts the route record it
 // holds in the cache, so that the Lookup of the same login costs no
@@ -341,11 +346,7 @@ func (r *Redis) Fields(ctx context.Context, user string) (map[string]string, err
 	if r.Client == nil {
 		return nil, fmt.Errorf("routing: redis read %q: no client", key)
 	}
-	timeout := r.Timeout
-	if timeout <= 0 {
-		timeout = DefaultLookupTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, r.timeout())
 	defer cancel()
 	gen := r.Cache.generation()
 	fields, err := r.Client.HGetAll(ctx, key).Result()

@@ -81,23 +81,11 @@ func limitsCommand(action string, args []string) error {
 // describe says where a counter stands against its tier.
 func describe(c limits.Count, t limits.Tier) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%.1f failures (delay from %d, block at %d, %d forgotten per %s)", c.Failures, t.DelayAfter, t.BlockAfter, t.BlockAfter, fmtDuration(t.Window))
+	fmt.Fprintf(&b, "%.1f failures (delay from %d, block at %d, %d forgotten per %s)", c.Failures, t.DelayAfter, t.BlockAfter, t.BlockAfter, config.FormatDuration(t.Window))
 	if c.BlockedUntil.IsZero() {
 		b.WriteString("; not blocked")
 	} else {
 		fmt.Fprintf(&b, "; blocked until %s (%s left)", c.BlockedUntil.UTC().Format(time.RFC3339), time.Until(c.BlockedUntil).Round(time.Second))
 	}
 	return b.String()
-}
-
-// fmtDuration writes 30m rather than 30m0s.
-func fmtDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = s[:len(s)-2]
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = s[:len(s)-2]
-	}
-	return s
 }
