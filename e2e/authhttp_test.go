@@ -229,20 +229,7 @@ func TestAuthHTTPDovecot(t *testing.T) {
 // TestAuthHTTPUnavailable: a service that is down or too slow is not a
 // wrong password: NO [UNAVAILABLE], and the client may try again.
 func TestAuthHTTPUnavailable(t *testing.T) {
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.Close()
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // read nothing, answer nothing
-		}
-	}()
+	silent := silentServer(t)
 	e := newAuthHTTPEnv(t, false, "http://"+silent.Addr().String()+"/auth")
 	login := func() (string, time.Duration) {
 		c, err := tls.Dial("tcp", e.imaps, &tls.Config{ServerName: "localhost", RootCAs: mustPool(t, e.caFile)})

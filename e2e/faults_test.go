@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -134,20 +133,7 @@ func TestBackendDown(t *testing.T) {
 	closedAddr := closed.Addr().String()
 	closed.Close()
 
-	silent, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer silent.Close()
-	go func() {
-		for {
-			c, err := silent.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
+	silent := silentServer(t)
 	e.router.Defaults.LoginTimeout = time.Second
 	for _, tc := range []struct{ name, addr string }{{"refused", closedAddr}, {"never-greets", silent.Addr().String()}} {
 		t.Run(tc.name, func(t *testing.T) {
