@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite runs for real: redis-server, dovecot
-# (dovecot-imapd), pebble (an ACME test CA), curl, python3, openssl, systemd
+# (dovecot-imapd, dovecot-pop3d), fetchmail (a real POP3 client), pebble (an ACME test CA), curl, python3, openssl, systemd
 # (systemd-analyze verifies the unit file; nothing is started), promtool
 # (from prometheus, to check /metrics), slapd and ldap-utils (an LDAP
 # directory for auth.ldap), nginx-light and libnginx-mod-mail (nginx's mail
@@ -14,6 +14,8 @@ set -euo pipefail
 declare -A pkg=(
 	[redis-server]=redis-server
 	[dovecot]=dovecot-imapd
+	[dovecot_pop3]=dovecot-pop3d
+	[fetchmail]=fetchmail
 	[curl]=curl
 	[python3]=python3
 	[openssl]=openssl
@@ -36,6 +38,10 @@ have() {
 		[ -e /usr/lib/nginx/modules/ngx_mail_module.so ]
 		return
 	fi
+	if [ "$1" = dovecot_pop3 ]; then
+		[ -x /usr/lib/dovecot/pop3 ]
+		return
+	fi
 	# dovecot and nginx live in /usr/sbin, which a non-root PATH may lack.
 	command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]
 }
@@ -53,7 +59,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		sudo=(sudo -n)
 	else
 		echo "install-test-deps: not root and no password-less sudo; install them with:" >&2
-		echo "  apt-get install redis-server dovecot-imapd pebble prometheus slapd ldap-utils nginx-light libnginx-mod-mail curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
+		echo "  apt-get install redis-server dovecot-imapd dovecot-pop3d fetchmail pebble prometheus slapd ldap-utils nginx-light libnginx-mod-mail curl python3 openssl ca-certificates make gcc libc6-dev systemd" >&2
 		exit 1
 	fi
 	if ! command -v apt-get >/dev/null 2>&1; then
@@ -78,7 +84,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	"${sudo[@]}" apt-get update -q
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-		redis-server dovecot-imapd pebble prometheus slapd ldap-utils nginx-light libnginx-mod-mail curl python3 openssl ca-certificates make gcc libc6-dev systemd
+		redis-server dovecot-imapd dovecot-pop3d fetchmail pebble prometheus slapd ldap-utils nginx-light libnginx-mod-mail curl python3 openssl ca-certificates make gcc libc6-dev systemd
 
 	# systemd ignores policy-rc.d: stop whatever apt started anyway.
 	"${sudo[@]}" service dovecot stop >/dev/null 2>&1 || true
