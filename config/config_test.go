@@ -81,8 +81,9 @@ func TestExample(t *testing.T) {
 	if w := c.Warnings(); len(w) != 0 {
 		t.Errorf("example has warnings: %q", w)
 	}
-	if len(c.Listeners) != 2 || c.Listeners[0].Mode != "imaps" || c.Listeners[0].Address != ":993" ||
-		c.Listeners[1].Mode != "imap" || c.Listeners[1].Address != ":143" {
+	if len(c.Listeners) != 3 || c.Listeners[0].Mode != "imaps" || c.Listeners[0].Address != ":993" ||
+		c.Listeners[1].Mode != "imap" || c.Listeners[1].Address != ":143" ||
+		c.Listeners[2].Mode != "pop3s" || c.Listeners[2].Address != ":995" {
 		t.Errorf("listeners = %+v", c.Listeners)
 	}
 	if len(c.TLS.Certificates) != 1 || c.TLS.Certificates[0].CertFile != f.cert {
@@ -93,7 +94,7 @@ func TestExample(t *testing.T) {
 		t.Fatalf("redis = %+v, password source %q", r, r.Password.Source)
 	}
 	if len(c.Backends) != 2 || c.Backends[0].Name != "dovecot1" || c.Backends[1].Name != "dovecot2" ||
-		!c.Backends[0].ForwardID || !c.Backends[1].ForwardID {
+		!c.Backends[0].ForwardID || !c.Backends[1].ForwardID || c.Backends[0].POP3Port != 110 {
 		t.Errorf("backends = %+v", c.Backends)
 	}
 	if len(c.Routing.Static) != 1 || c.Routing.Static[0].Backend != "dovecot1" {
@@ -462,8 +463,8 @@ func TestValidation(t *testing.T) {
 		// listeners
 		{"no listeners", []string{listeners, "listeners: []\n"}, `portico.yaml:1: listeners: at least one listener is required`},
 		{"no listeners key", []string{listeners, ""}, `config: portico.yaml: listeners: at least one listener is required`},
-		{"mode", []string{"mode: imap\n", "mode: pop3\n"}, `portico.yaml:4: listeners[1].mode: must be "imaps" or "imap", not "pop3"`},
-		{"mode missing", []string{"  - mode: imap\n    address", "  - address"}, `portico.yaml:4: listeners[1].mode: is required; must be "imaps" or "imap"`},
+		{"mode", []string{"mode: imap\n", "mode: smtp\n"}, `portico.yaml:4: listeners[1].mode: must be "imaps", "imap", "pop3s" or "pop3", not "smtp"`},
+		{"mode missing", []string{"  - mode: imap\n    address", "  - address"}, `portico.yaml:4: listeners[1].mode: is required; must be "imaps", "imap", "pop3s" or "pop3"`},
 		{"address no port", []string{`"127.0.0.1:993"`, `"127.0.0.1"`}, `portico.yaml:3: listeners[0].address: "127.0.0.1" is not host:port`},
 		{"address bad port", []string{`"127.0.0.1:993"`, `"127.0.0.1:99999"`}, `listeners[0].address: "127.0.0.1:99999": port must be a number from 0 to 65535`},
 		{"address named port", []string{`"127.0.0.1:993"`, `"127.0.0.1:imaps"`}, `listeners[0].address: "127.0.0.1:imaps": port must be a number`},
@@ -820,7 +821,7 @@ func TestExampleCommentedOut(t *testing.T) {
 
 func TestValidationCollectsEverything(t *testing.T) {
 	f := newFixture(t)
-	_, err := Parse([]byte(f.base("mode: imap\n", "mode: pop3\n", "", "log: {level: loud}\nlimits: {idle_timeout: 1m}\n")), "portico.yaml")
+	_, err := Parse([]byte(f.base("mode: imap\n", "mode: smtp\n", "", "log: {level: loud}\nlimits: {idle_timeout: 1m}\n")), "portico.yaml")
 	if err == nil {
 		t.Fatal("no error")
 	}

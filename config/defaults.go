@@ -75,6 +75,10 @@ func (c *Config) ApplyDefaults() {
 				l.Address = ":993"
 			case "imap":
 				l.Address = ":143"
+			case "pop3s":
+				l.Address = ":995"
+			case "pop3":
+				l.Address = ":110"
 			}
 		}
 		if l.Name == "" && l.Mode != "" && l.Address != "" {

@@ -48,8 +48,10 @@ type Log struct {
 // Listener is one socket clients connect to.
 type Listener struct {
 	Name    string `yaml:"name"`    // for logs; default "<mode>-<address>"
-	Address string `yaml:"address"` // default ":993" for imaps, ":143" for imap
-	Mode    string `yaml:"mode"`    // "imaps" (implicit TLS) or "imap" (cleartext + STARTTLS); required
+	Address string `yaml:"address"` // default ":993" imaps, ":143" imap, ":995" pop3s, ":110" pop3
+	// Mode is "imaps" (implicit TLS), "imap" (cleartext + STARTTLS),
+	// "pop3s" (implicit TLS) or "pop3" (cleartext + STLS); required.
+	Mode string `yaml:"mode"`
 	// CleartextLoginNetworks lists CIDRs from which LOGIN/AUTHENTICATE are
 	// allowed without TLS (passwords in clear) on an "imap" listener; every
 	// entry draws a warning. Empty (the default) means TLS is required for
@@ -384,4 +386,9 @@ type BackendOptions struct {
 	// with ForwardID; the backend's listener must expect it, e.g. Dovecot
 	// haproxy = yes). Default false.
 	ProxyProtocol bool `yaml:"proxy_protocol"`
+	// POP3Port is the port of the backend's POP3 service on the host of
+	// its address (Dovecot's pop3 listener: 110, or 995 with security
+	// "tls"), reached with the same security, PROXY header and
+	// forwarding. 0 (the default) means the backend serves no POP3.
+	POP3Port int `yaml:"pop3_port"`
 }

@@ -61,19 +61,19 @@ type boundAddr struct {
 
 func (c *Config) validateListeners(v *validator) {
 	if len(c.Listeners) == 0 {
-		v.add("listeners", `at least one listener is required (mode "imaps" or "imap")`)
+		v.add("listeners", `at least one listener is required (mode "imaps", "imap", "pop3s" or "pop3")`)
 	}
 	names := make(map[string]string)
 	needCert := false
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
 		switch l.Mode {
-		case "imaps", "imap":
+		case "imaps", "imap", "pop3s", "pop3":
 			needCert = true
 		case "":
-			v.add(p+".mode", `is required; must be "imaps" or "imap"`)
+			v.add(p+".mode", `is required; must be "imaps", "imap", "pop3s" or "pop3"`)
 		default:
-			v.add(p+".mode", `must be "imaps" or "imap", not %q`, l.Mode)
+			v.add(p+".mode", `must be "imaps", "imap", "pop3s" or "pop3", not %q`, l.Mode)
 		}
 		if l.Name != "" {
 			if prev, ok := names[l.Name]; ok {
@@ -84,7 +84,7 @@ func (c *Config) validateListeners(v *validator) {
 		}
 		if l.Address != "" {
 			v.bind(p+".address", l.Address, "")
-		} else if l.Mode == "imaps" || l.Mode == "imap" {
+		} else if validMode(l.Mode) {
 			v.add(p+".address", "is required (host:port)")
 		}
 		for j, s := range l.CleartextLoginNetworks {
@@ -432,6 +432,11 @@ func (c *Config) validateBackends(v *validator) {
 	checkBackendOptions(v, "backend_defaults", &c.BackendDefaults)
 }
 
+// validMode reports a listener mode Portico knows.
+func validMode(m string) bool {
+	return m == "imaps" || m == "imap" || m == "pop3s" || m == "pop3"
+}
+
 // validName keeps backend names distinguishable from the host:port
 // addresses that Redis route records may hold instead.
 func validName(s string) bool {
@@ -453,6 +458,9 @@ func checkBackendOptions(v *validator, p string, o *BackendOptions) {
 	}
 	if o.ProxyProtocol && o.ForwardID {
 		v.add(p+".proxy_protocol", "and forward_id are exclusive: a backend learns the client's address from one mechanism, the PROXY header or ID; choose one")
+	}
+	if o.POP3Port < 0 || o.POP3Port > 65535 {
+		v.add(p+".pop3_port", "must be a port number (1-65535), or 0 for a backend without POP3")
 	}
 	checkDur(v, p+".connect_timeout", o.ConnectTimeout, time.Millisecond, 5*time.Minute)
 	checkDur(v, p+".login_timeout", o.LoginTimeout, time.Millisecond, 5*time.Minute)

@@ -37,8 +37,8 @@ func (c *Config) Warnings() []string {
 	}
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d].cleartext_login_networks", i)
-		if l.Mode == "imaps" && len(l.CleartextLoginNetworks) > 0 {
-			add(p, "has no effect on an imaps listener, where every login is over TLS")
+		if (l.Mode == "imaps" || l.Mode == "pop3s") && len(l.CleartextLoginNetworks) > 0 {
+			add(p, "has no effect on an %s listener, where every login is over TLS", l.Mode)
 			continue
 		}
 		for j, s := range l.CleartextLoginNetworks {
@@ -57,6 +57,7 @@ func (c *Config) Warnings() []string {
 			}
 		}
 	}
+	c.pop3Warnings(add)
 	c.tlsWarnings(add)
 	c.authWarnings(add)
 	if r := c.Routing.Redis; r != nil && r.TLS != nil && r.TLS.InsecureSkipVerify {
@@ -184,4 +185,28 @@ func (c *Config) tlsWarnings(add func(path, format string, args ...any)) {
 	if a.Cache == "redis" && a.HTTPChallengeAddress() == "" && a.TLSALPNChallengeAddress() == "" {
 		add("tls.acme", `answers no challenge (http_address "off", no tls_alpn_address): another proxy sharing the Redis cache must answer them`)
 	}
+}
+
+// pop3Warnings says when POP3 listeners have nowhere to send their users:
+// without a pop3_port, every POP3 login is answered -ERR [SYS/TEMP].
+func (c *Config) pop3Warnings(add func(path, format string, args ...any)) {
+	pop3 := -1
+	for i, l := range c.Listeners {
+		if l.Mode == "pop3s" || l.Mode == "pop3" {
+			pop3 = i
+			break
+		}
+	}
+	if pop3 < 0 {
+		return
+	}
+	if c.BackendDefaults.POP3Port > 0 {
+		return
+	}
+	for _, b := range c.Backends {
+		if b.POP3Port > 0 {
+			return
+		}
+	}
+	add(fmt.Sprintf("listeners[%d].mode", pop3), "is a POP3 listener, but no backend (nor backend_defaults) sets pop3_port: every POP3 login will fail as unavailable")
 }

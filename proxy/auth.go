@@ -54,7 +54,7 @@ type AuthRequest struct {
 	ProxySource, ProxyDest netip.AddrPort
 	// Attempt counts this connection's logins, from 1.
 	Attempt int
-	// Protocol is "imap".
+	// Protocol is "imap" or "pop3", the listener's (Mode.Protocol).
 	Protocol string
 }
 
@@ -91,7 +91,7 @@ func (s *session) authenticate(tag string, ev *LoginEvent, start time.Time, logi
 		Mechanism: authMechanism(ev.Mechanism), User: user, Login: login, Secret: secret,
 		Client: s.client, Local: s.local, TLS: s.tlsVersion != "",
 		ProxySource: s.ab.proxySrc, ProxyDest: s.ab.proxyDst,
-		Attempt: s.authFails + 1, Protocol: "imap",
+		Attempt: s.authFails + 1, Protocol: s.ln.Mode.Protocol(),
 	}
 	if tc, ok := s.conn.(*tls.Conn); ok {
 		cs := tc.ConnectionState()

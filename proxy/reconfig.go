@@ -25,6 +25,7 @@ type Config struct {
 	DefaultDomain   string
 	Limits          Limits
 	Login           LoginFunc
+	LoginPOP3       LoginFunc
 	Limiter         LoginLimiter
 	Authenticator   Authenticator
 	OAuth           OAuth
@@ -35,9 +36,11 @@ type Config struct {
 type settings struct {
 	router        routing.Router
 	tlsConfig     *tls.Config
+	pop3TLS       *tls.Config // tlsConfig with ALPN "pop3"; see pop3TLSConfig
 	defaultDomain string
 	limits        Limits
 	login         LoginFunc
+	loginPOP3     LoginFunc
 	limiter       LoginLimiter
 	authenticator Authenticator
 	oauth         OAuth
@@ -53,6 +56,7 @@ func newSettings(c Config) *settings {
 		defaultDomain: c.DefaultDomain,
 		limits:        c.Limits.withDefaults(),
 		login:         c.Login,
+		loginPOP3:     c.LoginPOP3,
 		limiter:       c.Limiter,
 		authenticator: c.Authenticator,
 		oauth:         c.OAuth,
@@ -64,6 +68,10 @@ func newSettings(c Config) *settings {
 	if st.login == nil {
 		st.login = upstream.Login
 	}
+	if st.loginPOP3 == nil {
+		st.loginPOP3 = upstream.LoginPOP3
+	}
+	st.pop3TLS = pop3TLSConfig(st.tlsConfig)
 	return st
 }
 
@@ -72,7 +80,7 @@ func newSettings(c Config) *settings {
 func (s *Server) exportedSettings() *settings {
 	return newSettings(Config{
 		Router: s.Router, TLSConfig: s.TLSConfig, DefaultDomain: s.DefaultDomain, Limits: s.Limits,
-		Login: s.Login, Limiter: s.Limiter, Authenticator: s.Authenticator, OAuth: s.OAuth, TrustedNetworks: s.TrustedNetworks,
+		Login: s.Login, LoginPOP3: s.LoginPOP3, Limiter: s.Limiter, Authenticator: s.Authenticator, OAuth: s.OAuth, TrustedNetworks: s.TrustedNetworks,
 	})
 }
 
@@ -109,4 +117,18 @@ func (s *Server) UpdateListener(ln net.Listener, l Listener) bool {
 	}
 	lp.Store(&l)
 	return true
+}
+
+// pop3TLSConfig is the listeners' TLS configuration for POP3: the same
+// certificates and policy, with ALPN "pop3" (RFC 7301's registry) where
+// IMAP has "imap", so that a client that names another protocol (a browser
+// sent to port 995 by an attacker: ALPACA) is refused by the handshake.
+// Configurations that name no protocol are used as they are.
+func pop3TLSConfig(c *tls.Config) *tls.Config {
+	if c == nil || len(c.NextProtos) == 0 {
+		return c
+	}
+	p := c.Clone()
+	p.NextProtos = []string{"pop3"}
+	return p
 }

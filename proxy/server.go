@@ -17,21 +17,45 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// Mode is how a listener speaks TLS to clients.
+// Mode is the protocol a listener speaks and how it starts TLS.
 type Mode int
 
 const (
-	// ImplicitTLS starts TLS on the first byte (port 993).
+	// ImplicitTLS is IMAP with TLS from the first byte (port 993).
 	ImplicitTLS Mode = iota
-	// StartTLS starts in cleartext and upgrades with STARTTLS (port 143).
+	// StartTLS is IMAP in cleartext, upgraded with STARTTLS (port 143).
 	StartTLS
+	// POP3S is POP3 with TLS from the first byte (port 995).
+	POP3S
+	// POP3 is POP3 in cleartext, upgraded with STLS (port 110).
+	POP3
 )
 
 func (m Mode) String() string {
-	if m == StartTLS {
+	switch m {
+	case StartTLS:
 		return "imap"
+	case POP3S:
+		return "pop3s"
+	case POP3:
+		return "pop3"
 	}
 	return "imaps"
+}
+
+// implicitTLS reports whether TLS starts with the first byte.
+func (m Mode) implicitTLS() bool { return m == ImplicitTLS || m == POP3S }
+
+// isPOP3 reports whether the listener speaks POP3 rather than IMAP.
+func (m Mode) isPOP3() bool { return m == POP3S || m == POP3 }
+
+// Protocol is the name of the listener's protocol, as AuthRequest.Protocol
+// and nginx's Auth-Protocol give it: "imap" or "pop3".
+func (m Mode) Protocol() string {
+	if m.isPOP3() {
+		return "pop3"
+	}
+	return "imap"
 }
 
 // Listener describes one accepting socket.
@@ -149,8 +173,10 @@ type Server struct {
 	Limits        Limits
 	// Logger receives one line per session end; nil means slog.Default().
 	Logger *slog.Logger
-	// Login defaults to upstream.Login.
-	Login LoginFunc
+	// Login defaults to upstream.Login, and LoginPOP3, for the sessions of
+	// POP3 listeners, to upstream.LoginPOP3.
+	Login     LoginFunc
+	LoginPOP3 LoginFunc
 
 	// LoginGate, if set, is asked before every login, after the user name
 	// is normalised and before routing. It may wait, for instance to hold a
@@ -264,7 +290,7 @@ func (s *Server) logger() *slog.Logger {
 // accepted from then on.
 func (s *Server) Serve(ln net.Listener, l Listener) error {
 	s.init()
-	if l.Mode == ImplicitTLS && s.current().tlsConfig == nil {
+	if l.Mode.implicitTLS() && s.current().tlsConfig == nil {
 		ln.Close()
 		return fmt.Errorf("proxy: listener %q: implicit TLS without a TLS config", l.Name)
 	}
@@ -341,9 +367,13 @@ func (s *Server) refuseWithSpare(ln net.Listener, l *Listener) bool {
 	dl.SetDeadline(time.Time{})
 	if err == nil {
 		s.logLimit("out_of_files", l.Name, "out of file descriptors: new connections are refused", "listener", l.Name)
-		if l.Mode == StartTLS && len(l.ProxyProtocolFrom) == 0 {
+		if !l.Mode.implicitTLS() && len(l.ProxyProtocolFrom) == 0 {
 			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-			io.WriteString(c, "* BYE [UNAVAILABLE] Server busy, try again later\r\n")
+			if l.Mode.isPOP3() {
+				io.WriteString(c, "-ERR [SYS/TEMP] Server busy, try again later\r\n")
+			} else {
+				io.WriteString(c, "* BYE [UNAVAILABLE] Server busy, try again later\r\n")
+			}
 		}
 		c.Close()
 	}

@@ -447,6 +447,11 @@ func (r *Redis) literal(rec Record) (*Backend, error) {
 	b := r.Defaults // a copy: Defaults is shared by every lookup
 	b.Name = ""
 	b.Addr = rec.Addr
+	b.POP3Addr = ""
+	if b.POP3Port > 0 {
+		host, _, _ := net.SplitHostPort(rec.Addr) // checked above
+		b.POP3Addr = net.JoinHostPort(host, strconv.Itoa(b.POP3Port))
+	}
 	b.Weight = 0
 	b.Fallback = nil
 	if rec.Security != "" {

@@ -239,6 +239,14 @@ type Backend struct {
 	// the other members; zero means 1. Fleet.SetWeight overrides it for
 	// the whole fleet.
 	Weight int
+	// POP3Addr is host:port of the backend's POP3 service, reached with
+	// the same TLS mode, PROXY header and forwarding choice as Addr; ""
+	// means the backend serves no POP3, and POP3 logins routed to it
+	// fail as unavailable.
+	POP3Addr string
+	// POP3Port, where set, gives a literal address found in a route
+	// record (Redis.Defaults) a POP3Addr: the record's host and this port.
+	POP3Port int
 	// Fallback, when not nil, receives the logins of users routed to this
 	// backend while it is down or drained. Only one level is followed: the
 	// fallback's own Fallback is ignored, so fallbacks cannot loop.

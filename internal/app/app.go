@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -17,6 +19,7 @@ import (
 	"github.com/portico-mail/portico/fleet"
 	"github.com/portico-mail/portico/limits"
 	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -177,7 +180,8 @@ func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
 		return nil, err
 	}
 	srv.Router = rt.router
-	srv.Login = rt.loginWithHealth(srv.Login)
+	srv.Login = rt.loginWithHealth(srv.Login, upstream.Login)
+	srv.LoginPOP3 = rt.loginWithHealth(srv.LoginPOP3, upstream.LoginPOP3)
 	if err := rt.buildLimits(cfg, srv, logger, prev); err != nil {
 		return nil, err
 	}
@@ -187,7 +191,7 @@ func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
 	srv.OAuth = oauthOffer(cfg)
 	rt.settings = proxy.Config{
 		Router: srv.Router, TLSConfig: srv.TLSConfig, DefaultDomain: srv.DefaultDomain, Limits: srv.Limits,
-		Login: srv.Login, Limiter: srv.Limiter, Authenticator: srv.Authenticator, OAuth: srv.OAuth,
+		Login: srv.Login, LoginPOP3: srv.LoginPOP3, Limiter: srv.Limiter, Authenticator: srv.Authenticator, OAuth: srv.OAuth,
 		TrustedNetworks: srv.TrustedNetworks,
 	}
 	if prev != nil {
@@ -198,10 +202,7 @@ func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
 	}
 
 	for _, l := range cfg.Listeners {
-		pl := proxy.Listener{Name: l.Name, Mode: proxy.ImplicitTLS}
-		if l.Mode == "imap" {
-			pl.Mode = proxy.StartTLS
-		}
+		pl := proxy.Listener{Name: l.Name, Mode: listenerMode(l.Mode)}
 		if pl.CleartextLogin, err = prefixes(l.CleartextLoginNetworks); err != nil {
 			return nil, fmt.Errorf("listener %q: cleartext_login_networks: %w", l.Name, err)
 		}
@@ -236,6 +237,19 @@ func clientOptions(c *config.ClientTLS) ptls.ClientOptions {
 	}
 }
 
+// listenerMode maps a validated config mode to the proxy's.
+func listenerMode(m string) proxy.Mode {
+	switch m {
+	case "imap":
+		return proxy.StartTLS
+	case "pop3s":
+		return proxy.POP3S
+	case "pop3":
+		return proxy.POP3
+	}
+	return proxy.ImplicitTLS
+}
+
 // backend turns backend options into a routing.Backend.
 func backend(name, addr string, o config.BackendOptions) (*routing.Backend, error) {
 	mode, err := routing.ParseTLSMode(strings.ToLower(o.Security))
@@ -244,7 +258,14 @@ func backend(name, addr string, o config.BackendOptions) (*routing.Backend, erro
 	}
 	b := &routing.Backend{
 		Name: name, Addr: addr, TLS: mode, ForwardID: o.ForwardID, ProxyProtocol: o.ProxyProtocol,
-		ConnectTimeout: o.ConnectTimeout, LoginTimeout: o.LoginTimeout,
+		ConnectTimeout: o.ConnectTimeout, LoginTimeout: o.LoginTimeout, POP3Port: o.POP3Port,
+	}
+	if o.POP3Port > 0 && addr != "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		b.POP3Addr = net.JoinHostPort(host, strconv.Itoa(o.POP3Port))
 	}
 	// backend_defaults may carry TLS settings next to security "plain":
 	// they serve the route records that choose starttls or tls.

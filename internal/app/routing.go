@@ -112,9 +112,12 @@ func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger, prev *App) 
 }
 
 // loginWithHealth wraps the server's login with ReportHealth.
-func (rt *App) loginWithHealth(next proxy.LoginFunc) proxy.LoginFunc {
+func (rt *App) loginWithHealth(next, def proxy.LoginFunc) proxy.LoginFunc {
 	if rt.health == nil {
 		return next // nil: the server's default
+	}
+	if next == nil {
+		next = def
 	}
 	return ReportHealth(rt.health, next)
 }
