@@ -124,7 +124,7 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	}
 	o.client = &http.Client{
 		Timeout:   cfg.Timeout,
-		Transport: &jwksThrottle{base: base, every: cfg.JWKSMinRefresh},
+		Transport: base,
 		// The issuer's documents and keys are fetched from where its
 		// configuration says, never from where a redirect points.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
