@@ -67,10 +67,11 @@ const (
 	mechSASLLogin
 	mechXOAUTH2
 	mechOAUTHBEARER
+	mechUserPass
 	numMechs
 )
 
-var mechNames = [numMechs]string{proxy.MechLogin, proxy.MechPlain, proxy.MechSASLLogin, proxy.MechXOAUTH2, proxy.MechOAUTHBEARER}
+var mechNames = [numMechs]string{proxy.MechLogin, proxy.MechPlain, proxy.MechSASLLogin, proxy.MechXOAUTH2, proxy.MechOAUTHBEARER, proxy.MechUserPass}
 
 func mechIndex(m string) int {
 	switch m {
@@ -82,6 +83,8 @@ func mechIndex(m string) int {
 		return mechXOAUTH2
 	case proxy.MechOAUTHBEARER:
 		return mechOAUTHBEARER
+	case proxy.MechUserPass:
+		return mechUserPass
 	}
 	return mechLogin
 }

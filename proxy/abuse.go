@@ -225,12 +225,12 @@ func (s *Server) removeListener(addr net.Addr) {
 	}
 }
 
-// ownListener returns the name of this proxy's listener that b's address
-// reaches, or "". Only literal addresses and "localhost" are recognised:
-// resolving names at every login would cost more than the loop it finds,
-// and the other guards end such loops too.
-func (s *Server) ownListener(b *routing.Backend) string {
-	host, port, err := net.SplitHostPort(b.Addr)
+// ownListener returns the name of this proxy's listener that addr (a
+// backend's) reaches, or "". Only literal addresses and "localhost" are
+// recognised: resolving names at every login would cost more than the
+// loop it finds, and the other guards end such loops too.
+func (s *Server) ownListener(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return ""
 	}
@@ -360,7 +360,11 @@ func (s *session) backendLogin(b *routing.Backend, user string, cred upstream.Cr
 			"user", user, "backend", b.String(), "signal", s.ab.loop, "origin_session", s.ab.origin)
 		return nil, errRefused
 	}
-	if name := srv.ownListener(b); name != "" {
+	addr, login := b.Addr, s.set.login
+	if s.pop3 {
+		addr, login = b.POP3Addr, s.set.loginPOP3
+	}
+	if name := srv.ownListener(addr); name != "" {
 		srv.logLimit("loop", "listener "+name, "routing loop: the backend is this proxy's own listener; login refused", "session", s.id,
 			"user", user, "backend", b.String(), "listener", name)
 		return nil, errRefused
@@ -381,7 +385,7 @@ func (s *session) backendLogin(b *routing.Backend, user string, cred upstream.Cr
 		return nil, errRefused
 	}
 	ctx := upstream.WithConnected(srv.ctx, srv.connected)
-	res, err := s.set.login(ctx, b, cred, s.idInfo())
+	res, err := login(ctx, b, cred, s.idInfo())
 	done()
 	if err != nil {
 		return nil, err
@@ -464,7 +468,11 @@ func (s *session) checkUserSessions(user string) error {
 
 // limited answers a login refused by a session limit.
 func (s *session) limited(tag string, err *limitError) action {
-	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodeLimit, err.text)
+	code := imap.ResponseCodeLimit
+	if s.pop3 {
+		code = pop3InUse // RFC 3206: the mailbox is in use elsewhere
+	}
+	s.writeStatus(tag, imap.StatusResponseTypeNo, code, err.text)
 	return actContinue
 }
 

@@ -56,7 +56,7 @@ func (s *session) admit() bool {
 			// speaks first and its first bytes can be checked now; on
 			// imap, after the greeting (afterGreeting).
 			s.ab.sniff = true
-			if s.ln.Mode == ImplicitTLS && !s.afterGreeting() {
+			if s.ln.Mode.implicitTLS() && !s.afterGreeting() {
 				return false
 			}
 		}
@@ -107,7 +107,7 @@ func startsWithProxyHeader(p []byte) bool {
 // after the TLS handshake on an imaps listener.
 func (s *session) refuse(code imap.ResponseCode, text, outcome string) {
 	s.quiet(outcome)
-	if s.ln.Mode == ImplicitTLS {
+	if s.ln.Mode.implicitTLS() {
 		if s.set.tlsConfig == nil || s.handshake(s.raw) != nil {
 			return
 		}

@@ -138,10 +138,10 @@ func (s *session) upstreamCredentials(ev *LoginEvent, user, secret string) upstr
 }
 
 // authMechanism names a login's mechanism (LoginEvent.Mechanism) for an
-// Authenticator: the LOGIN command and AUTHENTICATE LOGIN are both
-// "LOGIN", a user name and a password.
+// Authenticator: the LOGIN command, AUTHENTICATE LOGIN and POP3's USER and
+// PASS are all "LOGIN", a user name and a password.
 func authMechanism(m string) string {
-	if m == MechSASLLogin {
+	if m == MechSASLLogin || m == MechUserPass {
 		return "LOGIN"
 	}
 	return strings.ToUpper(m)

@@ -32,7 +32,14 @@ func (s *session) handleAuthenticate(cmd *wire.Command) action {
 			return s.badCommand(cmd.Tag, "Invalid base64 in initial response")
 		}
 	}
-	mech := strings.ToUpper(cmd.Args[0].Value)
+	return s.sasl(cmd.Tag, cmd.Args[0].Value, ir)
+}
+
+// sasl runs the exchange of mechanism mech, ir being the initial response
+// (nil when absent): IMAP's AUTHENTICATE and POP3's AUTH (RFC 5034) are
+// the same exchange but for the tag, which POP3 has not.
+func (s *session) sasl(tag, mech string, ir []byte) action {
+	mech = strings.ToUpper(mech)
 	var m string
 	switch mech {
 	case "PLAIN":
@@ -45,19 +52,19 @@ func (s *session) handleAuthenticate(cmd *wire.Command) action {
 		}
 	}
 	if m == "" {
-		s.writeStatus(cmd.Tag, imap.StatusResponseTypeNo, "", "Unsupported authentication mechanism")
+		s.writeStatus(tag, imap.StatusResponseTypeNo, "", "Unsupported authentication mechanism")
 		return actContinue
 	}
 	if !s.canAuth() {
-		return s.privacyRequired(cmd.Tag, m)
+		return s.privacyRequired(tag, m)
 	}
 	switch m {
 	case MechPlain:
-		return s.authPlain(cmd.Tag, ir)
+		return s.authPlain(tag, ir)
 	case MechSASLLogin:
-		return s.authLogin(cmd.Tag, ir)
+		return s.authLogin(tag, ir)
 	}
-	return s.authOAuth(cmd.Tag, mech, ir)
+	return s.authOAuth(tag, mech, ir)
 }
 
 func (s *session) authPlain(tag string, ir []byte) action {

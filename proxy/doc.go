@@ -1,6 +1,6 @@
-// Package proxy is Portico's front door: it accepts IMAP clients, speaks
-// the protocol until they log in, logs in to their backend and splices the
-// two connections together.
+// Package proxy is Portico's front door: it accepts IMAP and POP3 clients,
+// speaks the protocol until they log in, logs in to their backend and
+// splices the two connections together.
 //
 // Typical use:
 //
@@ -26,6 +26,12 @@
 // goroutine up to the server's epoll set (poller_linux.go), so that an
 // idle session costs no goroutine at all; Shutdown releases the set once
 // the last session has ended.
+//
+// POP3 listeners (Mode POP3S and POP3) run the same sessions: admission,
+// TLS, limits, the login path, upstream dialing (Server.LoginPOP3) and the
+// splice are shared; only the commands read before login differ
+// (pop3*.go: CAPA, STLS, USER/PASS, AUTH, QUIT beside IMAP's files), and
+// the answers of the shared path are worded for POP3 by writeStatus.
 //
 // A spliced session can be listed (Sessions), observed (OnSplice, OnEnd)
 // and ended cleanly (KickUser, KickBackend): the splicer follows the

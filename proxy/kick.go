@@ -25,6 +25,12 @@ import (
 // large FETCH, or a stream the framer lost track of), the connections are
 // closed after the kick timeout anyway.
 
+// For a POP3 session, a pop3Framer takes the place of both framers, and
+// the BYE becomes `-ERR [SYS/TEMP] reason`: POP3 has no untagged response,
+// but a line at a boundary is read as the answer to the client's next
+// command, or after a command it has sent, as that command's answer, and
+// the connection closes after it, as Dovecot does on its own shutdown.
+
 // errKicked ends the backend->client copy once the BYE is out.
 var errKicked = errors.New("proxy: session kicked")
 
@@ -35,13 +41,51 @@ const byeWriteTimeout = 2 * time.Second
 // for a COMPRESS command first: the flag must be up before the backend can
 // answer it.
 func (p *splicer) writeBackend(b []byte) (int, error) {
-	if !p.compressed.Load() {
+	p.feedUp(b)
+	return p.backend.Write(b)
+}
+
+// feedUp follows a chunk the client sends to the backend. It runs before
+// the chunk is written: a POP3 command is queued before the backend can
+// answer it, and a COMPRESS is seen before the backend's OK.
+func (p *splicer) feedUp(b []byte) {
+	switch {
+	case p.pop != nil:
+		p.pop.feedCommands(b)
+	case !p.compressed.Load():
 		p.up.feed(b)
 		if p.up.compress {
 			p.compressed.Store(true)
 		}
 	}
-	return p.backend.Write(b)
+}
+
+// feedDown follows a chunk the backend sends to the client; downMu is held
+// (or the session is not spliced yet).
+func (p *splicer) feedDown(b []byte) {
+	switch {
+	case p.pop != nil:
+		p.pop.advance(b, false)
+	case !p.compressed.Load():
+		p.down.feed(b)
+	}
+}
+
+// advanceDown is feedDown up to the first response boundary (see
+// framer.advance).
+func (p *splicer) advanceDown(b []byte) int {
+	if p.pop != nil {
+		return p.pop.advance(b, true)
+	}
+	return p.down.advance(b, true)
+}
+
+// downAtBoundary reports whether the client has received whole responses.
+func (p *splicer) downAtBoundary() bool {
+	if p.pop != nil {
+		return p.pop.atBoundary()
+	}
+	return p.down.atBoundary()
 }
 
 // writeClient passes a chunk from the backend on to the client.
@@ -52,9 +96,7 @@ func (p *splicer) writeClient(b []byte) (int, error) {
 		p.downMu.Unlock()
 		return n, err
 	}
-	if !p.compressed.Load() {
-		p.down.feed(b)
-	}
+	p.feedDown(b)
 	n, err := writeTLS(p.client, p.batch, b)
 	p.downMu.Unlock()
 	// A kick that arrived while the lock was held left the BYE to us.
@@ -76,7 +118,7 @@ func (p *splicer) writeClientKicked(b []byte) (int, error) {
 		p.byeLocked()
 		return 0, errKicked
 	}
-	k := p.down.advance(b, true)
+	k := p.advanceDown(b)
 	var n int
 	if k > 0 {
 		var err error
@@ -98,7 +140,7 @@ func (p *splicer) byeLocked() bool {
 		return true
 	}
 	if !p.compressed.Load() {
-		if !p.down.atBoundary() {
+		if !p.downAtBoundary() {
 			return false
 		}
 		p.client.SetWriteDeadline(time.Now().Add(byeWriteTimeout))
@@ -114,6 +156,9 @@ func (p *splicer) byeLocked() bool {
 // writing, that direction sends the BYE. Later kicks of the same session
 // are ignored.
 func (p *splicer) kick(bye []byte, timeout time.Duration) {
+	if p.pop != nil {
+		bye = pop3Bye(bye)
+	}
 	if !p.kickMsg.CompareAndSwap(nil, &bye) {
 		return
 	}

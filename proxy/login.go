@@ -31,7 +31,11 @@ func (s *session) handleLogin(cmd *wire.Command) action {
 // or a backend, is asked about them.
 func (s *session) privacyRequired(tag, method string) action {
 	s.observeLogin(&LoginEvent{Result: LoginPrivacyRequired, Mechanism: method})
-	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodePrivacyRequired, "TLS is required to log in; use STARTTLS")
+	text := "TLS is required to log in; use STARTTLS"
+	if s.pop3 {
+		text = "TLS is required to log in; use STLS"
+	}
+	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodePrivacyRequired, text)
 	s.authFails++
 	return s.afterAuthFailure()
 }

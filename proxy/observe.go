@@ -47,13 +47,14 @@ const (
 	MechLogin     = "login"      // the LOGIN command
 	MechPlain     = "plain"      // AUTHENTICATE PLAIN
 	MechSASLLogin = "login-mech" // AUTHENTICATE LOGIN
+	MechUserPass  = "user"       // POP3 USER and PASS
 )
 
 // LoginEvent describes one login attempt once it is answered. The times
 // of the phases are zero for phases the login did not reach.
 type LoginEvent struct {
 	Result    LoginResult
-	Mechanism string // MechLogin, MechPlain, MechSASLLogin, MechXOAUTH2 or MechOAUTHBEARER
+	Mechanism string // MechLogin, MechPlain, MechSASLLogin, MechUserPass, MechXOAUTH2 or MechOAUTHBEARER
 	// Backend was asked to log the user in (nil if none was): the result
 	// is then its answer, OK, AuthFailed or Unavailable, except that a
 	// login the backend accepted for a user kicked meanwhile is

@@ -53,6 +53,8 @@ type session struct {
 	start    time.Time
 	deadline time.Time // absolute pre-auth deadline
 
+	pop3       bool   // the listener speaks POP3 (pop3.go), not IMAP
+	userName   string // POP3: the name of a USER command, for PASS
 	tlsVersion string // "" while cleartext
 	askedCaps  bool   // the client sent CAPABILITY before login
 	clientID   [][2]string
@@ -110,6 +112,7 @@ func newSession(srv *Server, ln *Listener, set *settings, c net.Conn) *session {
 		conn:  c,
 		id:    sessionPrefix + "-" + strconv.FormatUint(sessionCounter.Add(1), 36),
 		start: time.Now(),
+		pop3:  ln.Mode.isPOP3(),
 	}
 	s.client = addrPort(c.RemoteAddr())
 	s.local = addrPort(c.LocalAddr())
@@ -142,7 +145,7 @@ func (s *session) serve() {
 		return
 	}
 
-	if s.ln.Mode == ImplicitTLS {
+	if s.ln.Mode.implicitTLS() {
 		if err := s.handshake(s.raw); err != nil {
 			s.outcome = "tls handshake failed"
 			s.srv.logger().Debug("tls handshake failed", "session", s.id, "client", s.client, "err", err)
@@ -181,6 +184,9 @@ func (s *session) serve() {
 
 // next reads and runs one command.
 func (s *session) next() action {
+	if s.pop3 {
+		return s.nextPOP3()
+	}
 	cmd, err := s.dec.ReadCommand()
 	if err != nil {
 		return s.readError(err)
@@ -321,7 +327,14 @@ func (s *session) flush() error {
 	return s.bw.Flush()
 }
 
+// writeStatus writes a status response: in IMAP as given, in POP3 as
+// +OK or -ERR with the code translated (pop3Status), the tag dropped. The
+// login path, shared by both protocols, answers through it.
 func (s *session) writeStatus(tag string, typ imap.StatusResponseType, code imap.ResponseCode, text string) {
+	if s.pop3 {
+		writePOP3Status(s.bw, typ, code, text)
+		return
+	}
 	wire.WriteStatus(s.bw, tag, typ, code, text)
 }
 
@@ -334,7 +347,7 @@ func (s *session) canAuth() bool {
 // itself, since the backend's list comes with the login reply.
 func (s *session) caps() []string {
 	caps := []string{string(imap.CapIMAP4rev1), string(imap.CapLiteralMinus), string(imap.CapSASLIR), string(imap.CapID)}
-	if s.tlsVersion == "" && s.ln.Mode == StartTLS && s.set.tlsConfig != nil {
+	if s.canStartTLS() {
 		caps = append(caps, string(imap.CapStartTLS))
 	}
 	if s.canAuth() {
@@ -349,6 +362,10 @@ func (s *session) caps() []string {
 }
 
 func (s *session) writeGreeting() {
+	if s.pop3 {
+		s.writeStatus("", imap.StatusResponseTypeOK, "", "Portico ready.")
+		return
+	}
 	s.writeStatus("*", imap.StatusResponseTypeOK, imap.ResponseCode("CAPABILITY "+strings.Join(s.caps(), " ")), "Portico ready")
 }
 
@@ -356,7 +373,7 @@ func (s *session) writeGreeting() {
 // timeout (never past the pre-auth deadline) and makes it the session's
 // connection.
 func (s *session) handshake(c net.Conn) error {
-	tc := tls.Server(&batchConn{Conn: c}, s.set.tlsConfig)
+	tc := tls.Server(&batchConn{Conn: c}, s.tlsConfig())
 	hd := time.Now().Add(s.set.limits.HandshakeTimeout)
 	if s.deadline.Before(hd) {
 		hd = s.deadline
@@ -377,6 +394,15 @@ func (s *session) handshake(c net.Conn) error {
 		o.Handshake(time.Since(t0))
 	}
 	return nil
+}
+
+// tlsConfig is the listeners' TLS configuration, with the ALPN protocol
+// of this session's.
+func (s *session) tlsConfig() *tls.Config {
+	if s.pop3 {
+		return s.set.pop3TLS
+	}
+	return s.set.tlsConfig
 }
 
 // setDeadline sets the deadline of the client connection. Once the server
@@ -426,24 +452,30 @@ func (s *session) handOff() net.Conn {
 	up := s.up
 	s.up = nil
 	backendConn := up.Conn
-	// A client that asked CAPABILITY before login may ignore response codes
-	// (Dovecot's heuristic), so it also gets the list as an untagged line.
-	caps := strings.Join(up.Caps, " ")
-	if s.askedCaps && caps != "" {
-		s.bw.WriteString("* CAPABILITY " + caps + "\r\n")
+	s.sp = &splicer{Idle: s.set.limits.IdleTimeout, poller: s.srv.splicePoller()}
+	if s.pop3 {
+		s.writeStatus("", imap.StatusResponseTypeOK, "", "Logged in.")
+		s.sp.pop = new(pop3Framer)
+	} else {
+		// A client that asked CAPABILITY before login may ignore response
+		// codes (Dovecot's heuristic), so it also gets the list as an
+		// untagged line.
+		caps := strings.Join(up.Caps, " ")
+		if s.askedCaps && caps != "" {
+			s.bw.WriteString("* CAPABILITY " + caps + "\r\n")
+		}
+		var code imap.ResponseCode
+		if caps != "" {
+			code = imap.ResponseCode("CAPABILITY " + caps)
+		}
+		s.writeStatus(s.loginTag, imap.StatusResponseTypeOK, code, "Logged in")
+		s.sp.up.heads = true
 	}
-	var code imap.ResponseCode
-	if caps != "" {
-		code = imap.ResponseCode("CAPABILITY " + caps)
-	}
-	s.writeStatus(s.loginTag, imap.StatusResponseTypeOK, code, "Logged in")
 	// What the backend sent after its OK follows our OK, in order.
 	s.bw.Write(up.Buffered)
 	// The framers start at the boundary after the login exchange and
 	// follow what each side sent past it.
-	s.sp = &splicer{Idle: s.set.limits.IdleTimeout, poller: s.srv.splicePoller()}
-	s.sp.up.heads = true
-	s.sp.down.feed(up.Buffered)
+	s.sp.feedDown(up.Buffered)
 	if err := s.bw.Flush(); err != nil {
 		backendConn.Close()
 		s.outcome = "client gone at login"
@@ -452,10 +484,7 @@ func (s *session) handOff() net.Conn {
 	// What the client pipelined behind its login command goes to the backend.
 	if n := s.br.Buffered(); n > 0 {
 		p, _ := s.br.Peek(n)
-		s.sp.up.feed(p)
-		if s.sp.up.compress {
-			s.sp.compressed.Store(true)
-		}
+		s.sp.feedUp(p)
 		backendConn.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		if _, err := backendConn.Write(p); err != nil {
 			backendConn.Close()

@@ -147,9 +147,12 @@ type splicer struct {
 	// the client by the backend->client direction and by a kick, so that
 	// down always describes exactly what the client has received and a BYE
 	// never lands inside a response.
-	downMu     sync.Mutex
-	down       framer // backend->client; guarded by downMu
-	up         framer // client->backend; owned by that direction
+	downMu sync.Mutex
+	down   framer // backend->client; guarded by downMu
+	up     framer // client->backend; owned by that direction
+	// pop frames a POP3 session instead of down and up (pop3framer.go);
+	// nil for IMAP.
+	pop        *pop3Framer
 	compressed atomic.Bool
 	kickMsg    atomic.Pointer[[]byte] // the BYE line of a pending kick
 	kickEnded  bool                   // the kick has ended the session; guarded by downMu

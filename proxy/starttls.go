@@ -10,19 +10,29 @@ import (
 	"github.com/portico-mail/portico/proxy/wire"
 )
 
-// STARTTLS upgrades a cleartext connection. Whatever the client sent after
-// the STARTTLS line is never parsed as IMAP (CVE-2011-0411 and the NO
-// STARTTLS findings): a conforming client sends nothing before our OK, so
-// any such bytes are handed to the TLS handshake, which fails on injected
-// plaintext.
+// STARTTLS upgrades a cleartext connection (and POP3's STLS, pop3stls.go,
+// the same way). Whatever the client sent after the STARTTLS line is
+// never parsed as IMAP (CVE-2011-0411 and the NO STARTTLS findings): a
+// conforming client sends nothing before our OK, so any such bytes are
+// handed to the TLS handshake, which fails on injected plaintext.
 func (s *session) handleStartTLS(cmd *wire.Command) action {
 	if len(cmd.Args) != 0 {
 		return s.badCommand(cmd.Tag, "Unexpected arguments")
 	}
-	if s.tlsVersion != "" || s.ln.Mode != StartTLS || s.set.tlsConfig == nil {
+	if !s.canStartTLS() {
 		return s.badCommand(cmd.Tag, "STARTTLS not available")
 	}
-	s.writeStatus(cmd.Tag, imap.StatusResponseTypeOK, "", "Begin TLS negotiation now")
+	return s.startTLS(cmd.Tag)
+}
+
+// canStartTLS reports whether the session may upgrade to TLS now.
+func (s *session) canStartTLS() bool {
+	return s.tlsVersion == "" && !s.ln.Mode.implicitTLS() && s.set.tlsConfig != nil
+}
+
+// startTLS says OK and upgrades the connection.
+func (s *session) startTLS(tag string) action {
+	s.writeStatus(tag, imap.StatusResponseTypeOK, "", "Begin TLS negotiation now")
 	if err := s.flush(); err != nil {
 		s.outcome = "write failed"
 		return actClose
