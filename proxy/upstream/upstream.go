@@ -125,9 +125,19 @@ func Login(ctx context.Context, b *routing.Backend, cred Credentials, id *IDInfo
 	if b == nil {
 		return nil, errors.New("upstream: nil backend")
 	}
+	return dial(ctx, b, b.Addr, b.String(), cred, id, (*conn).login)
+}
+
+// dial is the part of a login that does not depend on the protocol: it
+// connects to addr (b.Addr or b.POP3Addr), sends the PROXY header, does the
+// handshake of implicit TLS, then runs exchange under b.LoginTimeout and
+// ctx, and closes the connection if exchange fails. label names the backend
+// in errors.
+func dial(ctx context.Context, b *routing.Backend, addr, label string, cred Credentials, id *IDInfo,
+	exchange func(c *conn, cred Credentials, id *IDInfo) (*Result, error)) (*Result, error) {
 	if strings.IndexByte(cred.User, 0) >= 0 || strings.IndexByte(cred.Secret, 0) >= 0 || strings.IndexByte(cred.AuthzID, 0) >= 0 {
 		// Neither LOGIN nor PLAIN can carry a NUL, so no backend can accept it.
-		return nil, fmt.Errorf("upstream: %s: credentials contain NUL: %w", b, ErrAuthFailed)
+		return nil, fmt.Errorf("upstream: %s: credentials contain NUL: %w", label, ErrAuthFailed)
 	}
 	connectTimeout := b.ConnectTimeout
 	if connectTimeout <= 0 {
@@ -145,9 +155,9 @@ func Login(ctx context.Context, b *routing.Backend, cred Credentials, id *IDInfo
 	// keep-alive, see proxy.Listen), and it saves four system calls per
 	// login.
 	d := net.Dialer{KeepAlive: -1}
-	nc, err := d.DialContext(cctx, "tcp", b.Addr)
+	nc, err := d.DialContext(cctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("upstream: %s: connect: %w", b, err)
+		return nil, fmt.Errorf("upstream: %s: connect: %w", label, err)
 	}
 	raw := nc.(*net.TCPConn)
 	if h, ok := ctx.Value(connectedKey{}).(func(local, remote netip.AddrPort) func()); ok {
@@ -160,16 +170,16 @@ func Login(ctx context.Context, b *routing.Backend, cred Credentials, id *IDInfo
 		src, dst := id.addrs()
 		if err := writeProxyHeader(raw, src, dst); err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("upstream: %s: proxy protocol header: %w", b, err)
+			return nil, fmt.Errorf("upstream: %s: proxy protocol header: %w", label, err)
 		}
 	}
 
-	c := &conn{b: b, raw: raw, nc: raw, password: cred.Secret}
+	c := &conn{b: b, addr: addr, label: label, raw: raw, nc: raw, password: cred.Secret}
 	if b.TLS == routing.ImplicitTLS {
 		tc := tls.Client(raw, c.tlsConfig())
 		if err := tc.HandshakeContext(cctx); err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("upstream: %s: tls handshake: %s%w", b, tlsReason(err), err)
+			return nil, fmt.Errorf("upstream: %s: tls handshake: %s%w", label, tlsReason(err), err)
 		}
 		c.nc = tc
 	}
@@ -178,9 +188,9 @@ func Login(ctx context.Context, b *routing.Backend, cred Credentials, id *IDInfo
 	// Deadlines instead of a goroutine per read; ctx moves them to the past.
 	raw.SetDeadline(time.Now().Add(loginTimeout))
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
-	res, err := c.login(cred, id)
+	res, err := exchange(c, cred, id)
 	if !stop() && err == nil {
-		err = fmt.Errorf("upstream: %s: %w", b, context.Cause(ctx))
+		err = fmt.Errorf("upstream: %s: %w", label, context.Cause(ctx))
 	}
 	if err != nil {
 		c.nc.Close()
@@ -207,6 +217,8 @@ func WithConnected(ctx context.Context, connected func(local, remote netip.AddrP
 // conn is one login in progress.
 type conn struct {
 	b        *routing.Backend
+	addr     string // what was dialled: b.Addr or b.POP3Addr
+	label    string // names the backend in errors
 	raw      *net.TCPConn
 	nc       net.Conn // raw or a *tls.Conn over it
 	br       *bufio.Reader
@@ -222,9 +234,9 @@ func (c *conn) tlsConfig() *tls.Config {
 		cfg = &tls.Config{}
 	}
 	if cfg.ServerName == "" {
-		host, _, err := net.SplitHostPort(c.b.Addr)
+		host, _, err := net.SplitHostPort(c.addr)
 		if err != nil {
-			host = c.b.Addr
+			host = c.addr
 		}
 		cfg = cfg.Clone()
 		cfg.ServerName = host
@@ -233,7 +245,7 @@ func (c *conn) tlsConfig() *tls.Config {
 }
 
 func (c *conn) errorf(format string, args ...any) error {
-	return fmt.Errorf("upstream: %s: "+format, append([]any{c.b}, args...)...)
+	return fmt.Errorf("upstream: %s: "+format, append([]any{c.label}, args...)...)
 }
 
 func (c *conn) login(cred Credentials, id *IDInfo) (*Result, error) {
@@ -515,7 +527,7 @@ func (c *conn) authenticate(caps []string, cred Credentials) ([]string, error) {
 		if r.code != "" {
 			code = "[" + c.clean(r.code, 40) + "] "
 		}
-		return nil, fmt.Errorf("upstream: %s: login: NO %s%s: %w", c.b, code, c.clean(r.text, 200), ErrAuthFailed)
+		return nil, fmt.Errorf("upstream: %s: login: NO %s%s: %w", c.label, code, c.clean(r.text, 200), ErrAuthFailed)
 	}
 	return nil, c.errorf("login: %s %s", r.kind, c.clean(r.text, 200))
 }
