@@ -56,6 +56,11 @@ type DovecotOptions struct {
 	// The users' passwords then serve PLAIN and LOGIN only.
 	OAuth2IntrospectionURL string
 
+	// POP3 adds Dovecot's POP3 service: a plain listener (Dovecot.POP3Addr)
+	// and one that requires a PROXY protocol header
+	// (Dovecot.POP3HAProxyAddr), both trusting the same networks as IMAP.
+	POP3 bool
+
 	// Extra is appended to the generated configuration; later settings win,
 	// so it can override the defaults (e.g. "auth_failure_delay = 2s").
 	Extra string
@@ -65,8 +70,12 @@ type DovecotOptions struct {
 type Dovecot struct {
 	Addr        string // plain IMAP listener, 127.0.0.1:port
 	HAProxyAddr string // listener that requires a PROXY protocol header
-	LogPath     string
-	Dir         string // scratch directory holding config, sockets and homes
+	// POP3Addr and POP3HAProxyAddr are the POP3 listeners, plain and with
+	// a PROXY header, when DovecotOptions.POP3 is set; "" otherwise.
+	POP3Addr        string
+	POP3HAProxyAddr string
+	LogPath         string
+	Dir             string // scratch directory holding config, sockets and homes
 
 	t        testing.TB
 	cmd      *exec.Cmd
@@ -76,7 +85,8 @@ type Dovecot struct {
 
 var msgSeq atomic.Uint64
 
-// StartDovecot starts dovecot in the foreground on two random loopback ports
+// StartDovecot starts dovecot in the foreground on random loopback ports
+// (two for IMAP, two more for POP3)
 // and stops it, with every child, in t.Cleanup. It must run as root, as CI
 // does: dovecot switches to the dovecot, dovenull and nobody users itself.
 func StartDovecot(t testing.TB, opts DovecotOptions) *Dovecot {
@@ -139,8 +149,14 @@ active_value = true
 		port, hport := FreePort(t), FreePort(t)
 		d.Addr = fmt.Sprintf("127.0.0.1:%d", port)
 		d.HAProxyAddr = fmt.Sprintf("127.0.0.1:%d", hport)
+		var pop3Ports [2]int
+		if opts.POP3 {
+			pop3Ports = [2]int{FreePort(t), FreePort(t)}
+			d.POP3Addr = fmt.Sprintf("127.0.0.1:%d", pop3Ports[0])
+			d.POP3HAProxyAddr = fmt.Sprintf("127.0.0.1:%d", pop3Ports[1])
+		}
 		conf := filepath.Join(dir, "dovecot.conf")
-		writeFile(t, conf, []byte(dovecotConfig(dir, port, hport, opts)), 0o644)
+		writeFile(t, conf, []byte(dovecotConfig(dir, port, hport, pop3Ports, opts)), 0o644)
 		os.Remove(d.LogPath)
 		lastErr = d.start(bin, conf)
 		if lastErr == nil {
@@ -195,12 +211,38 @@ func (d *Dovecot) waitReady(timeout time.Duration) error {
 			return fmt.Errorf("dovecot exited early: %v", d.cmd.ProcessState)
 		default:
 		}
-		if err = greeting(d.Addr, deadline); err == nil {
-			return WaitDial(d.HAProxyAddr, time.Until(deadline))
+		if err = greeting(d.Addr, deadline); err == nil && d.POP3Addr != "" {
+			err = pop3Greeting(d.POP3Addr, deadline)
+		}
+		if err == nil {
+			if err = WaitDial(d.HAProxyAddr, time.Until(deadline)); err == nil && d.POP3HAProxyAddr != "" {
+				err = WaitDial(d.POP3HAProxyAddr, time.Until(deadline))
+			}
+			return err
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("no IMAP greeting on %s: %v", d.Addr, err)
+	return fmt.Errorf("no IMAP or POP3 greeting on %s: %v", d.Addr, err)
+}
+
+// pop3Greeting waits for pop3-login's "+OK" greeting, which it sends only
+// once its auth process is connected.
+func pop3Greeting(addr string, deadline time.Time) error {
+	c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+OK") {
+		return fmt.Errorf("unexpected POP3 greeting %q", line)
+	}
+	fmt.Fprintf(c, "QUIT\r\n")
+	return nil
 }
 
 func greeting(addr string, deadline time.Time) error {
@@ -348,10 +390,14 @@ func (d *Dovecot) AddMessage(t testing.TB, user, mailbox string, rfc822 []byte) 
 	}
 }
 
-func dovecotConfig(dir string, port, hport int, opts DovecotOptions) string {
+func dovecotConfig(dir string, port, hport int, pop3Ports [2]int, opts DovecotOptions) string {
 	trusted := "127.0.0.1/32"
 	if opts.TrustedNetworks != nil {
 		trusted = strings.Join(opts.TrustedNetworks, " ")
+	}
+	protocols := "imap"
+	if opts.POP3 {
+		protocols = "imap pop3"
 	}
 	oauthMechs, passwordMechs := "", ""
 	if opts.OAuth2IntrospectionURL != "" {
@@ -363,7 +409,7 @@ base_dir = %[1]s/run
 state_dir = %[1]s/state
 log_path = %[1]s/dovecot.log
 log_timestamp = "%%Y-%%m-%%d %%H:%%M:%%S "
-protocols = imap
+protocols = %[4]s
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -376,7 +422,7 @@ auth_failure_delay = 0
 mail_max_userip_connections = 1000
 login_trusted_networks = %[2]s
 haproxy_trusted_networks = 127.0.0.1/32
-`, dir, trusted, oauthMechs)
+`, dir, trusted, oauthMechs, protocols)
 	if opts.MasterUser != "" {
 		fmt.Fprintf(&b, `passdb {
   driver = passwd-file
@@ -421,6 +467,25 @@ service anvil {
   chroot =
 }
 `, dir, port, hport, MailUID, MailGID, passwordMechs)
+	if opts.POP3 {
+		// The UIDL format is the one Dovecot recommends for new
+		// installations; without it pop3 logs a warning per session.
+		fmt.Fprintf(&b, `pop3_uidl_format = %%08Xu%%08Xv
+service pop3-login {
+  chroot =
+  inet_listener pop3 {
+    port = %d
+  }
+  inet_listener pop3_haproxy {
+    port = %d
+    haproxy = yes
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+`, pop3Ports[0], pop3Ports[1])
+	}
 	if opts.Extra != "" {
 		b.WriteString(opts.Extra)
 		b.WriteString("\n")

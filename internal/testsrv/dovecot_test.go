@@ -192,6 +192,52 @@ func TestDovecotUntrusted(t *testing.T) {
 	}
 }
 
+// TestDovecotPOP3: with POP3 set, pop3-login serves the users' mail,
+// takes XCLIENT from trusted networks and PROXY headers on its haproxy
+// listener.
+func TestDovecotPOP3(t *testing.T) {
+	t.Parallel()
+	d := StartDovecot(t, DovecotOptions{Users: map[string]string{"alice": "secret"}, POP3: true})
+	d.AddMessage(t, "alice", "INBOX", []byte("Subject: hi\r\n\r\nhello\r\n"))
+	pop3(t, d.POP3Addr, "", "+OK [XCLIENT]", "XCLIENT ADDR=192.0.2.9 PORT=4242", "USER alice", "PASS secret", "STAT +OK 1 22")
+	d.WaitLog(t, "rip=192.0.2.9", 5*time.Second)
+	pop3(t, d.POP3HAProxyAddr, "PROXY TCP4 192.0.2.7 127.0.0.1 5555 110\r\n", "+OK", "USER alice", "PASS secret")
+	d.WaitLog(t, "rip=192.0.2.7", 5*time.Second)
+
+	imapOnly := StartDovecot(t, DovecotOptions{})
+	if imapOnly.POP3Addr != "" || imapOnly.POP3HAProxyAddr != "" {
+		t.Errorf("POP3 listeners without POP3: %q %q", imapOnly.POP3Addr, imapOnly.POP3HAProxyAddr)
+	}
+}
+
+// pop3 sends an optional preamble, checks the greeting starts with
+// greeting, then sends each command and checks its answer is +OK (or, for
+// "CMD ARG +OK ...", starts with what follows the command).
+func pop3(t *testing.T, addr, preamble, greeting string, cmds ...string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprint(c, preamble)
+	r := bufio.NewReader(c)
+	if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, greeting) {
+		t.Fatalf("greeting %q: %v", l, err)
+	}
+	for _, cmd := range cmds {
+		want := "+OK"
+		if i := strings.Index(cmd, " +OK"); i >= 0 {
+			cmd, want = cmd[:i], cmd[i+1:]
+		}
+		fmt.Fprintf(c, "%s\r\n", cmd)
+		if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, want) {
+			t.Fatalf("%s: %q, %v", cmd, l, err)
+		}
+	}
+}
+
 func TestRedis(t *testing.T) {
 	t.Parallel()
 	r := StartRedis(t)
