@@ -36,29 +36,39 @@ func oauthDummy(mech string) string {
 	return ""
 }
 
-// authOAuth logs in with cred.Mechanism, which the backend must offer: a
-// backend without it is refused, never sent the token another way.
-func (c *conn) authOAuth(tag string, caps []string, cred Credentials, onUntagged func(response, []byte)) (response, error) {
-	mech := strings.ToUpper(cred.Mechanism)
+// oauthInitial checks that cred's token may be sent to this backend, which
+// offers cred.Mechanism (as offerName says) or not, and returns the
+// mechanism and the base64 initial response carrying the token.
+func (c *conn) oauthInitial(cred Credentials, offered func(mech string) bool, offerName string) (mech, ir string, err error) {
+	mech = strings.ToUpper(cred.Mechanism)
 	msg, ok := oauthMessage(mech, cred.User, cred.Secret)
 	if !ok {
-		return response{}, c.errorf("login: mechanism %s not supported", c.clean(mech, 40))
+		return "", "", c.errorf("login: mechanism %s not supported", c.clean(mech, 40))
 	}
-	if !hasCap(caps, "AUTH="+mech) {
-		return response{}, c.errorf("login: backend does not offer AUTH=%s (the token is not tried another way)", mech)
+	if !offered(mech) {
+		return "", "", c.errorf("login: backend does not offer %s%s (the token is not tried another way)", offerName, mech)
 	}
 	if c.b.TLS == routing.Plain && !cred.AllowCleartext {
 		// A bearer token opens the account wherever the issuer's audience
 		// reaches, for its whole lifetime: it crosses the network only
 		// encrypted unless the operator says the path is private.
-		return response{}, c.errorf("login: refusing to send an OAuth token to a backend without TLS")
+		return "", "", c.errorf("login: refusing to send an OAuth token to a backend without TLS")
 	}
 	if hasControl(cred.User) || hasControl(cred.Secret) {
 		// A %x01 would end a key-value pair early and let the rest be
 		// read as another one. The proxy has checked both already.
-		return response{}, c.errorf("login: OAuth user or token contains control characters")
+		return "", "", c.errorf("login: OAuth user or token contains control characters")
 	}
-	ir := base64.StdEncoding.EncodeToString([]byte(msg))
+	return mech, base64.StdEncoding.EncodeToString([]byte(msg)), nil
+}
+
+// authOAuth logs in with cred.Mechanism, which the backend must offer: a
+// backend without it is refused, never sent the token another way.
+func (c *conn) authOAuth(tag string, caps []string, cred Credentials, onUntagged func(response, []byte)) (response, error) {
+	mech, ir, err := c.oauthInitial(cred, func(mech string) bool { return hasCap(caps, "AUTH="+mech) }, "AUTH=")
+	if err != nil {
+		return response{}, err
+	}
 	r, err := c.saslStart(tag, mech, ir, caps, onUntagged)
 	if err != nil {
 		return response{}, err
