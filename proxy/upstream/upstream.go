@@ -1,5 +1,6 @@
-// Package upstream logs in to a backend IMAP server on behalf of a client and
-// hands back the raw connection, with nothing lost, ready to be spliced.
+// Package upstream logs in to a backend IMAP server (Login) or POP3 server
+// (LoginPOP3) on behalf of a client and hands back the raw connection, with
+// nothing lost, ready to be spliced.
 //
 // Typical use:
 //
@@ -38,7 +39,8 @@ import (
 )
 
 // ErrAuthFailed means the backend rejected the credentials: a tagged NO
-// without [UNAVAILABLE]. Every other error from Login means the backend is
+// without [UNAVAILABLE], or in POP3 a -ERR without [SYS/TEMP] or [IN-USE].
+// Every other error from Login and LoginPOP3 means the backend is
 // unavailable. Errors wrapping it never contain the password.
 var ErrAuthFailed = errors.New("upstream: authentication failed")
 
@@ -75,7 +77,8 @@ type IDInfo struct {
 	ClientFields [][2]string
 }
 
-// Credentials say whom Login logs in as, and how.
+// Credentials say whom Login logs in as, and how. LoginPOP3 takes them the
+// same way, with POP3's AUTH for AUTHENTICATE and USER/PASS for LOGIN.
 type Credentials struct {
 	// User is the user to log in as: the client's user, or with AuthzID
 	// set the master user who logs in on the user's behalf.
@@ -104,7 +107,8 @@ type Result struct {
 	// owns it.
 	Conn net.Conn
 	// Buffered holds backend bytes read past the final tagged OK (and any
-	// untagged responses received while Login asked for the capabilities).
+	// untagged responses received while Login asked for the capabilities),
+	// or past the +OK of a POP3 login.
 	// Write them to the client before splicing.
 	Buffered []byte
 	// Caps are the backend's post-login capabilities, without UNAUTHENTICATE
