@@ -463,6 +463,7 @@ func TestValidation(t *testing.T) {
 		// listeners
 		{"no listeners", []string{listeners, "listeners: []\n"}, `portico.yaml:1: listeners: at least one listener is required`},
 		{"no listeners key", []string{listeners, ""}, `config: portico.yaml: listeners: at least one listener is required`},
+		{"pop3 port", []string{`    address: "127.0.0.1:1143"`, `    address: "127.0.0.1:1143"` + "\n    pop3_port: 70000"}, `backends[0].pop3_port: must be a port number (1-65535), or 0 for a backend without POP3`},
 		{"mode", []string{"mode: imap\n", "mode: smtp\n"}, `portico.yaml:4: listeners[1].mode: must be "imaps", "imap", "pop3s" or "pop3", not "smtp"`},
 		{"mode missing", []string{"  - mode: imap\n    address", "  - address"}, `portico.yaml:4: listeners[1].mode: is required; must be "imaps", "imap", "pop3s" or "pop3"`},
 		{"address no port", []string{`"127.0.0.1:993"`, `"127.0.0.1"`}, `portico.yaml:3: listeners[0].address: "127.0.0.1" is not host:port`},
@@ -1016,6 +1017,10 @@ func TestWarnings(t *testing.T) {
 		{"too wide private", []string{imap, imap + "    cleartext_login_networks: [10.0.0.0/7]\n"}, []string{`listeners[1].cleartext_login_networks[0]: "10.0.0.0/7" allows passwords in clear (login without TLS) from a network that is not loopback or private`}},
 		{"too wide loopback", []string{imap, imap + "    cleartext_login_networks: [126.0.0.0/7]\n"}, []string{`"126.0.0.0/7" allows passwords in clear (login without TLS) from a network that is not loopback or private`}},
 		{"mapped", []string{imap, imap + "    cleartext_login_networks: [\"::ffff:0.0.0.0/96\"]\n"}, []string{`from a network that is not loopback or private`}},
+		{"cleartext on pop3s", []string{"  - mode: imaps\n", "  - mode: pop3s\n    cleartext_login_networks: [127.0.0.0/8]\n", backendAddr, backendAddr + "\n    pop3_port: 110"}, []string{`listeners[0].cleartext_login_networks: has no effect on a pop3s listener`}},
+		{"pop3 without pop3_port", []string{imap, "  - mode: pop3\n"}, []string{`listeners[1].mode: is a POP3 listener, but no backend (nor backend_defaults) sets pop3_port`}},
+		{"pop3 with pop3_port", []string{imap, "  - mode: pop3\n", backendAddr, backendAddr + "\n    pop3_port: 110"}, nil},
+		{"pop3 with a default pop3_port", []string{imap, "  - mode: pop3\n", "", "backend_defaults:\n  security: starttls\n  pop3_port: 110\n"}, nil},
 		{"cleartext on imaps", []string{"  - mode: imaps\n", "  - mode: imaps\n    cleartext_login_networks: [127.0.0.0/8]\n"}, []string{`listeners[0].cleartext_login_networks: has no effect on an imaps listener`}},
 		// backends and Redis
 		{"plain remote backend", []string{backendAddr, `    address: "10.0.0.5:143"`}, []string{`backends[0].security: "plain" sends users' passwords in clear to 10.0.0.5:143`}},

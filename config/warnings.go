@@ -38,7 +38,11 @@ func (c *Config) Warnings() []string {
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d].cleartext_login_networks", i)
 		if (l.Mode == "imaps" || l.Mode == "pop3s") && len(l.CleartextLoginNetworks) > 0 {
-			add(p, "has no effect on an %s listener, where every login is over TLS", l.Mode)
+			article := "an"
+			if l.Mode == "pop3s" {
+				article = "a"
+			}
+			add(p, "has no effect on %s %s listener, where every login is over TLS", article, l.Mode)
 			continue
 		}
 		for j, s := range l.CleartextLoginNetworks {
