@@ -9,8 +9,9 @@ import (
 	"strings"
 )
 
-// ALPNProtocol is the only application protocol Portico's listeners
-// accept (RFC 9051 registers "imap" for implicit TLS and STARTTLS alike).
+// ALPNProtocol is the only application protocol Portico's IMAP listeners
+// accept (RFC 9051 registers "imap" for implicit TLS and STARTTLS alike);
+// the POP3 listeners accept "pop3" instead (the proxy swaps it in).
 const ALPNProtocol = "imap"
 
 // ParseMinVersion parses the config spelling of a minimum TLS version:
