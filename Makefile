@@ -19,11 +19,13 @@ vet:
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# A short fuzz run of the pre-auth codec and of the OAuth SASL messages;
+# A short fuzz run of the pre-auth codec, of the OAuth SASL messages and
+# of the POP3 framer;
 # the anchors matter because -fuzz must match exactly one target.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadCommand$$' -fuzztime $(FUZZTIME) ./proxy/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzOAuthMessage$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzPOP3Framer$$' -fuzztime $(FUZZTIME) ./proxy
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -64,3 +64,23 @@ func TestPOP3Bye(t *testing.T) {
 		t.Errorf("pop3Bye: %q", got)
 	}
 }
+
+// Whatever the two streams hold, the framer never panics and ends in the
+// same state however the backend's stream is cut.
+func FuzzPOP3Framer(f *testing.F) {
+	f.Add([]byte("RETR 1\r\nLIST\r\n"), []byte("+OK\r\n..x\r\n.\r\n+OK\r\n1 2\r\n.\r\n"), uint8(3))
+	f.Add([]byte("CAPA\nNOOP\n"), []byte("-ERR no\n+OK\n"), uint8(1))
+	f.Fuzz(func(t *testing.T, cmds, stream []byte, step uint8) {
+		var whole, cut pop3Framer
+		whole.feedCommands(cmds)
+		cut.feedCommands(cmds)
+		whole.advance(stream, false)
+		n := int(step%32) + 1
+		for i := 0; i < len(stream); i += n {
+			cut.advance(stream[i:min(i+n, len(stream))], false)
+		}
+		if whole.atBoundary() != cut.atBoundary() || whole.body != cut.body || whole.queued != cut.queued {
+			t.Fatalf("state differs with chunks of %d: %+v vs %+v", n, whole, cut)
+		}
+	})
+}
