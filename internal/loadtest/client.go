@@ -5,26 +5,45 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 )
 
-// conn is one client session, driven by one goroutine at a time. It knows
-// just enough IMAP to log in and run the commands of a load pattern: lines,
-// literals (counted and discarded, never parsed), tagged status responses
-// and "+" continuations.
-type conn struct {
+// client is one session of a protocol, driven by one goroutine at a time.
+// The runner drives IMAP (imap.go) and POP3 (pop3.go) sessions alike
+// through it; what they share, the connection with its TLS, lines and
+// deadlines, is a wire.
+type client interface {
+	// start reads the greeting and, with StartTLS, upgrades the
+	// connection (STARTTLS, STLS).
+	start(ctx context.Context, cfg *Config) error
+	// login authenticates u (AUTHENTICATE or AUTH PLAIN, or the
+	// protocol's password commands with Auth "password").
+	login(u User) error
+	// open readies the mailbox: SELECT INBOX or STAT. It returns the
+	// number of messages.
+	open() (int, error)
+	// fetch runs Config.Fetch (an IMAP FETCH, a POP3 RETR) and returns
+	// the message bytes received.
+	fetch(args string) (int64, error)
+	noop() error
+	// logout ends the session politely: LOGOUT or QUIT.
+	logout() error
+	close() error
+	conn() *wire
+}
+
+// wire is the connection under a client: TCP, TLS (implicit or after
+// STARTTLS/STLS), and the reading of lines, with one deadline per
+// network operation.
+type wire struct {
 	nc      net.Conn
 	br      *bufio.Reader
 	timeout time.Duration
-	caps    map[string]bool // upper case; from the greeting or CAPABILITY
-	tagN    int
 	line    []byte // reused by readLine
 	tls     *tls.ConnectionState
 }
@@ -34,325 +53,65 @@ type conn struct {
 const readBufSize = 8 << 10
 
 // dial connects and brings the session to the point where it can log in:
-// TCP, TLS (implicit or STARTTLS), greeting and capabilities.
-func dial(ctx context.Context, cfg *Config) (*conn, error) {
+// TCP, TLS (implicit, or STARTTLS/STLS, which the protocol's start runs)
+// and the greeting.
+func dial(ctx context.Context, cfg *Config) (client, error) {
 	d := net.Dialer{Timeout: cfg.Timeout}
 	nc, err := d.DialContext(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		return nil, &opError{phase: "connect", err: err}
 	}
-	c := &conn{nc: nc, timeout: cfg.Timeout}
+	w := &wire{nc: nc, timeout: cfg.Timeout}
 	if cfg.Security == ImplicitTLS {
-		if err := c.handshake(ctx, cfg.TLS); err != nil {
+		if err := w.handshake(ctx, cfg.TLS); err != nil {
 			nc.Close()
 			return nil, err
 		}
 	}
-	c.br = bufio.NewReaderSize(c.nc, readBufSize)
-	if err := c.greeting(); err != nil {
-		c.nc.Close()
+	w.br = bufio.NewReaderSize(w.nc, readBufSize)
+	var c client
+	if cfg.Protocol == POP3 {
+		c = &pop3Conn{wire: w, auth: cfg.Auth}
+	} else {
+		c = &imapConn{wire: w, auth: cfg.Auth}
+	}
+	if err := c.start(ctx, cfg); err != nil {
+		w.nc.Close()
 		return nil, err
-	}
-	if cfg.Security == StartTLS {
-		if _, err := c.command("starttls", "STARTTLS", nil); err != nil {
-			c.nc.Close()
-			return nil, err
-		}
-		// Whatever the server sent after its OK would be a response
-		// injection; a client must not read it as IMAP.
-		if c.br.Buffered() > 0 {
-			c.nc.Close()
-			return nil, &opError{phase: "starttls", err: errors.New("server sent data after STARTTLS OK")}
-		}
-		if err := c.handshake(ctx, cfg.TLS); err != nil {
-			c.nc.Close()
-			return nil, err
-		}
-		c.br.Reset(c.nc)
-		c.caps = nil // capabilities before TLS must be forgotten (RFC 9051 6.2.1)
-	}
-	if len(c.caps) == 0 {
-		if err := c.capability(); err != nil {
-			c.nc.Close()
-			return nil, err
-		}
 	}
 	return c, nil
 }
 
-func (c *conn) handshake(ctx context.Context, cfg *tls.Config) error {
-	tc := tls.Client(c.nc, cfg)
-	hctx, cancel := context.WithTimeout(ctx, c.timeout)
+func (w *wire) handshake(ctx context.Context, cfg *tls.Config) error {
+	tc := tls.Client(w.nc, cfg)
+	hctx, cancel := context.WithTimeout(ctx, w.timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		return &opError{phase: "tls", err: err}
 	}
 	st := tc.ConnectionState()
-	c.nc, c.tls = tc, &st
+	w.nc, w.tls = tc, &st
 	return nil
 }
 
-// greeting reads the server's greeting and takes its capabilities when it
-// has them (nginx's has none; dial then asks with CAPABILITY). Dovecot
-// may first send "* OK Waiting for authentication process to respond.."
-// and its real greeting later: that line is skipped.
-func (c *conn) greeting() error {
-	for {
-		c.deadline()
-		line, err := c.readLine()
-		if err != nil {
-			return &opError{phase: "greeting", err: err}
-		}
-		s := string(line)
-		switch {
-		case strings.HasPrefix(s, "* OK"):
-			if strings.Contains(s, "Waiting for authentication") {
-				continue
-			}
-			c.parseCaps(s)
-			return nil
-		case strings.HasPrefix(s, "* BYE"):
-			return &opError{phase: "greeting", err: &statusError{status: "BYE", text: s}}
-		default:
-			return &opError{phase: "greeting", err: fmt.Errorf("unexpected greeting %q", truncate(s))}
-		}
+// upgrade runs the TLS handshake after the server accepted STARTTLS or
+// STLS (phase names which).
+func (w *wire) upgrade(ctx context.Context, cfg *tls.Config, phase string) error {
+	// Whatever the server sent after its OK would be a response
+	// injection; a client must not read it as the protocol.
+	if w.br.Buffered() > 0 {
+		return &opError{phase: phase, err: fmt.Errorf("server sent data after %s OK", strings.ToUpper(phase))}
 	}
-}
-
-// parseCaps takes the capabilities from a "[CAPABILITY ...]" response
-// code or an untagged "* CAPABILITY ..." line.
-func (c *conn) parseCaps(s string) {
-	var list string
-	if i := strings.Index(s, "[CAPABILITY "); i >= 0 {
-		list = s[i+len("[CAPABILITY "):]
-		if j := strings.IndexByte(list, ']'); j >= 0 {
-			list = list[:j]
-		}
-	} else if strings.HasPrefix(strings.ToUpper(s), "* CAPABILITY ") {
-		list = s[len("* CAPABILITY "):]
-	} else {
-		return
-	}
-	c.caps = make(map[string]bool)
-	for _, f := range strings.Fields(list) {
-		c.caps[strings.ToUpper(f)] = true
-	}
-}
-
-func (c *conn) capability() error {
-	_, err := c.command("capability", "CAPABILITY", func(line []byte) {
-		c.parseCaps(string(line))
-	})
-	return err
-}
-
-// login authenticates with SASL PLAIN, in one round trip when the server
-// has SASL-IR, and falls back to LOGIN when PLAIN is not offered.
-func (c *conn) login(u User) error {
-	if c.caps["AUTH=PLAIN"] {
-		ir := base64.StdEncoding.EncodeToString([]byte("\x00" + u.Name + "\x00" + u.Password))
-		if c.caps["SASL-IR"] {
-			_, err := c.command("login", "AUTHENTICATE PLAIN "+ir, nil)
-			return err
-		}
-		tag := c.nextTag()
-		c.deadline()
-		if err := c.write(tag + " AUTHENTICATE PLAIN\r\n"); err != nil {
-			return &opError{phase: "login", err: err}
-		}
-		if err := c.continuation(tag); err != nil {
-			return &opError{phase: "login", err: err}
-		}
-		if err := c.write(ir + "\r\n"); err != nil {
-			return &opError{phase: "login", err: err}
-		}
-		_, err := c.finish("login", tag, nil)
+	if err := w.handshake(ctx, cfg); err != nil {
 		return err
 	}
-	if c.caps["LOGINDISABLED"] {
-		return &opError{phase: "login", err: errors.New("server says LOGINDISABLED and offers no AUTH=PLAIN (TLS needed?)")}
-	}
-	user, err := quote(u.Name)
-	if err != nil {
-		return &opError{phase: "login", err: err}
-	}
-	pass, err := quote(u.Password)
-	if err != nil {
-		return &opError{phase: "login", err: err}
-	}
-	_, err = c.command("login", "LOGIN "+user+" "+pass, nil)
-	return err
+	w.br.Reset(w.nc)
+	return nil
 }
 
-// selectInbox selects INBOX and returns its EXISTS count.
-func (c *conn) selectInbox() (int, error) {
-	exists := 0
-	_, err := c.command("select", "SELECT INBOX", func(line []byte) {
-		// "* 3 EXISTS"
-		f := bytes.Fields(line)
-		if len(f) == 3 && bytes.EqualFold(f[2], []byte("EXISTS")) {
-			exists, _ = strconv.Atoi(string(f[1]))
-		}
-	})
-	return exists, err
-}
+func (w *wire) conn() *wire { return w }
 
-// fetch runs FETCH with the given arguments and returns the literal bytes
-// received (the message data; line bytes are not counted).
-func (c *conn) fetch(args string) (int64, error) {
-	return c.command("fetch", "FETCH "+args, nil)
-}
-
-func (c *conn) noop() error {
-	_, err := c.command("noop", "NOOP", nil)
-	return err
-}
-
-// idle starts IDLE and returns its tag once the server has accepted it.
-func (c *conn) idle() (string, error) {
-	tag := c.nextTag()
-	c.deadline()
-	if err := c.write(tag + " IDLE\r\n"); err != nil {
-		return "", &opError{phase: "idle", err: err}
-	}
-	if err := c.continuation(tag); err != nil {
-		return "", &opError{phase: "idle", err: err}
-	}
-	c.nc.SetDeadline(time.Time{}) // held for as long as the test says
-	return tag, nil
-}
-
-// done ends IDLE; a session that the server dropped while idle fails here.
-func (c *conn) done(tag string) error {
-	c.deadline()
-	if err := c.write("DONE\r\n"); err != nil {
-		return &opError{phase: "idle", err: err}
-	}
-	_, err := c.finish("idle", tag, nil)
-	return err
-}
-
-// logout ends the session politely. A server that closes the connection
-// after its BYE without the tagged OK is accepted.
-func (c *conn) logout() error {
-	bye := false
-	_, err := c.command("logout", "LOGOUT", func(line []byte) {
-		if bytes.HasPrefix(line, []byte("* BYE")) {
-			bye = true
-		}
-	})
-	if err != nil && bye && errors.Is(err, io.EOF) {
-		return nil
-	}
-	return err
-}
-
-func (c *conn) close() error { return c.nc.Close() }
-
-// command sends "tag cmd" and reads up to its tagged response, passing
-// untagged lines to onLine. It returns the literal bytes received.
-func (c *conn) command(phase, cmd string, onLine func([]byte)) (int64, error) {
-	tag := c.nextTag()
-	c.deadline()
-	if err := c.write(tag + " " + cmd + "\r\n"); err != nil {
-		return 0, &opError{phase: phase, err: err}
-	}
-	return c.finish(phase, tag, onLine)
-}
-
-// finish reads responses until the one tagged tag, which must be OK.
-func (c *conn) finish(phase, tag string, onLine func([]byte)) (int64, error) {
-	var lit int64
-	for {
-		line, n, err := c.readResponse()
-		lit += n
-		if err != nil {
-			return lit, &opError{phase: phase, err: err}
-		}
-		if rest, ok := tagged(line, tag); ok {
-			st, text, _ := strings.Cut(string(rest), " ")
-			if !strings.EqualFold(st, "OK") {
-				return lit, &opError{phase: phase, err: &statusError{status: strings.ToUpper(st), text: text}}
-			}
-			return lit, nil
-		}
-		if onLine != nil {
-			onLine(line)
-		}
-	}
-}
-
-// continuation reads until a "+" line; the tagged response instead means
-// the server refused the command.
-func (c *conn) continuation(tag string) error {
-	for {
-		line, _, err := c.readResponse()
-		if err != nil {
-			return err
-		}
-		if len(line) > 0 && line[0] == '+' {
-			return nil
-		}
-		if rest, ok := tagged(line, tag); ok {
-			st, text, _ := strings.Cut(string(rest), " ")
-			return &statusError{status: strings.ToUpper(st), text: text}
-		}
-	}
-}
-
-func tagged(line []byte, tag string) ([]byte, bool) {
-	if len(line) > len(tag) && line[len(tag)] == ' ' && string(line[:len(tag)]) == tag {
-		return line[len(tag)+1:], true
-	}
-	return nil, false
-}
-
-// readResponse reads one response: its first line, and the literals and
-// continuation lines that belong to it. Literal data is discarded and
-// counted; the returned line is the first line only, valid until the
-// next read.
-func (c *conn) readResponse() ([]byte, int64, error) {
-	first, err := c.readLine()
-	if err != nil {
-		return nil, 0, err
-	}
-	var lit int64
-	line := first
-	for {
-		n, ok := literalSize(line)
-		if !ok {
-			return first, lit, nil
-		}
-		if _, err := io.CopyN(io.Discard, c.br, n); err != nil {
-			return nil, lit, err
-		}
-		lit += n
-		// The first line lives in c.line, which the next readLine
-		// reuses; callers only look at first lines of responses without
-		// literals (status, EXISTS, CAPABILITY), so dropping it is fine.
-		first = nil
-		if line, err = c.readLine(); err != nil {
-			return nil, lit, err
-		}
-	}
-}
-
-// literalSize recognises a line ending in {n}, {n+} or ~{n}.
-func literalSize(line []byte) (int64, bool) {
-	if len(line) < 3 || line[len(line)-1] != '}' {
-		return 0, false
-	}
-	i := bytes.LastIndexByte(line, '{')
-	if i < 0 {
-		return 0, false
-	}
-	num := bytes.TrimSuffix(line[i+1:len(line)-1], []byte("+"))
-	n, err := strconv.ParseInt(string(num), 10, 64)
-	if err != nil || n < 0 {
-		return 0, false
-	}
-	return n, true
-}
+func (w *wire) close() error { return w.nc.Close() }
 
 // maxLine bounds one response line; a server sending more is broken or
 // hostile, and the load generator must not grow without limit.
@@ -360,48 +119,33 @@ const maxLine = 1 << 20
 
 // readLine returns one line without its CRLF, in a buffer reused by the
 // next call.
-func (c *conn) readLine() ([]byte, error) {
-	c.line = c.line[:0]
+func (w *wire) readLine() ([]byte, error) {
+	w.line = w.line[:0]
 	for {
-		part, err := c.br.ReadSlice('\n')
-		c.line = append(c.line, part...)
+		part, err := w.br.ReadSlice('\n')
+		w.line = append(w.line, part...)
 		if err == nil {
 			break
 		}
 		if err != bufio.ErrBufferFull {
-			if err == io.EOF && len(c.line) > 0 {
+			if err == io.EOF && len(w.line) > 0 {
 				err = io.ErrUnexpectedEOF
 			}
 			return nil, err
 		}
-		if len(c.line) > maxLine {
+		if len(w.line) > maxLine {
 			return nil, fmt.Errorf("response line longer than %d bytes", maxLine)
 		}
 	}
-	return bytes.TrimRight(c.line, "\r\n"), nil
+	return bytes.TrimRight(w.line, "\r\n"), nil
 }
 
-func (c *conn) write(s string) error {
-	_, err := io.WriteString(c.nc, s)
+func (w *wire) write(s string) error {
+	_, err := io.WriteString(w.nc, s)
 	return err
 }
 
-func (c *conn) deadline() { c.nc.SetDeadline(time.Now().Add(c.timeout)) }
-
-func (c *conn) nextTag() string {
-	c.tagN++
-	return "a" + strconv.Itoa(c.tagN)
-}
-
-// quote makes an IMAP quoted string; CR and LF cannot be quoted, and a
-// load generator has no reason to send them.
-func quote(s string) (string, error) {
-	if strings.ContainsAny(s, "\r\n\x00") {
-		return "", errors.New("user name or password contains CR, LF or NUL")
-	}
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
-	return `"` + r.Replace(s) + `"`, nil
-}
+func (w *wire) deadline() { w.nc.SetDeadline(time.Now().Add(w.timeout)) }
 
 func truncate(s string) string {
 	if len(s) > 80 {

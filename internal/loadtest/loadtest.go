@@ -1,10 +1,10 @@
-// Package loadtest generates IMAP load against a server and reports what
-// capacity planning needs: session rates and latency percentiles, FETCH
-// throughput, NOOP round trips, how many idle sessions a server holds, and
-// — given the server's process ids — its CPU per session and memory per
-// idle session, read from /proc. It drives any IMAP server: Portico,
-// nginx, a Dovecot proxy or Dovecot itself. `portico bench` is its
-// command line.
+// Package loadtest generates IMAP and POP3 load against a server and
+// reports what capacity planning needs: session rates and latency
+// percentiles, FETCH (RETR) throughput, NOOP round trips, how many idle
+// sessions a server holds, and — given the server's process ids — its CPU
+// per session and memory per idle session, read from /proc. It drives any
+// IMAP or POP3 server: Portico, nginx, a Dovecot proxy or Dovecot itself.
+// `portico bench` is its command line.
 //
 // Typical use:
 //
@@ -23,19 +23,22 @@
 //
 //   - Login: Workers goroutines each run whole sessions one after the
 //     other (connect, TLS or STARTTLS, AUTHENTICATE PLAIN, SELECT INBOX,
-//     a small FETCH, LOGOUT), until Count sessions or Duration.
-//   - Fetch: Workers sessions log in, then FETCH a large message (the
-//     last one in INBOX by default) Count times between them.
+//     a small FETCH, LOGOUT), until Count sessions or Duration. A POP3
+//     session is: connect, TLS or STLS, AUTH PLAIN with its initial
+//     response, STAT, RETR 1, QUIT.
+//   - Fetch: Workers sessions log in, then FETCH (RETR) a large message
+//     (the last one in INBOX by default) Count times between them.
 //   - Latency: Workers sessions log in, then send Count NOOPs between them.
 //   - Idle: Count sessions log in, SELECT and IDLE, opened by Workers at
 //     a time; they are held for Duration, and those the server kept
-//     answer DONE.
+//     answer DONE. IMAP only: POP3 has no IDLE.
 //
 // Every run is bounded by Count and Duration, and every network operation
 // by Timeout: the tool never runs open-ended.
 //
-// The IMAP client is a minimal one of this package, not go-imap's
-// imapclient, because the load generator shares the machine with the
+// The IMAP and POP3 clients are minimal ones of this package (imap.go,
+// pop3.go, on the connection of client.go they share); the IMAP one is
+// not go-imap's imapclient, because the load generator shares the machine with the
 // server it measures and must do only the work of the modelled session.
 // imapclient sends CAPABILITY commands of its own when a login reply
 // carries none, which adds round trips and server work that no session
@@ -53,6 +56,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,13 +72,34 @@ const (
 	Idle    Mode = "idle"
 )
 
+// Protocol is what the sessions speak.
+type Protocol string
+
+const (
+	IMAP Protocol = "imap"
+	POP3 Protocol = "pop3"
+)
+
 // Security is how the session reaches TLS.
 type Security string
 
 const (
-	ImplicitTLS Security = "imaps"    // TLS from the first byte
-	StartTLS    Security = "starttls" // STARTTLS before logging in
+	ImplicitTLS Security = "imaps"    // TLS from the first byte (pop3s for POP3)
+	StartTLS    Security = "starttls" // STARTTLS (STLS for POP3) before logging in
 	Plain       Security = "plain"    // no TLS: trusted networks and tests only
+)
+
+// Auth is how sessions log in.
+type Auth string
+
+const (
+	// AuthPlain is SASL PLAIN: IMAP's AUTHENTICATE PLAIN (with SASL-IR
+	// when the server has it; LOGIN when it offers no PLAIN), POP3's AUTH
+	// PLAIN with the initial response.
+	AuthPlain Auth = "plain"
+	// AuthPassword is the protocol's own password commands: IMAP's
+	// LOGIN, POP3's USER and PASS.
+	AuthPassword Auth = "password"
 )
 
 // User is one account the sessions log in as; sessions take users in turn.
@@ -84,19 +109,24 @@ type User struct{ Name, Password string }
 // Defaults).
 type Config struct {
 	Mode     Mode
-	Addr     string // host:port
+	Protocol Protocol // default IMAP; POP3 has no Idle mode
+	Addr     string   // host:port
 	Security Security
 	// TLS is the client configuration for ImplicitTLS and StartTLS. nil
 	// verifies the server against the system roots for the host of Addr.
-	// ServerName defaults to that host and NextProtos to "imap".
+	// ServerName defaults to that host and NextProtos to the protocol's
+	// ALPN name, "imap" or "pop3".
 	TLS   *tls.Config
 	Users []User
+	Auth  Auth // default AuthPlain
 
 	Workers  int           // concurrent sessions; in Idle, sessions opened at a time
 	Count    int           // sessions (Login, Idle) or commands (Fetch, Latency)
 	Duration time.Duration // cap on the run; in Idle, how long sessions are held
 	// Fetch is the FETCH arguments: a small fetch in Login (skipped when
-	// INBOX is empty), the large message in Fetch.
+	// INBOX is empty), the large message in Fetch. For POP3 it is the
+	// number of the message to RETR, "*" for the last: by default 1 in
+	// Login and "*" in Fetch.
 	Fetch   string
 	Timeout time.Duration // per network operation
 
@@ -105,13 +135,17 @@ type Config struct {
 	Measure Processes
 }
 
-// Defaults are the per-mode values of zero Config fields.
+// Defaults are the per-mode values of zero Config fields; for POP3,
+// Fetch is POP3Fetch's.
 var Defaults = map[Mode]Config{
 	Login:   {Workers: 16, Count: 1000, Duration: time.Minute, Fetch: "1 (FLAGS BODY.PEEK[HEADER])"},
 	Fetch:   {Workers: 1, Count: 20, Duration: time.Minute, Fetch: "* (BODY.PEEK[])"},
 	Latency: {Workers: 1, Count: 1000, Duration: time.Minute},
 	Idle:    {Workers: 32, Count: 100, Duration: 10 * time.Second},
 }
+
+// POP3Fetch is the default Fetch of POP3 sessions: the message they RETR.
+var POP3Fetch = map[Mode]string{Login: "1", Fetch: "*"}
 
 // Upper bounds that catch typos (an extra zero) before they become a
 // run of hours.
@@ -151,7 +185,31 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Duration == 0 {
 		c.Duration = d.Duration
 	}
-	if c.Fetch == "" {
+	switch c.Protocol {
+	case "":
+		c.Protocol = IMAP
+	case IMAP, POP3:
+	default:
+		return c, fmt.Errorf("loadtest: unknown protocol %q (want imap or pop3)", c.Protocol)
+	}
+	switch c.Auth {
+	case "":
+		c.Auth = AuthPlain
+	case AuthPlain, AuthPassword:
+	default:
+		return c, fmt.Errorf("loadtest: unknown auth %q (want plain or password)", c.Auth)
+	}
+	if c.Protocol == POP3 {
+		if c.Mode == Idle {
+			return c, errors.New("loadtest: POP3 has no idle mode (no IDLE command)")
+		}
+		if c.Fetch == "" {
+			c.Fetch = POP3Fetch[c.Mode]
+		}
+		if n, err := strconv.Atoi(c.Fetch); c.Fetch != "" && c.Fetch != "*" && (err != nil || n < 1) {
+			return c, fmt.Errorf("loadtest: POP3 fetch %q: want a message number or *", c.Fetch)
+		}
+	} else if c.Fetch == "" {
 		c.Fetch = d.Fetch
 	}
 	if c.Timeout == 0 {
@@ -181,7 +239,7 @@ func (c Config) withDefaults() (Config, error) {
 			c.TLS.ServerName = host
 		}
 		if len(c.TLS.NextProtos) == 0 {
-			c.TLS.NextProtos = []string{"imap"}
+			c.TLS.NextProtos = []string{string(c.Protocol)}
 		}
 	}
 	return c, nil
@@ -191,6 +249,7 @@ func (c Config) withDefaults() (Config, error) {
 // memory in bytes.
 type Report struct {
 	Mode        Mode     `json:"mode"`
+	Protocol    Protocol `json:"protocol"`
 	Addr        string   `json:"addr"`
 	Security    Security `json:"security"`
 	TLS         string   `json:"tls,omitempty"` // as negotiated, e.g. "TLS 1.3 X25519"
@@ -214,7 +273,7 @@ type Report struct {
 	Session *Percentiles `json:"session,omitempty"` // connect to LOGOUT done
 	Op      *Percentiles `json:"op,omitempty"`      // one FETCH or NOOP
 
-	Bytes     int64   `json:"bytes,omitempty"` // FETCH literal data
+	Bytes     int64   `json:"bytes,omitempty"` // FETCH literal data, RETR bodies
 	MiBPerSec float64 `json:"mib_per_s,omitempty"`
 
 	CPU    *CPUReport    `json:"cpu,omitempty"`
@@ -250,7 +309,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &runner{cfg: cfg, rep: &Report{Mode: cfg.Mode, Addr: cfg.Addr, Security: cfg.Security, Workers: cfg.Workers}}
+	r := &runner{cfg: cfg, rep: &Report{Mode: cfg.Mode, Protocol: cfg.Protocol, Addr: cfg.Addr, Security: cfg.Security, Workers: cfg.Workers}}
 	switch cfg.Mode {
 	case Login:
 		r.login(ctx)
@@ -291,17 +350,17 @@ func (r *runner) workers(w int, fn func(i int, s *samples)) {
 	wg.Wait()
 }
 
-// open brings one session to the selected state, recording connect and
-// login times. It returns the INBOX message count.
-func (r *runner) open(ctx context.Context, u User, s *samples) (*conn, int, error) {
+// open brings one session to the selected state (SELECT INBOX, STAT),
+// recording connect and login times. It returns the message count.
+func (r *runner) open(ctx context.Context, u User, s *samples) (client, int, error) {
 	t0 := time.Now()
 	c, err := dial(ctx, &r.cfg)
 	if err != nil {
 		return nil, 0, err
 	}
 	s.connect = append(s.connect, time.Since(t0))
-	if c.tls != nil {
-		r.tlsOnce.Do(func() { r.rep.TLS = tls.VersionName(c.tls.Version) + " " + c.tls.CurveID.String() })
+	if st := c.conn().tls; st != nil {
+		r.tlsOnce.Do(func() { r.rep.TLS = tls.VersionName(st.Version) + " " + st.CurveID.String() })
 	}
 	t1 := time.Now()
 	if err := c.login(u); err != nil {
@@ -309,7 +368,7 @@ func (r *runner) open(ctx context.Context, u User, s *samples) (*conn, int, erro
 		return nil, 0, err
 	}
 	s.login = append(s.login, time.Since(t1))
-	exists, err := c.selectInbox()
+	exists, err := c.open()
 	if err != nil {
 		c.close()
 		return nil, 0, err
@@ -374,7 +433,7 @@ func (r *runner) session(ctx context.Context, u User, s *samples) error {
 // share Count commands between them.
 func (r *runner) commands(ctx context.Context) {
 	openCtx, cancel := context.WithTimeout(ctx, openLimit)
-	conns := make([]*conn, r.cfg.Workers)
+	conns := make([]client, r.cfg.Workers)
 	r.workers(r.cfg.Workers, func(i int, s *samples) {
 		c, exists, err := r.open(openCtx, r.user(i), s)
 		if err != nil {
@@ -383,7 +442,7 @@ func (r *runner) commands(ctx context.Context) {
 		}
 		if r.cfg.Mode == Fetch && exists == 0 {
 			c.close()
-			fail(ctx, s, &opError{phase: "fetch", err: errors.New("INBOX is empty: nothing to fetch")})
+			fail(ctx, s, &opError{phase: "fetch", err: errors.New("no message in INBOX: nothing to fetch")})
 			return
 		}
 		conns[i] = c
@@ -456,7 +515,7 @@ func (r *runner) idle(ctx context.Context) {
 	}
 
 	openCtx, cancel := context.WithTimeout(ctx, openLimit)
-	conns := make([]*conn, r.cfg.Count)
+	conns := make([]client, r.cfg.Count)
 	tags := make([]string, r.cfg.Count)
 	var next atomic.Int64
 	r.workers(r.cfg.Workers, func(_ int, s *samples) {
@@ -470,7 +529,7 @@ func (r *runner) idle(ctx context.Context) {
 				fail(ctx, s, err)
 				continue
 			}
-			tag, err := c.idle()
+			tag, err := c.(*imapConn).idle() // no POP3 in Idle (withDefaults)
 			if err != nil {
 				c.close()
 				fail(ctx, s, err)
@@ -506,8 +565,8 @@ func (r *runner) idle(ctx context.Context) {
 	r.finish(elapsed)
 
 	var survived atomic.Int64
-	r.closeAll(ctx, conns, func(i int, c *conn, s *samples) bool {
-		if err := c.done(tags[i]); err != nil {
+	r.closeAll(ctx, conns, func(i int, c client, s *samples) bool {
+		if err := c.(*imapConn).done(tags[i]); err != nil {
 			fail(ctx, s, err)
 			return false
 		}
@@ -519,7 +578,7 @@ func (r *runner) idle(ctx context.Context) {
 
 // closeAll logs out every open session, Workers at a time. before, if
 // set, runs first and may veto the LOGOUT of a broken session.
-func (r *runner) closeAll(ctx context.Context, conns []*conn, before func(i int, c *conn, s *samples) bool) {
+func (r *runner) closeAll(ctx context.Context, conns []client, before func(i int, c client, s *samples) bool) {
 	var next atomic.Int64
 	r.workers(min(r.cfg.Workers, max(1, len(conns))), func(_ int, s *samples) {
 		for {

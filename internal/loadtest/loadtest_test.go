@@ -176,6 +176,13 @@ func TestLoginPlain(t *testing.T) {
 	if rep.Sessions != 5 || rep.TLS != "" {
 		t.Fatalf("sessions %d, TLS %q", rep.Sessions, rep.TLS)
 	}
+	// LOGIN instead of AUTHENTICATE.
+	rep = run(t, loadtest.Config{
+		Mode: loadtest.Login, Addr: tg.plain, Security: loadtest.Plain, Users: tg.users, Count: 2, Auth: loadtest.AuthPassword,
+	})
+	if rep.Sessions != 2 {
+		t.Fatalf("sessions %d", rep.Sessions)
+	}
 }
 
 func TestFetch(t *testing.T) {

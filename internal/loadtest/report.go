@@ -20,6 +20,13 @@ func (r *Report) WriteJSON(w io.Writer) error {
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	tlsDesc := string(r.Security)
+	if r.Protocol == POP3 {
+		tlsDesc = map[Security]string{ImplicitTLS: "pop3s", StartTLS: "stls"}[r.Security]
+		if tlsDesc == "" {
+			tlsDesc = string(r.Security)
+		}
+		tlsDesc = "pop3, " + tlsDesc
+	}
 	if r.TLS != "" {
 		tlsDesc += ", " + r.TLS
 	}
@@ -32,8 +39,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	case Login:
 		fmt.Fprintf(&b, "  %d sessions in %.2f s: %.1f sessions/s, %d errors\n", r.Sessions, r.Elapsed, r.Rate, r.Errors)
 	case Fetch:
-		fmt.Fprintf(&b, "  %d sessions, %d FETCHes in %.2f s: %.1f MiB/s (%.1f MiB), %d errors\n",
-			r.Sessions, r.Ops, r.Elapsed, r.MiBPerSec, float64(r.Bytes)/(1<<20), r.Errors)
+		what := "FETCHes"
+		if r.Protocol == POP3 {
+			what = "RETRs"
+		}
+		fmt.Fprintf(&b, "  %d sessions, %d %s in %.2f s: %.1f MiB/s (%.1f MiB), %d errors\n",
+			r.Sessions, r.Ops, what, r.Elapsed, r.MiBPerSec, float64(r.Bytes)/(1<<20), r.Errors)
 	case Latency:
 		fmt.Fprintf(&b, "  %d sessions, %d NOOPs in %.2f s: %.0f NOOPs/s, %d errors\n", r.Sessions, r.Ops, r.Elapsed, r.Rate, r.Errors)
 	case Idle:
@@ -43,7 +54,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	rows := []struct {
 		name string
 		l    *Percentiles
-	}{{"connect", r.Connect}, {"login", r.Login}, {"session", r.Session}, {opName(r.Mode), r.Op}}
+	}{{"connect", r.Connect}, {"login", r.Login}, {"session", r.Session}, {opName(r.Mode, r.Protocol), r.Op}}
 	header := false
 	for _, row := range rows {
 		if row.l == nil {
@@ -93,8 +104,11 @@ func plural(n int, what string) string {
 	return fmt.Sprintf("%d %ss", n, what)
 }
 
-func opName(m Mode) string {
-	if m == Fetch {
+func opName(m Mode, p Protocol) string {
+	switch {
+	case m == Fetch && p == POP3:
+		return "retr"
+	case m == Fetch:
 		return "fetch"
 	}
 	return "noop"
