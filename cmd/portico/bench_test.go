@@ -42,6 +42,27 @@ func TestBench(t *testing.T) {
 			t.Fatalf("report:\n%s", out)
 		}
 	})
+	t.Run("pop3", func(t *testing.T) {
+		for _, auth := range []string{"plain", "password"} {
+			out, code := run(t, bin, nil, "bench", "login", "-protocol", "pop3", "-addr", be.POP3Addr(), "-tls", "plain",
+				"-auth", auth, "-user", "alice@example.test", "-pass", "alice-pw", "-n", "4", "-w", "2", "-json")
+			if code != 0 {
+				t.Fatalf("exit %d:\n%s", code, out)
+			}
+			var rep loadtest.Report
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("%v:\n%s", err, out)
+			}
+			if rep.Protocol != loadtest.POP3 || rep.Sessions != 4 || rep.Errors != 0 {
+				t.Fatalf("report:\n%s", out)
+			}
+		}
+		out, code := run(t, bin, nil, "bench", "fetch", "-protocol", "pop3", "-addr", be.POP3Addr(), "-tls", "plain",
+			"-user", "alice@example.test", "-pass", "alice-pw", "-n", "2")
+		if code != 0 || !strings.Contains(out, "(pop3, plain)") || !strings.Contains(out, "2 RETRs") {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+	})
 	t.Run("wrong password", func(t *testing.T) {
 		out, code := run(t, bin, nil, "bench", "login", "-addr", be.Addr(), "-tls", "plain",
 			"-user", "alice@example.test", "-pass", "wrong", "-n", "1")
@@ -55,6 +76,10 @@ func TestBench(t *testing.T) {
 		{"bench", "login", "-addr", be.Addr()},                 // no user
 		{"bench", "login", "-user", "u%d", "-addr", be.Addr()}, // pattern without -nusers
 		{"bench", "login", "-user", "u", "-pid", "self"},
+		{"bench", "login", "-user", "u", "-protocol", "smtp"},
+		{"bench", "idle", "-user", "u", "-protocol", "pop3"},
+		{"bench", "login", "-user", "u", "-tls", "pop3s"}, // an IMAP run
+		{"bench", "login", "-user", "u", "-auth", "cram-md5"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			if out, code := run(t, bin, nil, args...); code != 2 {
