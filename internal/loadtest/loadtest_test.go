@@ -28,9 +28,10 @@ import (
 const bigSize = 1 << 20
 
 // target is a Portico in front of an in-memory backend, all in this
-// process, with the three ways in.
+// process, with the three ways in, for IMAP and POP3.
 type target struct {
 	imaps, starttls, plain string // plain is the backend itself
+	pop3s, stls            string
 	tls                    *tls.Config
 	users                  []loadtest.User
 }
@@ -51,7 +52,7 @@ func startTarget(t *testing.T) target {
 		if err := be.Append(u.Name, "INBOX", bigMessage()); err != nil {
 			t.Fatal(err)
 		}
-		routes[u.Name] = &routing.Backend{Name: "mem", Addr: be.Addr()}
+		routes[u.Name] = &routing.Backend{Name: "mem", Addr: be.Addr(), POP3Addr: be.POP3Addr()}
 	}
 	cert, err := ptls.SelfSigned("localhost", "127.0.0.1")
 	if err != nil {
@@ -79,6 +80,7 @@ func startTarget(t *testing.T) target {
 	}
 	return target{
 		imaps: listen("imaps", proxy.ImplicitTLS), starttls: listen("imap", proxy.StartTLS), plain: be.Addr(),
+		pop3s: listen("pop3s", proxy.POP3S), stls: listen("pop3", proxy.POP3),
 		tls:   &tls.Config{RootCAs: ptls.CertPool(cert), ServerName: "localhost"},
 		users: users,
 	}

@@ -2,6 +2,8 @@ package loadtest_test
 
 import (
 	"context"
+	"crypto/tls"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +32,7 @@ func startPOP3Backend(t *testing.T) (*membackend.Backend, []loadtest.User) {
 
 func TestPOP3Login(t *testing.T) {
 	be, users := startPOP3Backend(t)
-	for _, auth := range []loadtest.Auth{"", loadtest.AuthPassword} {
+	for _, auth := range []loadtest.Auth{loadtest.AuthPlain, loadtest.AuthPassword} {
 		t.Run(string(auth), func(t *testing.T) {
 			rep := run(t, loadtest.Config{
 				Mode: loadtest.Login, Protocol: loadtest.POP3, Auth: auth,
@@ -43,7 +45,7 @@ func TestPOP3Login(t *testing.T) {
 			checkN(t, "connect", rep.Connect, 12)
 			checkN(t, "login", rep.Login, 12)
 			checkN(t, "session", rep.Session, 12)
-			if rep.CPU == nil || rep.CPU.PerSessionMS <= 0 {
+			if rep.CPU == nil || rep.CPU.Procs[0].PID != os.Getpid() {
 				t.Fatalf("CPU %+v (%s)", rep.CPU, rep.MeasureError)
 			}
 		})
@@ -125,6 +127,54 @@ func TestPOP3ConfigErrors(t *testing.T) {
 	} {
 		if _, err := loadtest.Run(context.Background(), cfg); err == nil || !strings.HasPrefix(err.Error(), "loadtest: ") {
 			t.Errorf("%+v: err %v", cfg, err)
+		}
+	}
+}
+
+// TestPOP3ThroughPortico runs POP3 sessions through Portico's pop3s and
+// pop3 (STLS) listeners: TLS verified, ALPN "pop3" by default (Portico
+// refuses a handshake that offers only another protocol).
+func TestPOP3ThroughPortico(t *testing.T) {
+	tg := startTarget(t)
+	rep := run(t, loadtest.Config{
+		Mode: loadtest.Login, Protocol: loadtest.POP3, Addr: tg.pop3s, TLS: tg.tls, Users: tg.users,
+		Workers: 3, Count: 30, Measure: self(),
+	})
+	// As in TestLogin: 30 TLS logins cost measurable CPU.
+	if rep.Sessions != 30 || !strings.HasPrefix(rep.TLS, "TLS 1.3") || rep.CPU == nil || rep.CPU.Seconds <= 0 ||
+		rep.CPU.PerSessionMS != rep.CPU.Seconds*1000/30 {
+		t.Fatalf("sessions %d, TLS %q, CPU %+v (%s)", rep.Sessions, rep.TLS, rep.CPU, rep.MeasureError)
+	}
+	checkN(t, "login", rep.Login, 30)
+	checkN(t, "session", rep.Session, 30)
+
+	cfg := tg.tls.Clone()
+	cfg.CurvePreferences = []tls.CurveID{tls.X25519}
+	rep = run(t, loadtest.Config{
+		Mode: loadtest.Login, Protocol: loadtest.POP3, Addr: tg.stls, Security: loadtest.StartTLS, TLS: cfg,
+		Users: tg.users, Workers: 2, Count: 4, Auth: loadtest.AuthPassword,
+	})
+	if rep.Sessions != 4 || rep.TLS != "TLS 1.3 X25519" {
+		t.Fatalf("sessions %d, TLS %q", rep.Sessions, rep.TLS)
+	}
+	rep = run(t, loadtest.Config{
+		Mode: loadtest.Latency, Protocol: loadtest.POP3, Addr: tg.pop3s, TLS: tg.tls, Users: tg.users, Count: 50,
+	})
+	if rep.Ops != 50 {
+		t.Fatalf("NOOPs %d", rep.Ops)
+	}
+
+	for name, c := range map[string]loadtest.Config{
+		"unverified": {}, // the test certificate is not in the system roots
+		"ALPN imap":  {TLS: &tls.Config{RootCAs: tg.tls.RootCAs, ServerName: "localhost", NextProtos: []string{"imap"}}},
+	} {
+		c.Mode, c.Protocol, c.Addr, c.Users, c.Count = loadtest.Login, loadtest.POP3, tg.pop3s, tg.users, 1
+		rep, err := loadtest.Run(context.Background(), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ErrorKinds["tls: handshake"] != 1 {
+			t.Errorf("%s: %v", name, rep.ErrorKinds)
 		}
 	}
 }
