@@ -1,0 +1,370 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/app"
+	"github.com/portico-mail/portico/internal/testcert"
+	"github.com/portico-mail/portico/internal/testsrv"
+	"github.com/portico-mail/portico/proxy/upstream"
+	"github.com/portico-mail/portico/routing"
+	ptls "github.com/portico-mail/portico/tls"
+)
+
+// POP3 through Portico (issue 13): a Portico assembled by internal/app
+// from a config with a pop3s and a pop3 (STLS) listener, in front of a
+// Dovecot that serves POP3, users routed through Redis, driven by real
+// clients: fetchmail, curl and python3's poplib, and by hand for the
+// attacks.
+
+// More users of the POP3 tests; alice and bob are env_test.go's.
+const (
+	noPOP3User  = "nopop@example.test" // routed to a backend without POP3
+	noPOP3Pass  = "nopop-password"
+	kickedUser  = "dave@example.test" // for the kick, with a big message
+	kickedPass  = "dave-password"
+	literalUser = "frank@example.test" // routed to a literal address
+	literalPass = "frank-password"
+)
+
+// pop3Env is one Portico with POP3 listeners in front of one Dovecot.
+type pop3Env struct {
+	redis   *testsrv.Redis
+	dovecot *testsrv.Dovecot
+	rt      *app.App
+	config  string // the YAML file, for `portico sessions` and `portico kick`
+	pop3s   string // implicit TLS listener
+	pop3    string // STLS listener
+	caFile  string // Portico's self-signed certificate, for the clients
+	roots   *x509.CertPool
+	logs    *testsrv.Buffer
+	logins  atomic.Int64 // POP3 logins Portico attempted on a backend
+}
+
+func newPOP3Env(t *testing.T) *pop3Env {
+	t.Helper()
+	e := &pop3Env{logs: &testsrv.Buffer{}}
+	e.redis = testsrv.StartRedis(t)
+	e.dovecot = testsrv.StartDovecot(t, testsrv.DovecotOptions{POP3: true, Users: map[string]string{
+		aliceUser: alicePass, bobUser: bobPass, noPOP3User: noPOP3Pass, kickedUser: kickedPass, literalUser: literalPass,
+	}})
+	_, pop3Port, err := net.SplitHostPort(e.dovecot.POP3Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
+	e.caFile = certFile
+	e.roots = ptls.CertPool(cert)
+	e.pop3s = "127.0.0.1:" + strconv.Itoa(testsrv.FreePort(t))
+	e.pop3 = "127.0.0.1:" + strconv.Itoa(testsrv.FreePort(t))
+	// Every login reads Redis (no route cache): the tests change routes
+	// and watch Redis for lookups. No brute-force limits: the attacks fail
+	// on purpose, more often than a real user would.
+	yaml := `
+listeners:
+  - {name: pop3s, mode: pop3s, address: "` + e.pop3s + `"}
+  - {name: pop3, mode: pop3, address: "` + e.pop3 + `"}
+tls:
+  certificates:
+    - {cert_file: ` + certFile + `, key_file: ` + keyFile + `}
+limits:
+  auth_failure_delay: 200ms
+  brute_force: {disabled: true}
+routing:
+  redis: {addrs: ["` + e.redis.Addr + `"]}
+  cache: {disabled: true}
+  health: {disabled: true}
+backends:
+  - {name: dovecot, address: "` + e.dovecot.Addr + `", pop3_port: ` + pop3Port + `, forward_id: true}
+  - {name: imaponly, address: "` + e.dovecot.Addr + `", forward_id: true}
+backend_defaults: {pop3_port: ` + pop3Port + `, forward_id: true}
+fleet: {proxy_id: pop3-e2e, heartbeat: 1s}
+`
+	e.config = writeTemp(t, "portico.yaml", yaml)
+	cfg, err := config.Parse([]byte(yaml), e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if e.rt, err = app.Build(cfg, logger); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for user, fields := range map[string][]any{
+		aliceUser:   {routing.FieldBackend, "dovecot"},
+		bobUser:     {routing.FieldBackend, "dovecot"},
+		kickedUser:  {routing.FieldBackend, "dovecot"},
+		noPOP3User:  {routing.FieldBackend, "imaponly"},
+		literalUser: {routing.FieldAddr, e.dovecot.Addr},
+	} {
+		if err := e.rt.Redis.HSet(ctx, "portico:route:"+user, fields...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := e.rt.Server
+	next := srv.LoginPOP3
+	if next == nil {
+		next = upstream.LoginPOP3
+	}
+	srv.LoginPOP3 = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
+		e.logins.Add(1)
+		return next(ctx, b, cred, id)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	if _, err := e.rt.Start(sctx, logger); err != nil {
+		t.Fatal(err)
+	}
+	var served []chan struct{}
+	for _, l := range e.rt.Listeners {
+		ln, err := net.Listen("tcp", l.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		served = append(served, done)
+		go func() { srv.Serve(ln, l.Config); close(done) }()
+	}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.Shutdown(sctx)
+		scancel()
+		for _, done := range served {
+			<-done
+		}
+		cancel()
+		e.rt.Close()
+		// No password reaches Portico's log, at any level.
+		for _, pw := range []string{alicePass, "s3cret", bobPass, noPOP3Pass, kickedPass, literalPass} {
+			if strings.Contains(e.logs.String(), pw) {
+				t.Errorf("a password reached Portico's log")
+			}
+		}
+		if t.Failed() {
+			t.Logf("Portico's log:\n%s\nDovecot's log:\n%s", e.logs, e.dovecot.Log())
+		}
+	})
+	return e
+}
+
+func (e *pop3Env) tlsConfig() *tls.Config {
+	return &tls.Config{RootCAs: e.roots, ServerName: "localhost", NextProtos: []string{"pop3"}}
+}
+
+// dialPOP3 connects from clientIP to a POP3 listener, with TLS from the
+// start if implicitTLS, and reads the greeting. Reads and writes end
+// within 30 s.
+func (e *pop3Env) dialPOP3(t *testing.T, addr string, implicitTLS bool) *rawConn {
+	t.Helper()
+	return e.dialPOP3With(t, dialer, addr, implicitTLS)
+}
+
+func (e *pop3Env) dialPOP3With(t *testing.T, d *net.Dialer, addr string, implicitTLS bool) *rawConn {
+	t.Helper()
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if implicitTLS {
+		tc := tls.Client(c, e.tlsConfig())
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		c = tc
+	}
+	rc := &rawConn{t: t, conn: c, br: bufio.NewReader(c)}
+	if g := rc.line(); g != "+OK Portico ready." {
+		t.Fatalf("greeting: %q", g)
+	}
+	return rc
+}
+
+// pop3 sends one POP3 command and returns the status line it gets.
+func (c *rawConn) pop3(line string) string {
+	c.t.Helper()
+	c.write(line + "\r\n")
+	return c.line()
+}
+
+// expect reads one line and fails unless it is want.
+func (c *rawConn) expect(want string) {
+	c.t.Helper()
+	if l := c.line(); l != want {
+		c.t.Fatalf("got %q, want %q", l, want)
+	}
+}
+
+// stls upgrades a pop3 listener's connection with STLS.
+func (c *rawConn) stls(e *pop3Env) {
+	c.t.Helper()
+	if l := c.pop3("STLS"); l != "+OK Begin TLS negotiation now" {
+		c.t.Fatalf("STLS: %q", l)
+	}
+	tc := tls.Client(c.conn, e.tlsConfig())
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.conn, c.br = tc, bufio.NewReader(tc)
+}
+
+// pop3Login logs in with USER and PASS.
+func (c *rawConn) pop3Login(user, pass string) {
+	c.t.Helper()
+	if l := c.pop3("USER " + user); l != "+OK Send PASS." {
+		c.t.Fatalf("USER: %q", l)
+	}
+	if l := c.pop3("PASS " + pass); !strings.HasPrefix(l, "+OK") {
+		c.t.Fatalf("PASS: %q", l)
+	}
+}
+
+// multiline reads a POP3 multi-line body up to its terminating dot and
+// returns it unstuffed, lines ending in CRLF.
+func (c *rawConn) multiline() []byte {
+	c.t.Helper()
+	var b bytes.Buffer
+	for {
+		l := c.line()
+		if l == "." {
+			return b.Bytes()
+		}
+		b.WriteString(strings.TrimPrefix(l, "."))
+		b.WriteString("\r\n")
+	}
+}
+
+// readToEOF reads what is left until the connection ends.
+func (c *rawConn) readToEOF() []byte {
+	c.t.Helper()
+	b, err := io.ReadAll(c.br)
+	if err != nil && !isClosed(err) {
+		c.t.Fatalf("read to EOF: %v (after %d bytes)", err, len(b))
+	}
+	return b
+}
+
+// isClosed reports the errors of a connection the server closed: EOF, a
+// reset, or TLS's own close.
+func isClosed(err error) bool {
+	return err == io.EOF || errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "close notify")
+}
+
+// bigMessage is a message of about size bytes with CRLF line ends (as
+// Dovecot sends them, so that what a client receives can be compared
+// with what was stored), lines short enough for poplib (2048 octets), and
+// lines that POP3 must byte-stuff: one starting with a dot, one that is a
+// lone dot.
+func bigMessage(subject string, size int) []byte {
+	raw := make([]byte, size*3/4)
+	rand.Read(raw)
+	enc := base64.StdEncoding.EncodeToString(raw)
+	var b bytes.Buffer
+	b.WriteString(".leading dot\r\n.\r\n..two dots\r\n")
+	for len(enc) > 0 {
+		n := min(76, len(enc))
+		b.WriteString(enc[:n] + "\r\n")
+		enc = enc[n:]
+	}
+	b.WriteString(".\r\nlast line\r\n")
+	return message(subject, b.Bytes())
+}
+
+// dovecotLogins returns Dovecot's POP3 login lines of user.
+func (e *pop3Env) dovecotLogins(user string) []string {
+	var out []string
+	for _, l := range strings.Split(e.dovecot.Log(), "\n") {
+		if strings.Contains(l, "pop3-login: Info: Login: user=<"+user+">") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// runFetchmail runs fetchmail once, in the foreground, with rc as its
+// run control file (in a fresh directory that is also its HOME, so that
+// no earlier run's seen-message list applies) and %MBOX% in rc replaced
+// by a file there. It returns fetchmail's output and what its mda wrote.
+func runFetchmail(t *testing.T, rc string) (out, mbox string) {
+	t.Helper()
+	bin := mustLookPath(t, "fetchmail")
+	home := t.TempDir()
+	mboxFile := filepath.Join(home, "mbox")
+	rcFile := filepath.Join(home, "fetchmailrc")
+	if err := os.WriteFile(rcFile, []byte(strings.ReplaceAll(rc, "%MBOX%", mboxFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--nodetach", "--nosyslog", "-v", "-f", rcFile,
+		"--pidfile", filepath.Join(home, "fetchmail.pid"), "-i", filepath.Join(home, "fetchids"))
+	cmd.Env = append(os.Environ(), "HOME="+home, "FETCHMAILHOME="+home)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("fetchmail: %v\n%s", err, b)
+	}
+	m, err := os.ReadFile(mboxFile)
+	if err != nil {
+		t.Fatalf("fetchmail delivered nothing: %v\n%s", err, b)
+	}
+	return string(b), string(m)
+}
+
+// TestPOP3Fetchmail fetches a message with fetchmail, keeping it on the
+// server, over pop3s and over pop3 with STLS, the certificate checked
+// against Portico's.
+func TestPOP3Fetchmail(t *testing.T) {
+	e := newPOP3Env(t)
+	marker := fmt.Sprintf("fetchmail marker %d", time.Now().UnixNano())
+	e.dovecot.AddMessage(t, bobUser, "INBOX", message("for fetchmail", []byte(marker+"\r\n")))
+	account := `  user "` + bobUser + `" there with password "` + bobPass + `"
+  mda "cat >> %MBOX%"
+`
+	for _, tc := range []struct {
+		name, addr, options string
+	}{
+		{"pop3s", e.pop3s, "keep ssl sslproto 'tls1.2+' sslcertck sslcertfile " + e.caFile},
+		{"stls", e.pop3, "keep sslproto 'auto' sslcertck sslcertfile " + e.caFile},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, port, _ := net.SplitHostPort(tc.addr)
+			out, mbox := runFetchmail(t, "poll localhost service "+port+" protocol pop3 timeout 20\n"+
+				account+"  options "+tc.options+"\n")
+			if !strings.Contains(mbox, marker) || !strings.Contains(mbox, "Subject: for fetchmail") {
+				t.Fatalf("fetchmail delivered:\n%s\noutput:\n%s", mbox, out)
+			}
+			if tc.name == "stls" && !strings.Contains(out, "POP3> STLS") {
+				t.Errorf("fetchmail did not use STLS:\n%s", out)
+			}
+			if !strings.Contains(out, "1 message for "+bobUser) {
+				t.Errorf("fetchmail output:\n%s", out)
+			}
+		})
+	}
+	// --keep left it there for the second run, which fetched it again.
+	if n := len(e.dovecotLogins(bobUser)); n != 2 {
+		t.Errorf("%d POP3 logins of bob in Dovecot's log, want 2", n)
+	}
+}
