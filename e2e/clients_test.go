@@ -25,14 +25,22 @@ func message(subject string, body []byte) []byte {
 
 func runCurl(t *testing.T, args ...string) string {
 	t.Helper()
+	out, err := tryCurl(t, args...)
+	if err != nil {
+		t.Fatalf("curl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// tryCurl runs curl from clientIP and returns its output and how it
+// failed, if it did.
+func tryCurl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
 	curl := mustLookPath(t, "curl")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, curl, append([]string{"-sS", "--max-time", "20", "--interface", clientIP}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("curl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return string(out), err
 }
 
 // TestCurl fetches a message with curl over implicit TLS and over STARTTLS,

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -366,5 +367,53 @@ func TestPOP3Fetchmail(t *testing.T) {
 	// --keep left it there for the second run, which fetched it again.
 	if n := len(e.dovecotLogins(bobUser)); n != 2 {
 		t.Errorf("%d POP3 logins of bob in Dovecot's log, want 2", n)
+	}
+}
+
+// TestPOP3Curl lists and retrieves with curl over pop3s and over pop3
+// with STLS (--ssl-reqd); without --ssl-reqd, curl's login in clear is
+// refused. Dovecot sees the client's address, forwarded with XCLIENT,
+// and Portico's session id.
+func TestPOP3Curl(t *testing.T) {
+	e := newPOP3Env(t)
+	msg1 := message("first", []byte("Hello Alice\r\n"))
+	msg2 := message("second", []byte(".dotted\r\nsecond body\r\n"))
+	e.dovecot.AddMessage(t, aliceUser, "INBOX", msg1)
+	time.Sleep(10 * time.Millisecond) // maildir's order is the file names'
+	e.dovecot.AddMessage(t, aliceUser, "INBOX", msg2)
+	creds := []string{"--cacert", e.caFile, "-u", aliceUser + ":" + alicePass}
+
+	list := runCurl(t, append(creds, "pop3s://"+e.pop3s+"/")...)
+	if want := fmt.Sprintf("1 %d\r\n2 %d\r\n", len(msg1), len(msg2)); list != want {
+		t.Errorf("LIST: %q, want %q", list, want)
+	}
+	if got := runCurl(t, append(creds, "pop3s://"+e.pop3s+"/1")...); got != string(msg1) {
+		t.Errorf("RETR 1 over pop3s: %q, want %q", got, msg1)
+	}
+	if got := runCurl(t, append(creds, "--ssl-reqd", "pop3://"+e.pop3+"/2")...); got != string(msg2) {
+		t.Errorf("RETR 2 over STLS: %q, want %q", got, msg2)
+	}
+	logins := e.logins.Load()
+	out, err := tryCurl(t, append(creds, "pop3://"+e.pop3+"/1")...)
+	if err == nil || strings.Contains(out, "Hello Alice") {
+		t.Errorf("curl logged in in clear: %v\n%s", err, out)
+	}
+	if e.logins.Load() != logins {
+		t.Errorf("a login in clear reached the backend")
+	}
+
+	// Dovecot saw curl's address and Portico's session id: XCLIENT.
+	lines := e.dovecotLogins(aliceUser)
+	if len(lines) != 3 {
+		t.Fatalf("%d POP3 logins of alice in Dovecot's log, want 3:\n%s", len(lines), e.dovecot.Log())
+	}
+	ids := regexp.MustCompile(`msg="logged in" session=(\S+) user=`+regexp.QuoteMeta(aliceUser)).FindAllStringSubmatch(e.logs.String(), -1)
+	for i, l := range lines {
+		if !strings.Contains(l, "rip="+clientIP+",") {
+			t.Errorf("Dovecot's login line has not the client's address: %s", l)
+		}
+		if i >= len(ids) || !strings.Contains(l, "session=<"+ids[i][1]+">") {
+			t.Errorf("Dovecot's login line has not Portico's session id: %s", l)
+		}
 	}
 }
