@@ -417,3 +417,89 @@ func TestPOP3Curl(t *testing.T) {
 		}
 	}
 }
+
+const poplibScript = `
+import poplib, ssl, sys
+host, pop3s_port, pop3_port, cafile, user, pw, msgfile, dovecot = sys.argv[1:9]
+ctx = ssl.create_default_context(cafile=cafile)
+want = open(msgfile, "rb").read()
+assert want.endswith(b"\r\n")
+want_lines = want[:-2].split(b"\r\n")
+
+# UIDL straight from Dovecot, to compare with what comes through Portico.
+D = poplib.POP3(*dovecot.rsplit(":", 1))
+D.user(user)
+D.pass_(pw)
+dovecot_uidl = D.uidl()[1]
+D.quit()
+
+def session(M):
+    M.user(user)
+    M.pass_(pw)
+    count, size = M.stat()
+    assert count == 2, (count, size)
+    resp, lines, octets = M.retr(2)
+    assert resp.startswith(b"+OK"), resp
+    if lines != want_lines:
+        for i, (a, b) in enumerate(zip(lines, want_lines)):
+            if a != b:
+                raise SystemExit("line %d differs: %r != %r" % (i, a, b))
+        raise SystemExit("%d lines, want %d" % (len(lines), len(want_lines)))
+    assert octets >= len(want), (octets, len(want))
+    uidl = M.uidl()[1]
+    assert uidl == dovecot_uidl and len(uidl) == 2, (uidl, dovecot_uidl)
+    assert M.quit().startswith(b"+OK")
+
+session(poplib.POP3_SSL(host, int(pop3s_port), context=ctx))
+print("pop3s ok")
+
+M = poplib.POP3(host, int(pop3_port))
+assert "STLS" in M.capa() and "USER" not in M.capa(), M.capa()
+M.stls(context=ctx)
+session(M)
+print("stls ok")
+
+# No STLS on a listener that requires TLS: the login is refused.
+M = poplib.POP3(host, int(pop3_port))
+try:
+    M.user(user)
+    M.pass_(pw)
+    raise SystemExit("login in clear accepted")
+except poplib.error_proto as e:
+    assert b"[AUTH]" in e.args[0], e
+print("clear refused ok")
+`
+
+// TestPOP3Poplib drives Portico with python3's poplib over pop3s and
+// over pop3 with STLS: USER and PASS (a password with spaces, quotes, a
+// backslash and non-ASCII letters), STAT, RETR of a 1 MiB message
+// compared line for line with what Dovecot holds, UIDL as Dovecot gives
+// it, QUIT; and a login without STLS refused with [AUTH].
+func TestPOP3Poplib(t *testing.T) {
+	e := newPOP3Env(t)
+	py := mustLookPath(t, "python3")
+	e.dovecot.AddMessage(t, aliceUser, "INBOX", message("small", []byte("small body\r\n")))
+	time.Sleep(10 * time.Millisecond) // maildir's order is the file names'
+	big := bigMessage("big", 1<<20)
+	e.dovecot.AddMessage(t, aliceUser, "INBOX", big)
+	msgFile := writeTemp(t, "big.eml", string(big))
+	script := writeTemp(t, "client.py", poplibScript)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, pop3sPort, _ := net.SplitHostPort(e.pop3s)
+	_, pop3Port, _ := net.SplitHostPort(e.pop3)
+	logins := e.logins.Load()
+	out, err := exec.CommandContext(ctx, py, script, "127.0.0.1", pop3sPort, pop3Port, e.caFile,
+		aliceUser, alicePass, msgFile, e.dovecot.POP3Addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("python3 poplib: %v\n%s", err, out)
+	}
+	for _, want := range []string{"pop3s ok", "stls ok", "clear refused ok"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("missing %q in\n%s", want, out)
+		}
+	}
+	if n := e.logins.Load() - logins; n != 2 {
+		t.Errorf("%d backend logins, want 2 (the one in clear must not reach it)", n)
+	}
+}
