@@ -186,8 +186,11 @@ func (s *pop3Session) readLine() (string, error) {
 }
 
 func (s *pop3Session) ok(format string, args ...any) {
-	s.w.WriteString("+OK ")
-	fmt.Fprintf(s.w, format, args...)
+	s.w.WriteString("+OK")
+	if format != "" {
+		s.w.WriteString(" ")
+		fmt.Fprintf(s.w, format, args...)
+	}
 	s.w.WriteString("\r\n")
 }
 
