@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -186,16 +187,21 @@ func startBinary(t *testing.T, bin string, args ...string) (*exec.Cmd, *testsrv.
 	return cmd, &stderr, bufio.NewReader(stdout)
 }
 
-// TestDemo runs `portico demo` and the commands it prints, with curl.
+// TestDemo runs `portico demo` and the commands it prints, IMAP and POP3,
+// with curl.
 func TestDemo(t *testing.T) {
 	bin := binary(t)
 	curl := testsrv.LookPath(t, "curl")
-	imaps, imap := freeAddr(t), freeAddr(t)
-	cmd, stderr, stdout := startBinary(t, bin, "demo", "-imaps", imaps, "-imap", imap)
+	imaps, imap, pop3s, pop3 := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	cmd, stderr, stdout := startBinary(t, bin, "demo", "-imaps", imaps, "-imap", imap, "-pop3s", pop3s, "-pop3", pop3)
 	if err := testsrv.WaitDial(imaps, 10*time.Second); err != nil {
 		t.Fatalf("demo did not listen: %v\n%s", err, stderr)
 	}
-	testsrv.WaitDial(imap, 5*time.Second)
+	for _, a := range []string{imap, pop3s, pop3} {
+		if err := testsrv.WaitDial(a, 5*time.Second); err != nil {
+			t.Fatalf("demo did not listen on %s: %v\n%s", a, err, stderr)
+		}
+	}
 	// Every curl command the demo prints works as pasted.
 	var cmds []string
 	for {
@@ -210,8 +216,14 @@ func TestDemo(t *testing.T) {
 			break
 		}
 	}
-	if len(cmds) < 2 {
-		t.Fatalf("demo printed %d curl commands", len(cmds))
+	var pop3Cmds int
+	for _, c := range cmds {
+		if strings.Contains(c, "pop3") {
+			pop3Cmds++
+		}
+	}
+	if len(cmds) < 5 || pop3Cmds < 3 {
+		t.Fatalf("demo printed %d curl commands, %d of them POP3: %q", len(cmds), pop3Cmds, cmds)
 	}
 	for _, c := range cmds {
 		args := shellWords(c)[1:]
@@ -219,8 +231,21 @@ func TestDemo(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v\n%s\n%s", c, err, out, stderr)
 		}
-		if strings.Contains(c, "UID=1") && !strings.Contains(string(out), "Subject: Demo message 1") {
-			t.Fatalf("%s: %s", c, out)
+		switch {
+		case strings.Contains(c, "UID=1"), strings.Contains(c, "pop3s://"+pop3s+"/1 "):
+			// The same first message over IMAP and POP3, byte for byte.
+			if want := membackend.SampleMessage("alice@example.test", 1); !bytes.Equal(out, want) {
+				t.Fatalf("%s:\n%q\nwant\n%q", c, out, want)
+			}
+		case strings.Contains(c, "pop3s://"+pop3s+"/ "):
+			// LIST: alice's three messages.
+			if want := listing(t, "alice@example.test", 3); string(out) != want {
+				t.Fatalf("%s:\n%q\nwant\n%q", c, out, want)
+			}
+		case strings.Contains(c, "pop3://"+pop3+"/ "):
+			if want := listing(t, "bob@example.test", 2); string(out) != want {
+				t.Fatalf("%s:\n%q\nwant\n%q", c, out, want)
+			}
 		}
 	}
 	// Ctrl-C ends it cleanly.
@@ -238,6 +263,17 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(stderr.String(), "alice-demo") {
 		t.Fatal("a password reached the log")
 	}
+}
+
+// listing is what curl prints for a POP3 LIST of the demo user's n
+// messages.
+func listing(t *testing.T, user string, n int) string {
+	t.Helper()
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "%d %d\r\n", i, len(membackend.SampleMessage(user, i)))
+	}
+	return b.String()
 }
 
 // shellWords splits a pasted command line, honouring single quotes.
