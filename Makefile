@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 20s
 
-.PHONY: test deps fmt-check vet unit fuzz bench demo build compare
+.PHONY: test deps fmt-check vet unit fuzz bench demo build compare compare-pop3
 
 test: deps fmt-check vet unit fuzz
 
@@ -37,6 +37,11 @@ demo:
 # machine, with portico bench (as root; a few minutes). Not part of test.
 compare:
 	bash scripts/compare-peers.sh
+
+# Only the login rows of compare, IMAP and POP3 side by side (pop3s at
+# every front end; a minute or two).
+compare-pop3:
+	SUITE=login bash scripts/compare-peers.sh
 
 build:
 	$(GO) build ./...

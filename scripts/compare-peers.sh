@@ -9,15 +9,22 @@
 #   Dovecot direct  the first backend itself, over TLS
 #
 # The front ends terminate TLS with the same ECDSA P-256 certificate and
-# reach the same two Dovecot backends over plain IMAP; every user has one
-# 1 MiB message in INBOX. Then it runs, for each test, each front end in
-# turn (so that the machine's drift hits every column alike), and prints
-# one table. Usage, as root (Dovecot drops privileges itself):
+# reach the same two Dovecot backends over plain IMAP and POP3; every user
+# has a small message (1 in INBOX, what the login sessions read) and a
+# 1 MiB one (the last, what the FETCH test reads). Each front end also
+# takes POP3 with TLS (pop3s): POP3 login sessions (AUTH PLAIN, STAT,
+# RETR 1, QUIT) are measured next to IMAP's (AUTHENTICATE PLAIN, SELECT,
+# FETCH of a header, LOGOUT). Then it runs, for each test, each front end
+# in turn (so that the machine's drift hits every column alike), and
+# prints one table. Usage, as root (Dovecot drops privileges itself):
 #
 #   bash scripts/compare-peers.sh          # or: make compare
+#   SUITE=login bash scripts/compare-peers.sh   # or: make compare-pop3
 #
 # Knobs (environment): USERS (300), LOGINS (1000), IDLE (2000), HOLD (20s),
-# KEEP=1 keeps the scratch directory (configs, logs, JSON reports).
+# SUITE=login runs only the IMAP and POP3 login tests (no idle, FETCH,
+# NOOP or post-quantum rows), KEEP=1 keeps the scratch directory (configs,
+# logs, JSON reports).
 # Needs dovecot, redis-server, python3, openssl and go; installs nginx-light
 # and libnginx-mod-mail when nginx or its mail module is missing.
 #
@@ -28,13 +35,16 @@
 # worker processes for nginx (one per core), Dovecot's login processes in
 # their high-performance mode (service_count = 0, one per core) as its
 # documentation advises for many connections, and every server at its
-# default log level, logging to a file.
+# default log level, logging to a file. nginx's pop3 server has its own
+# auth_http service (the same script, with the backends' POP3 ports).
 set -euo pipefail
 
 USERS=${USERS:-300}
 LOGINS=${LOGINS:-1000}
 IDLE=${IDLE:-2000}
 HOLD=${HOLD:-20s}
+SUITE=${SUITE:-all}
+case $SUITE in all | login) ;; *) echo "compare-peers: SUITE is all or login" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 die() { echo "compare-peers: $*" >&2; exit 1; }
@@ -96,8 +106,8 @@ start() {
 	GROUPS_STARTED+=("$PID")
 }
 
-# wait_greeting PORT [tls]: until a real IMAP greeting (Dovecot first says
-# "Waiting for authentication process" while its auth starts).
+# wait_greeting PORT [tls]: until a real IMAP or POP3 greeting (Dovecot
+# first says "Waiting for authentication process" while its auth starts).
 wait_greeting() {
 	local i line
 	for i in $(seq 100); do
@@ -107,12 +117,12 @@ wait_greeting() {
 			line=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && head -1 <&3" 2>/dev/null || true)
 		fi
 		case $line in
-		"* OK"*Waiting*) ;;
-		"* OK"*) return 0 ;;
+		"* OK"*Waiting* | "+OK"*Waiting*) ;;
+		"* OK"* | "+OK"*) return 0 ;;
 		esac
 		sleep 0.2
 	done
-	die "no IMAP greeting on port $1"
+	die "no IMAP or POP3 greeting on port $1"
 }
 
 wait_port() {
@@ -125,12 +135,13 @@ wait_port() {
 }
 
 # Ports below the ephemeral range, which outgoing connections take from.
-read -r P_DOVA P_DOVA_TLS P_DOVB P_DPROXY P_REDIS P_AUTH P_NGINX P_PORTICO < <(python3 - <<'EOF'
+read -r P_DOVA P_DOVA_TLS P_DOVB P_DPROXY P_REDIS P_AUTH P_NGINX P_PORTICO \
+	P_DOVA_POP3 P_DOVA_POP3S P_DOVB_POP3 P_DPROXY_POP3 P_AUTH_POP3 P_NGINX_POP3 P_PORTICO_POP3 < <(python3 - <<'EOF'
 import random, socket
 lo = 20000
 hi = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 ports = []
-while len(ports) < 8:
+while len(ports) < 15:
     p = random.randrange(lo, hi)
     if p in ports:
         continue
@@ -154,42 +165,59 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 	-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 chmod 644 "$T/key.pem" # nginx and dovecot read it as root; a throw-away key
 
-# One 1 MiB message, hard-linked into every mailbox.
-python3 - "$T/msg" <<'EOF'
+# A small message and a 1 MiB one, hard-linked into every mailbox; the
+# small one's earlier timestamp in its file name makes it message 1.
+python3 - "$T/msg" "$T/small" <<'EOF'
 import sys
 head = b"From: <load@example.test>\r\nTo: <user@example.test>\r\nSubject: 1 MiB\r\n" \
        b"Date: Mon, 02 Nov 2026 10:00:00 +0000\r\nMessage-ID: <big@example.test>\r\n\r\n"
 line = b"x" * 76 + b"\r\n"
 body = (line * (((1 << 20) - len(head)) // len(line) + 1))[: (1 << 20) - len(head)]
 open(sys.argv[1], "wb").write(head + body)
+small = head.replace(b"1 MiB", b"small").replace(b"<big@", b"<small@") + b"Hello,\r\n\r\na small message.\r\n"
+open(sys.argv[2], "wb").write(small)
 EOF
-chown 65534:65534 "$T/msg"
-chmod 600 "$T/msg"
+chown 65534:65534 "$T/msg" "$T/small"
+chmod 600 "$T/msg" "$T/small"
 
 half=$((USERS / 2))
 : >"$T/routes.redis"
 : >"$T/routes.nginx"
-for d in dova dovb dproxy; do mkdir -p "$T/$d/run" "$T/$d/state" "$T/$d/home"; : >"$T/$d/users"; done
+: >"$T/routes.nginx.pop3"
+for d in dova dovb; do mkdir -p "$T/$d/run" "$T/$d/state" "$T/$d/home"; : >"$T/$d/users"; done
+# The proxy's passdb is one file per service (users-imap, users-pop3):
+# proxy=y's port differs.
+mkdir -p "$T/dproxy/run" "$T/dproxy/state" "$T/dproxy/home"
+: >"$T/dproxy/users-imap"
+: >"$T/dproxy/users-pop3"
 for i in $(seq "$USERS"); do
 	u="user$i@example.test"
-	if [ "$i" -le "$half" ]; then d=dova be=dovA port=$P_DOVA; else d=dovb be=dovB port=$P_DOVB; fi
+	if [ "$i" -le "$half" ]; then
+		d=dova be=dovA port=$P_DOVA pop3=$P_DOVA_POP3
+	else
+		d=dovb be=dovB port=$P_DOVB pop3=$P_DOVB_POP3
+	fi
 	echo "$u:{PLAIN}pw$i" >>"$T/$d/users"
-	echo "$u:{PLAIN}pw$i::::::proxy=y host=127.0.0.1 port=$port" >>"$T/dproxy/users"
+	echo "$u:{PLAIN}pw$i::::::proxy=y host=127.0.0.1 port=$port" >>"$T/dproxy/users-imap"
+	echo "$u:{PLAIN}pw$i::::::proxy=y host=127.0.0.1 port=$pop3" >>"$T/dproxy/users-pop3"
 	echo "HSET portico:route:$u backend $be" >>"$T/routes.redis"
 	echo "$u 127.0.0.1:$port" >>"$T/routes.nginx"
+	echo "$u 127.0.0.1:$pop3" >>"$T/routes.nginx.pop3"
 	md="$T/$d/home/$u/Maildir"
 	mkdir -p "$md/cur" "$md/new" "$md/tmp"
+	ln "$T/small" "$md/new/1600000000.small.compare:2,"
 	ln "$T/msg" "$md/new/1700000000.big.compare:2,"
 done
 chown -R 65534:65534 "$T/dova/home" "$T/dovb/home"
 
-# dovecot_conf DIR: the settings every instance shares.
+# dovecot_conf DIR [PASSWD]: the settings every instance shares; PASSWD
+# is the passdb file (default DIR/users).
 dovecot_conf() {
 	cat <<EOF
 base_dir = $1/run
 state_dir = $1/state
 log_path = $1/dovecot.log
-protocols = imap
+protocols = imap pop3
 listen = 127.0.0.1
 auth_mechanisms = plain login
 login_trusted_networks = 127.0.0.1/32
@@ -199,10 +227,13 @@ default_client_limit = 20000
 default_vsz_limit = 1G
 passdb {
   driver = passwd-file
-  args = scheme=PLAIN $1/users
+  args = scheme=PLAIN ${2:-$1/users}
 }
 # imap's own default of 1024 would cap the direct idle test.
 service imap {
+  process_limit = 6000
+}
+service pop3 {
   process_limit = 6000
 }
 userdb {
@@ -218,45 +249,39 @@ service anvil {
 EOF
 }
 
-backend_conf() { # DIR PLAIN_PORT TLS_PORT
-	dovecot_conf "$1"
+# login_service PROTO PLAIN_PORT TLS_PORT: imap-login or pop3-login.
+login_service() {
 	cat <<EOF
-ssl = yes
-disable_plaintext_auth = no
-service imap-login {
+service $1-login {
   chroot =
   service_count = 0
   process_min_avail = 2
   client_limit = 10000
-  inet_listener imap {
+  inet_listener $1 {
     port = $2
   }
-  inet_listener imaps {
+  inet_listener $1s {
     port = $3
   }
 }
 EOF
 }
 
-backend_conf "$T/dova" "$P_DOVA" "$P_DOVA_TLS" >"$T/dova/dovecot.conf"
-backend_conf "$T/dovb" "$P_DOVB" 0 >"$T/dovb/dovecot.conf"
-{
-	dovecot_conf "$T/dproxy"
-	cat <<EOF
-ssl = required
-service imap-login {
-  chroot =
-  service_count = 0
-  process_min_avail = 2
-  client_limit = 10000
-  inet_listener imap {
-    port = 0
-  }
-  inet_listener imaps {
-    port = $P_DPROXY
-  }
+backend_conf() { # DIR IMAP_PORT IMAPS_PORT POP3_PORT POP3S_PORT
+	dovecot_conf "$1"
+	echo "ssl = yes"
+	echo "disable_plaintext_auth = no"
+	login_service imap "$2" "$3"
+	login_service pop3 "$4" "$5"
 }
-EOF
+
+backend_conf "$T/dova" "$P_DOVA" "$P_DOVA_TLS" "$P_DOVA_POP3" "$P_DOVA_POP3S" >"$T/dova/dovecot.conf"
+backend_conf "$T/dovb" "$P_DOVB" 0 "$P_DOVB_POP3" 0 >"$T/dovb/dovecot.conf"
+{
+	dovecot_conf "$T/dproxy" "$T/dproxy/users-%s"
+	echo "ssl = required"
+	login_service imap 0 "$P_DPROXY"
+	login_service pop3 0 "$P_DPROXY_POP3"
 } >"$T/dproxy/dovecot.conf"
 
 log "starting dovecot (2 backends, 1 proxy), redis, auth_http, nginx, portico"
@@ -270,6 +295,8 @@ start redis redis-server --port "$P_REDIS" --bind 127.0.0.1 --save '' --appendon
 PID_REDIS=$PID
 start auth python3 "$ROOT/scripts/nginx-auth.py" "$P_AUTH" "$T/routes.nginx"
 PID_AUTH=$PID
+start auth-pop3 python3 "$ROOT/scripts/nginx-auth.py" "$P_AUTH_POP3" "$T/routes.nginx.pop3"
+PID_AUTH_POP3=$PID
 
 mkdir -p "$T/nginx"
 cat >"$T/nginx/nginx.conf" <<EOF
@@ -290,9 +317,16 @@ mail {
   ssl_certificate $T/cert.pem;
   ssl_certificate_key $T/key.pem;
   ssl_protocols TLSv1.2 TLSv1.3;
+  pop3_auth plain;
+  pop3_capabilities TOP USER UIDL;
   server {
     listen 127.0.0.1:$P_NGINX ssl;
     protocol imap;
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX_POP3 ssl;
+    protocol pop3;
+    auth_http 127.0.0.1:$P_AUTH_POP3/auth;
   }
 }
 EOF
@@ -302,14 +336,15 @@ PID_NGINX=$PID
 cat >"$T/portico.yaml" <<EOF
 listeners:
   - {name: imaps, mode: imaps, address: "127.0.0.1:$P_PORTICO"}
+  - {name: pop3s, mode: pop3s, address: "127.0.0.1:$P_PORTICO_POP3"}
 tls:
   certificates:
     - {cert_file: $T/cert.pem, key_file: $T/key.pem}
 routing:
   redis: {addrs: ["127.0.0.1:$P_REDIS"]}
 backends:
-  - {name: dovA, address: "127.0.0.1:$P_DOVA", security: plain, forward_id: true}
-  - {name: dovB, address: "127.0.0.1:$P_DOVB", security: plain, forward_id: true}
+  - {name: dovA, address: "127.0.0.1:$P_DOVA", security: plain, forward_id: true, pop3_port: $P_DOVA_POP3}
+  - {name: dovB, address: "127.0.0.1:$P_DOVB", security: plain, forward_id: true, pop3_port: $P_DOVB_POP3}
 backend_defaults: {security: starttls} # no route names a host:port
 EOF
 wait_port "$P_REDIS"
@@ -317,25 +352,33 @@ redis-cli -p "$P_REDIS" <"$T/routes.redis" >/dev/null
 start portico "$T/portico" serve -config "$T/portico.yaml"
 PID_PORTICO=$PID
 
-for p in "$P_DOVA" "$P_DOVB"; do wait_greeting "$p"; done
-for p in "$P_DOVA_TLS" "$P_DPROXY" "$P_NGINX" "$P_PORTICO"; do wait_greeting "$p" tls; done
+for p in "$P_DOVA" "$P_DOVB" "$P_DOVA_POP3" "$P_DOVB_POP3"; do wait_greeting "$p"; done
+for p in "$P_DOVA_TLS" "$P_DPROXY" "$P_NGINX" "$P_PORTICO" \
+	"$P_DOVA_POP3S" "$P_DPROXY_POP3" "$P_NGINX_POP3" "$P_PORTICO_POP3"; do wait_greeting "$p" tls; done
 wait_port "$P_AUTH"
+wait_port "$P_AUTH_POP3"
 
 FRONTS=(portico nginx dproxy direct)
-declare -A ADDR=([portico]=$P_PORTICO [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS)
+# By front end, and by front end and protocol for POP3 (PROTO=pop3).
+declare -A ADDR=([portico]=$P_PORTICO [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS
+	[portico.pop3]=$P_PORTICO_POP3 [nginx.pop3]=$P_NGINX_POP3 [dproxy.pop3]=$P_DPROXY_POP3 [direct.pop3]=$P_DOVA_POP3S)
 # The front end's processes; the second pid, where there is one, is its
 # lookup service, reported on its own row.
-declare -A PIDS=([portico]="$PID_PORTICO,$PID_REDIS" [nginx]="$PID_NGINX,$PID_AUTH" [dproxy]=$PID_DPROXY [direct]=$PID_DOVA)
+declare -A PIDS=([portico]="$PID_PORTICO,$PID_REDIS" [nginx]="$PID_NGINX,$PID_AUTH" [dproxy]=$PID_DPROXY [direct]=$PID_DOVA
+	[portico.pop3]="$PID_PORTICO,$PID_REDIS" [nginx.pop3]="$PID_NGINX,$PID_AUTH_POP3" [dproxy.pop3]=$PID_DPROXY [direct.pop3]=$PID_DOVA)
 declare -A NUSERS=([portico]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half)
 mkdir -p "$T/results"
 
-# bench FRONT TEST ARGS...: one `portico bench` run, its JSON kept.
+# bench FRONT TEST ARGS...: one `portico bench` run, its JSON kept; with
+# PROTO=pop3, a POP3 one (pop3s).
+PROTO=imap
 bench() {
-	local f=$1 test=$2
+	local f=$1 test=$2 k=$1
 	shift 2
-	"$T/portico" bench "$@" -addr "127.0.0.1:${ADDR[$f]}" -ca "$T/cert.pem" \
+	[ "$PROTO" = imap ] || k=$f.$PROTO
+	"$T/portico" bench "$@" -protocol "$PROTO" -addr "127.0.0.1:${ADDR[$k]}" -ca "$T/cert.pem" \
 		-user 'user%d@example.test' -pass 'pw%d' -nusers "${NUSERS[$f]}" \
-		-pid "${PIDS[$f]}" -json >"$T/results/$f-$test.json" &
+		-pid "${PIDS[$k]}" -json >"$T/results/$f-$test.json" &
 	BENCH=$!
 	wait "$BENCH" || true
 	BENCH=
@@ -344,29 +387,43 @@ import json, sys
 try:
     r = json.load(open(sys.argv[1]))
 except ValueError:
-    print(f"  {sys.argv[2]:8} {sys.argv[3]:9} no report"); sys.exit()
-print(f"  {sys.argv[2]:8} {sys.argv[3]:9} sessions {r['sessions']:5}  ops {r.get('ops', 0):5}  "
+    print(f"  {sys.argv[2]:8} {sys.argv[3]:11} no report"); sys.exit()
+print(f"  {sys.argv[2]:8} {sys.argv[3]:11} sessions {r['sessions']:5}  ops {r.get('ops', 0):5}  "
       f"errors {r['errors']:4}  {r['elapsed_s']:6.1f} s  {r.get('tls', '')}  {r.get('error_kinds') or ''}")
 EOF
 }
 
 CURVES=X25519,P256
-log "warm-up: every user logs in once through every front end (mailbox indexes, route caches)"
+log "warm-up: every user logs in once through every front end (mailbox indexes, route caches), IMAP and POP3"
 for f in "${FRONTS[@]}"; do bench "$f" warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
-# Idle first, so that the memory the front ends hold from the bulk tests
-# (FETCH buffers the GC has not returned yet) does not hide the growth.
-log "$IDLE idle sessions held $HOLD"
-for f in "${FRONTS[@]}"; do bench "$f" idle idle -w 64 -n "$IDLE" -duration "$HOLD" -curves $CURVES; done
-log "login, one client at a time"
+PROTO=pop3
+for f in "${FRONTS[@]}"; do bench "$f" pop3warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
+PROTO=imap
+if [ "$SUITE" = all ]; then
+	# Idle first, so that the memory the front ends hold from the bulk
+	# tests (FETCH buffers the GC has not returned yet) does not hide the
+	# growth.
+	log "$IDLE idle sessions held $HOLD"
+	for f in "${FRONTS[@]}"; do bench "$f" idle idle -w 64 -n "$IDLE" -duration "$HOLD" -curves $CURVES; done
+fi
+log "login, one client at a time, IMAP then POP3"
 for f in "${FRONTS[@]}"; do bench "$f" login1 login -w 1 -n 200 -curves $CURVES; done
-log "login, 64 clients"
+PROTO=pop3
+for f in "${FRONTS[@]}"; do bench "$f" pop3login1 login -w 1 -n 200 -curves $CURVES; done
+PROTO=imap
+log "login, 64 clients, IMAP then POP3"
 for f in "${FRONTS[@]}"; do bench "$f" login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
-log "login, 64 clients offering Go's default key exchanges (X25519MLKEM768 first)"
-for f in "${FRONTS[@]}"; do bench "$f" loginpq login -w 64 -n "$LOGINS"; done
-log "FETCH of the 1 MiB message, one session"
-for f in "${FRONTS[@]}"; do bench "$f" fetch fetch -w 1 -n 50 -curves $CURVES; done
-log "NOOP round trips, one session"
-for f in "${FRONTS[@]}"; do bench "$f" latency latency -w 1 -n 2000 -curves $CURVES; done
+PROTO=pop3
+for f in "${FRONTS[@]}"; do bench "$f" pop3login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
+PROTO=imap
+if [ "$SUITE" = all ]; then
+	log "login, 64 clients offering Go's default key exchanges (X25519MLKEM768 first)"
+	for f in "${FRONTS[@]}"; do bench "$f" loginpq login -w 64 -n "$LOGINS"; done
+	log "FETCH of the 1 MiB message, one session"
+	for f in "${FRONTS[@]}"; do bench "$f" fetch fetch -w 1 -n 50 -curves $CURVES; done
+	log "NOOP round trips, one session"
+	for f in "${FRONTS[@]}"; do bench "$f" latency latency -w 1 -n 2000 -curves $CURVES; done
+fi
 
 python3 - "$T/results" "$IDLE" <<'EOF'
 import json, os, sys
@@ -403,13 +460,19 @@ rows = [
     ("logins/s, 64 clients", lambda f: get(f, "login64", lambda r: f"{r['rate_per_s']:.0f}")),
     ("one at a time: session p50, ms", lambda f: get(f, "login1", lambda r: f"{r['session']['p50_ms']:.1f}")),
     ("one at a time: login p50, ms", lambda f: get(f, "login1", lambda r: f"{r['login']['p50_ms']:.2f}")),
+    ("POP3: CPU per login session, ms (X25519)", lambda f: cpu(f, "pop3login64", 0)),
+    ("POP3: + its lookup service, ms (Redis / auth_http)", lambda f: cpu(f, "pop3login64", 1) if f != "direct" else "–"),
+    ("POP3: logins/s, 64 clients", lambda f: get(f, "pop3login64", lambda r: f"{r['rate_per_s']:.0f}")),
+    ("POP3 one at a time: session p50, ms", lambda f: get(f, "pop3login1", lambda r: f"{r['session']['p50_ms']:.1f}")),
+    ("POP3 one at a time: login p50, ms", lambda f: get(f, "pop3login1", lambda r: f"{r['login']['p50_ms']:.2f}")),
     ("FETCH 1 MiB, MiB/s (one session)", lambda f: get(f, "fetch", lambda r: f"{r['mib_per_s']:.0f}")),
     ("CPU per MiB fetched, ms", lambda f: get(f, "fetch", lambda r: f"{r['cpu']['processes'][0]['cpu_s'] * 1000 * 1048576 / r['bytes']:.2f}")),
     ("NOOP p50 / p99, ms", lambda f: get(f, "latency", lambda r: f"{r['op']['p50_ms']:.3f} / {r['op']['p99_ms']:.3f}")),
     (f"idle sessions held / survived (of {idle})", lambda f: get(f, "idle", lambda r: f"{r['sessions']} / {r.get('survived', 0)}")),
     ("RSS per idle session, KiB (sum of VmRSS)", lambda f: get(f, "idle", lambda r: f"{r['memory']['rss_per_session_bytes'] / 1024:.1f}")),
     ("PSS per idle session, KiB", lambda f: get(f, "idle", lambda r: f"{r['memory']['pss_per_session_bytes'] / 1024:.1f}")),
-    ("errors, all runs", lambda f: str(sum((rep(f, t) or {}).get("errors", 0) for t in ("login1", "login64", "loginpq", "fetch", "latency", "idle")))),
+    ("errors, all runs", lambda f: str(sum((rep(f, t) or {}).get("errors", 0)
+                                          for t in ("login1", "login64", "loginpq", "fetch", "latency", "idle", "pop3login1", "pop3login64")))),
 ]
 print("| | " + " | ".join(name for _, name in fronts) + " |")
 print("|---|" + "---:|" * len(fronts))
