@@ -37,10 +37,15 @@ type pop3Harness struct {
 	lastCred               atomic.Pointer[upstream.Credentials]
 }
 
-func newPOP3Harness(t *testing.T, tune func(*proxy.Limits)) *pop3Harness {
+func newPOP3Harness(t *testing.T, tune func(*proxy.Limits), setup ...func(*proxy.Server)) *pop3Harness {
 	t.Helper()
 	ph := &pop3Harness{}
-	h := newHarnessWith(t, tune, func(s *proxy.Server) { s.LoginPOP3 = ph.login })
+	h := newHarnessWith(t, tune, func(s *proxy.Server) {
+		s.LoginPOP3 = ph.login
+		for _, f := range setup {
+			f(s)
+		}
+	})
 	ph.harness = h
 	ph.backend = &pop3Backend{messages: [][]byte{
 		[]byte("Subject: one\r\n\r\nhello\r\n.dotted line\r\n..\r\n"),
@@ -488,4 +493,33 @@ func TestPOP3Shutdown(t *testing.T) {
 	}()
 	c.expect("-ERR [SYS/TEMP] Server shutting down")
 	<-done
+}
+
+// An Authenticator decides POP3 logins as it does IMAP ones, told the
+// protocol; its credentials are the ones used upstream.
+func TestPOP3Authenticator(t *testing.T) {
+	master := upstream.Credentials{User: "master", Secret: alicePW, AuthzID: "alice@example.test"}
+	auth := &fakeAuth{results: map[string]proxy.AuthResult{
+		"alice@example.test proxy-pw": {OK: true, Upstream: master},
+		"closed@example.test pw":      {Close: true},
+	}}
+	ph := newPOP3Harness(t, nil, func(s *proxy.Server) { s.Authenticator = auth })
+	c := ph.dialPOP3S(t)
+	c.send("USER alice\r\nPASS proxy-pw\r\n")
+	c.expect("+OK Send PASS.")
+	c.expect("+OK Logged in.")
+	if cred := ph.lastCred.Load(); *cred != master {
+		t.Errorf("upstream credentials %+v, want the Authenticator's", cred)
+	}
+	c = ph.dialPOP3S(t)
+	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00closed\x00pw")) + "\r\n")
+	c.expect("-ERR [AUTH] Authentication failed")
+	c.expect("-ERR Authentication failed")
+	c.expectCloseNotify()
+	auth.mu.Lock()
+	defer auth.mu.Unlock()
+	if len(auth.asked) != 2 || auth.asked[0].Protocol != "pop3" || auth.asked[0].Mechanism != "LOGIN" ||
+		auth.asked[1].Protocol != "pop3" || auth.asked[1].Mechanism != "PLAIN" {
+		t.Errorf("the Authenticator was asked %+v", auth.asked)
+	}
 }
