@@ -154,14 +154,14 @@ func printSessions(rt *app.App, user string, limit int) error {
 	ctx, cancel := adminContextFor(10 * time.Minute)
 	defer cancel()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "USER\tPROXY\tCLIENT\tBACKEND\tSINCE\tTO BACKEND\tTO CLIENT")
+	fmt.Fprintln(tw, "USER\tPROXY\tLISTENER\tCLIENT\tBACKEND\tSINCE\tTO BACKEND\tTO CLIENT")
 	n := 0
 	errLimit := errors.New("limit reached")
 	print := func(r fleet.Record) error {
 		if limit > 0 && n == limit {
 			return errLimit
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.User, r.Proxy, r.Client, r.Backend,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.User, r.Proxy, r.Listener, r.Client, r.Backend,
 			r.Since.UTC().Format(time.RFC3339), r.BytesToBackend, r.BytesToClient)
 		if n++; n%sessionPage == 0 {
 			tw.Flush()
