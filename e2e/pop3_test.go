@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/fleet"
 	"github.com/portico-mail/portico/internal/app"
 	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
@@ -215,6 +216,15 @@ func (c *rawConn) expect(want string) {
 	c.t.Helper()
 	if l := c.line(); l != want {
 		c.t.Fatalf("got %q, want %q", l, want)
+	}
+}
+
+// expectPOP3 sends one POP3 command and fails unless its status line is
+// want.
+func (c *rawConn) expectPOP3(line, want string) {
+	c.t.Helper()
+	if l := c.pop3(line); l != want {
+		c.t.Fatalf("%s: got %q, want %q", strings.Fields(line)[0], l, want)
 	}
 }
 
@@ -501,5 +511,167 @@ func TestPOP3Poplib(t *testing.T) {
 	}
 	if n := e.logins.Load() - logins; n != 2 {
 		t.Errorf("%d backend logins, want 2 (the one in clear must not reach it)", n)
+	}
+}
+
+// porticoBinary builds the portico command, for its admin subcommands.
+func porticoBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "portico")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/portico-mail/portico/cmd/portico").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// admin runs `portico SUBCOMMAND -config CONFIG ARGS...` against the
+// environment's Redis, as an operator would.
+func (e *pop3Env) admin(t *testing.T, bin, sub string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, append([]string{sub, "-config", e.config}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("portico %s %s: %v\n%s", sub, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// waitFor polls cond every 20 ms for up to d, and fails with what
+// otherwise.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// smallReceiveBuffer makes a client that reads slowly hold back its
+// server quickly: a 4 KiB receive window instead of megabytes.
+func smallReceiveBuffer(_, _ string, c syscall.RawConn) error {
+	var err error
+	c.Control(func(fd uintptr) {
+		err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+	})
+	return err
+}
+
+// TestPOP3RoutingAndKick routes POP3 users through Redis: to a backend
+// with pop3_port, to a literal address (backend_defaults.pop3_port), to a
+// backend without POP3 (-ERR [SYS/TEMP]). A logged-in POP3 session is in
+// the fleet's registry with its listener, and `portico kick` ends it at
+// a response boundary: during a large RETR the client gets the whole
+// message, then -ERR [SYS/TEMP].
+func TestPOP3RoutingAndKick(t *testing.T) {
+	e := newPOP3Env(t)
+	bin := porticoBinary(t)
+
+	c := e.dialPOP3(t, e.pop3s, true)
+	c.expectPOP3("USER "+noPOP3User, "+OK Send PASS.")
+	c.expectPOP3("PASS "+noPOP3Pass, "-ERR [SYS/TEMP] Service temporarily unavailable, try again later")
+	c.expectPOP3("QUIT", "+OK Logging out.")
+	if l := e.dovecotLogins(noPOP3User); len(l) != 0 {
+		t.Errorf("a user of a backend without POP3 logged in to Dovecot: %q", l)
+	}
+
+	c = e.dialPOP3(t, e.pop3, false)
+	c.stls(e)
+	c.pop3Login(literalUser, literalPass)
+	c.expectPOP3("STAT", "+OK 0 0")
+	c.expectPOP3("QUIT", "+OK Logging out.")
+	if rest := c.readToEOF(); len(rest) != 0 {
+		t.Errorf("after QUIT: %q", rest)
+	}
+	if l := e.dovecotLogins(literalUser); len(l) != 1 {
+		t.Errorf("Dovecot's POP3 logins of %s: %q", literalUser, l)
+	}
+
+	// 16 MiB: more than the socket buffers between Dovecot and the client
+	// hold, so that Portico is still in the middle of the message when the
+	// kick arrives.
+	big := bigMessage("kicked", 16<<20)
+	e.dovecot.AddMessage(t, kickedUser, "INBOX", big)
+	slow := *dialer
+	slow.Control = smallReceiveBuffer
+	c = e.dialPOP3With(t, &slow, e.pop3s, true)
+	c.pop3Login(kickedUser, kickedPass)
+
+	// The registry lists the session with its listener, and so does
+	// `portico sessions`.
+	var rec fleet.Record
+	waitFor(t, 5*time.Second, "the session is not in the registry", func() bool {
+		recs, err := fleet.ListSessions(context.Background(), e.rt.Redis, e.rt.RedisPrefix, kickedUser)
+		if err != nil || len(recs) != 1 {
+			return false
+		}
+		rec = recs[0]
+		return true
+	})
+	if rec.Listener != "pop3s" || rec.Backend != "dovecot" || !strings.HasPrefix(rec.Client, clientIP+":") || rec.Proxy != "pop3-e2e" {
+		t.Errorf("registry record %+v", rec)
+	}
+	out := e.admin(t, bin, "sessions", kickedUser)
+	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(kickedUser) + `\s+pop3-e2e\s+pop3s\s+` + regexp.QuoteMeta(clientIP) + `:\d+\s+dovecot\s`).MatchString(out) {
+		t.Errorf("portico sessions %s does not show the session with its listener:\n%s", kickedUser, out)
+	}
+
+	// A kick in the middle of the RETR, while the client's full window
+	// holds Portico back: the client still gets the rest of the message,
+	// then the -ERR.
+	c.write("RETR 1\r\n")
+	if l := c.line(); !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("RETR: %q", l)
+	}
+	var got bytes.Buffer
+	for got.Len() < 64<<10 {
+		got.WriteString(strings.TrimPrefix(c.line(), ".") + "\r\n")
+	}
+	toClient := func() int64 {
+		for _, s := range e.rt.Server.Sessions() {
+			if s.User == kickedUser {
+				return s.BytesToClient
+			}
+		}
+		t.Fatal("the session to kick has ended")
+		return 0
+	}
+	last := toClient()
+	waitFor(t, 10*time.Second, "Portico never stopped writing to a client that does not read", func() bool {
+		time.Sleep(200 * time.Millisecond)
+		n := toClient()
+		stalled := n == last
+		last = n
+		return stalled
+	})
+	t.Logf("Portico stalled after %d bytes of the %d-byte message", last, len(big))
+	if last >= int64(len(big)) {
+		t.Fatalf("Portico wrote the whole message (%d bytes) before the kick: the buffers are too large for this test", last)
+	}
+	if out := e.admin(t, bin, "kick", kickedUser); !strings.Contains(out, "kick sent") {
+		t.Fatalf("portico kick: %s", out)
+	}
+	waitFor(t, 5*time.Second, "the kick did not reach the proxy", func() bool {
+		return regexp.MustCompile(`msg="fleet: kicked" .*user=` + regexp.QuoteMeta(kickedUser)).MatchString(e.logs.String())
+	})
+	got.Write(c.multiline())
+	if !bytes.Equal(got.Bytes(), big) {
+		t.Errorf("the kicked RETR delivered %d bytes, not the %d of the message", got.Len(), len(big))
+	}
+	c.expect("-ERR [SYS/TEMP] Session ended by the administrator")
+	if rest := c.readToEOF(); len(rest) != 0 {
+		t.Errorf("after the kick's -ERR: %q", rest)
+	}
+	waitFor(t, 5*time.Second, "the kicked session is still in the registry", func() bool {
+		n, err := fleet.CountSessions(context.Background(), e.rt.Redis, e.rt.RedisPrefix, kickedUser)
+		return err == nil && n == 0
+	})
+	if !regexp.MustCompile(`msg="session end" session=\S+ listener=pop3s .*user=` + regexp.QuoteMeta(kickedUser) + `.* outcome=kicked`).MatchString(e.logs.String()) {
+		t.Errorf("no kicked session end in Portico's log")
 	}
 }
