@@ -40,6 +40,17 @@ const (
 	clientIP = "127.0.0.2"
 )
 
+// dovecotNoAuthPenalty, in DovecotOptions.Extra, turns off Dovecot's own
+// delay of logins from an address that failed before (up to 15 s): tests
+// that fail logins on purpose, from one address, would wait for it.
+const dovecotNoAuthPenalty = `
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+`
+
 // env is one Portico in front of two Dovecots, routed through Redis.
 type env struct {
 	redis    *testsrv.Redis

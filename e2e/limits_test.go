@@ -96,12 +96,7 @@ service imap-login {
   service_count = 0
   process_min_avail = 2
 }
-service anvil {
-  unix_listener anvil-auth-penalty {
-    mode = 0
-  }
-}
-`})
+` + dovecotNoAuthPenalty})
 	dir := t.TempDir()
 	_, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
 	var static strings.Builder
