@@ -70,7 +70,7 @@ func newPOP3Env(t *testing.T) *pop3Env {
 	e.redis = testsrv.StartRedis(t)
 	e.dovecot = testsrv.StartDovecot(t, testsrv.DovecotOptions{POP3: true, Users: map[string]string{
 		aliceUser: alicePass, bobUser: bobPass, noPOP3User: noPOP3Pass, kickedUser: kickedPass, literalUser: literalPass,
-	}})
+	}, Extra: dovecotNoAuthPenalty})
 	_, pop3Port, err := net.SplitHostPort(e.dovecot.POP3Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -673,5 +673,184 @@ func TestPOP3RoutingAndKick(t *testing.T) {
 	})
 	if !regexp.MustCompile(`msg="session end" session=\S+ listener=pop3s .*user=` + regexp.QuoteMeta(kickedUser) + `.* outcome=kicked`).MatchString(e.logs.String()) {
 		t.Errorf("no kicked session end in Portico's log")
+	}
+}
+
+// redisMonitor records every command Redis runs (MONITOR), to show that
+// something never reached it.
+type redisMonitor struct {
+	seen testsrv.Buffer
+}
+
+func startRedisMonitor(t *testing.T, addr string) *redisMonitor {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	m := &redisMonitor{}
+	br := bufio.NewReader(c)
+	io.WriteString(c, "MONITOR\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if l, err := br.ReadString('\n'); err != nil || l != "+OK\r\n" {
+		t.Fatalf("MONITOR: %q %v", l, err)
+	}
+	c.SetReadDeadline(time.Time{})
+	go io.Copy(&m.seen, br)
+	return m
+}
+
+// commands returns what Redis has run so far: it sends a marker through
+// client and waits (5 s at most) for it to show, so that every command
+// sent before is in.
+func (m *redisMonitor) commands(t *testing.T, e *pop3Env) string {
+	t.Helper()
+	marker := fmt.Sprintf("marker-%d", time.Now().UnixNano())
+	if err := e.rt.Redis.Echo(context.Background(), marker).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "MONITOR never showed the marker", func() bool { return strings.Contains(m.seen.String(), marker) })
+	return m.seen.String()
+}
+
+// TestPOP3Attacks: what an attacker, or a client that would give its
+// password away, gets from Portico's POP3 listeners in front of a real
+// Dovecot.
+func TestPOP3Attacks(t *testing.T) {
+	e := newPOP3Env(t)
+	mon := startRedisMonitor(t, e.redis.Addr)
+	const wrongPass = "wrong-password-for-alice"
+
+	// STLS with commands pipelined behind it (CVE-2011-0411): nothing is
+	// answered in clear, the bytes go to the TLS handshake, which fails.
+	c := e.dialPOP3(t, e.pop3, false)
+	c.write("STLS\r\nUSER " + aliceUser + "\r\nPASS " + alicePass + "\r\n")
+	c.expect("+OK Begin TLS negotiation now")
+	c.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if rest, err := io.ReadAll(c.br); bytes.Contains(rest, []byte("OK")) || bytes.Contains(rest, []byte("ERR")) {
+		t.Errorf("injected commands were answered: %q (%v)", rest, err)
+	}
+	if err := tls.Client(c.conn, e.tlsConfig()).Handshake(); err == nil {
+		t.Errorf("the TLS handshake after an injection succeeded")
+	}
+
+	// USER, PASS and AUTH in clear on a listener that requires TLS: refused,
+	// the connection closed after max_auth_failures (3).
+	c = e.dialPOP3(t, e.pop3, false)
+	caps := c.pop3("CAPA")
+	capa := string(c.multiline())
+	if caps != "+OK Capability list follows" || !strings.Contains(capa, "STLS") || strings.Contains(capa, "USER") || strings.Contains(capa, "SASL") {
+		t.Errorf("CAPA before STLS: %s %q", caps, capa)
+	}
+	c.expectPOP3("USER "+aliceUser, "-ERR [AUTH] TLS is required to log in; use STLS")
+	c.expectPOP3("PASS "+alicePass, "-ERR [AUTH] TLS is required to log in; use STLS")
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + aliceUser + "\x00" + alicePass))
+	c.expectPOP3("AUTH PLAIN "+plain, "-ERR [AUTH] TLS is required to log in; use STLS")
+	c.expect("-ERR Too many failed logins")
+	if rest := c.readToEOF(); len(rest) != 0 {
+		t.Errorf("after too many failures: %q", rest)
+	}
+	// None of it reached Redis, a backend, or Dovecot.
+	if cmds := mon.commands(t, e); strings.Contains(cmds, aliceUser) {
+		t.Errorf("a login in clear reached Redis:\n%s", cmds)
+	}
+	if e.logins.Load() != 0 || strings.Contains(e.dovecot.Log(), aliceUser) {
+		t.Errorf("a login in clear reached the backend (%d logins):\n%s", e.logins.Load(), e.dovecot.Log())
+	}
+
+	// A line past max_auth_line_length: -ERR, then the end.
+	for _, tc := range []struct {
+		addr string
+		tls  bool
+	}{{e.pop3s, true}, {e.pop3, false}} {
+		c = e.dialPOP3(t, tc.addr, tc.tls)
+		c.write("USER " + strings.Repeat("a", 20000) + "\r\n")
+		c.expect("-ERR Line too long")
+		c.expect("-ERR Closing connection")
+		if rest := c.readToEOF(); len(rest) != 0 {
+			t.Errorf("after a line too long: %q", rest)
+		}
+	}
+
+	// An HTTP request (ALPACA: a browser made to talk to the POP3 port):
+	// three bad commands, then the end.
+	for _, tc := range []struct {
+		addr string
+		tls  bool
+	}{{e.pop3s, true}, {e.pop3, false}} {
+		c = e.dialPOP3(t, tc.addr, tc.tls)
+		c.write("POST /form HTTP/1.1\r\nHost: mail.example.test\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\nUSER x\r\nPASS y\r\n")
+		for range 3 {
+			c.expect("-ERR Unknown command")
+		}
+		c.expect("-ERR Too many invalid commands")
+		if rest := c.readToEOF(); len(rest) != 0 {
+			t.Errorf("after an HTTP request: %q", rest)
+		}
+	}
+
+	// TLS for another protocol is refused on pop3s and after STLS: ALPN
+	// http/1.1 (a browser) or imap; pop3, or no ALPN, is served.
+	for _, tc := range []struct {
+		protos []string
+		ok     bool
+	}{{nil, true}, {[]string{"pop3"}, true}, {[]string{"http/1.1"}, false}, {[]string{"imap"}, false}} {
+		for _, stls := range []bool{false, true} {
+			addr := e.pop3s
+			if stls {
+				addr = e.pop3
+			}
+			raw, err := dialer.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw.SetDeadline(time.Now().Add(10 * time.Second))
+			if stls {
+				rc := &rawConn{t: t, conn: raw, br: bufio.NewReader(raw)}
+				rc.expect("+OK Portico ready.")
+				rc.expectPOP3("STLS", "+OK Begin TLS negotiation now")
+			}
+			cfg := e.tlsConfig()
+			cfg.NextProtos = tc.protos
+			tc2 := tls.Client(raw, cfg)
+			err = tc2.Handshake()
+			if (err == nil) != tc.ok {
+				t.Errorf("ALPN %v (STLS %v): handshake error %v", tc.protos, stls, err)
+			}
+			if err == nil && !stls {
+				rc := &rawConn{t: t, conn: tc2, br: bufio.NewReader(tc2)}
+				rc.expect("+OK Portico ready.")
+			}
+			raw.Close()
+		}
+	}
+
+	// Failures look alike: a wrong password, a user without a route, a
+	// user with a route that Dovecot does not know.
+	const ghostUser = "ghost@example.test"
+	if err := e.rt.Redis.HSet(context.Background(), "portico:route:"+ghostUser, routing.FieldBackend, "dovecot").Err(); err != nil {
+		t.Fatal(err)
+	}
+	var answers []string
+	for _, cred := range [][2]string{{aliceUser, wrongPass}, {"nobody@example.test", wrongPass}, {ghostUser, wrongPass}} {
+		c = e.dialPOP3(t, e.pop3s, true)
+		c.expectPOP3("USER "+cred[0], "+OK Send PASS.")
+		answers = append(answers, c.pop3("PASS "+cred[1]))
+		c = e.dialPOP3(t, e.pop3s, true)
+		answers = append(answers, c.pop3("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00"+cred[0]+"\x00"+cred[1]))))
+	}
+	for _, a := range answers {
+		if a != "-ERR [AUTH] Authentication failed" {
+			t.Errorf("failed logins answered %q", answers)
+			break
+		}
+	}
+	if strings.Contains(e.logs.String(), wrongPass) {
+		t.Errorf("a wrong password reached Portico's log")
+	}
+	// The monitor sees route lookups: its silence above meant something.
+	if cmds := mon.commands(t, e); !strings.Contains(cmds, "route:"+aliceUser) {
+		t.Errorf("MONITOR missed alice's route lookup:\n%s", cmds)
 	}
 }
