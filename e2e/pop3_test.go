@@ -48,6 +48,8 @@ const (
 	kickedPass  = "dave-password"
 	literalUser = "frank@example.test" // routed to a literal address
 	literalPass = "frank-password"
+	ppUser      = "grace@example.test" // routed to a backend reached with a PROXY header
+	ppPass      = "grace-password"
 )
 
 // pop3Env is one Portico with POP3 listeners in front of one Dovecot.
@@ -58,6 +60,7 @@ type pop3Env struct {
 	config  string // the YAML file, for `portico sessions` and `portico kick`
 	pop3s   string // implicit TLS listener
 	pop3    string // STLS listener
+	pop3sLB string // implicit TLS behind a load balancer: PROXY header from clientIP
 	caFile  string // Portico's self-signed certificate, for the clients
 	roots   *x509.CertPool
 	logs    *testsrv.Buffer
@@ -69,9 +72,13 @@ func newPOP3Env(t *testing.T) *pop3Env {
 	e := &pop3Env{logs: &testsrv.Buffer{}}
 	e.redis = testsrv.StartRedis(t)
 	e.dovecot = testsrv.StartDovecot(t, testsrv.DovecotOptions{POP3: true, Users: map[string]string{
-		aliceUser: alicePass, bobUser: bobPass, noPOP3User: noPOP3Pass, kickedUser: kickedPass, literalUser: literalPass,
+		aliceUser: alicePass, bobUser: bobPass, noPOP3User: noPOP3Pass, kickedUser: kickedPass, literalUser: literalPass, ppUser: ppPass,
 	}, Extra: dovecotNoAuthPenalty})
 	_, pop3Port, err := net.SplitHostPort(e.dovecot.POP3Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pop3PPPort, err := net.SplitHostPort(e.dovecot.POP3HAProxyAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +88,7 @@ func newPOP3Env(t *testing.T) *pop3Env {
 	e.roots = ptls.CertPool(cert)
 	e.pop3s = "127.0.0.1:" + strconv.Itoa(testsrv.FreePort(t))
 	e.pop3 = "127.0.0.1:" + strconv.Itoa(testsrv.FreePort(t))
+	e.pop3sLB = "127.0.0.1:" + strconv.Itoa(testsrv.FreePort(t))
 	// Every login reads Redis (no route cache): the tests change routes
 	// and watch Redis for lookups. No brute-force limits: the attacks fail
 	// on purpose, more often than a real user would.
@@ -88,6 +96,10 @@ func newPOP3Env(t *testing.T) *pop3Env {
 listeners:
   - {name: pop3s, mode: pop3s, address: "` + e.pop3s + `"}
   - {name: pop3, mode: pop3, address: "` + e.pop3 + `"}
+  - name: pop3s-lb
+    mode: pop3s
+    address: "` + e.pop3sLB + `"
+    proxy_protocol: {trusted_networks: [` + clientIP + `/32]}
 tls:
   certificates:
     - {cert_file: ` + certFile + `, key_file: ` + keyFile + `}
@@ -101,6 +113,7 @@ routing:
 backends:
   - {name: dovecot, address: "` + e.dovecot.Addr + `", pop3_port: ` + pop3Port + `, forward_id: true}
   - {name: imaponly, address: "` + e.dovecot.Addr + `", forward_id: true}
+  - {name: dovecot-pp, address: "` + e.dovecot.HAProxyAddr + `", pop3_port: ` + pop3PPPort + `, proxy_protocol: true}
 backend_defaults: {pop3_port: ` + pop3Port + `, forward_id: true}
 fleet: {proxy_id: pop3-e2e, heartbeat: 1s}
 `
@@ -120,6 +133,7 @@ fleet: {proxy_id: pop3-e2e, heartbeat: 1s}
 		kickedUser:  {routing.FieldBackend, "dovecot"},
 		noPOP3User:  {routing.FieldBackend, "imaponly"},
 		literalUser: {routing.FieldAddr, e.dovecot.Addr},
+		ppUser:      {routing.FieldBackend, "dovecot-pp"},
 	} {
 		if err := e.rt.Redis.HSet(ctx, "portico:route:"+user, fields...).Err(); err != nil {
 			t.Fatal(err)
@@ -158,7 +172,7 @@ fleet: {proxy_id: pop3-e2e, heartbeat: 1s}
 		cancel()
 		e.rt.Close()
 		// No password reaches Portico's log, at any level.
-		for _, pw := range []string{alicePass, "s3cret", bobPass, noPOP3Pass, kickedPass, literalPass} {
+		for _, pw := range []string{alicePass, "s3cret", bobPass, noPOP3Pass, kickedPass, literalPass, ppPass} {
 			if strings.Contains(e.logs.String(), pw) {
 				t.Errorf("a password reached Portico's log")
 			}
@@ -852,5 +866,57 @@ func TestPOP3Attacks(t *testing.T) {
 	// The monitor sees route lookups: its silence above meant something.
 	if cmds := mon.commands(t, e); !strings.Contains(cmds, "route:"+aliceUser) {
 		t.Errorf("MONITOR missed alice's route lookup:\n%s", cmds)
+	}
+}
+
+// TestPOP3ClientAddress: the backend learns the client's address as
+// Portico saw it, by XCLIENT (forward_id) or by a PROXY header
+// (proxy_protocol), also when Portico itself took it from a load
+// balancer's PROXY header.
+func TestPOP3ClientAddress(t *testing.T) {
+	e := newPOP3Env(t)
+	const realClient = "198.51.100.7"
+	for _, tc := range []struct {
+		name, user, pass, via string
+		lb                    bool
+	}{
+		{"xclient", aliceUser, alicePass, "XCLIENT", false},
+		{"xclient behind a balancer", aliceUser, alicePass, "XCLIENT", true},
+		{"proxy header", ppUser, ppPass, "PROXY header", false},
+		{"proxy header behind a balancer", ppUser, ppPass, "PROXY header", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(e.dovecotLogins(tc.user))
+			var c *rawConn
+			want := clientIP
+			if tc.lb {
+				raw, err := dialer.Dial("tcp", e.pop3sLB)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { raw.Close() })
+				raw.SetDeadline(time.Now().Add(30 * time.Second))
+				io.WriteString(raw, "PROXY TCP4 "+realClient+" 127.0.0.1 40000 995\r\n")
+				tconn := tls.Client(raw, e.tlsConfig())
+				if err := tconn.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+				c = &rawConn{t: t, conn: tconn, br: bufio.NewReader(tconn)}
+				c.expect("+OK Portico ready.")
+				want = realClient
+			} else {
+				c = e.dialPOP3(t, e.pop3s, true)
+			}
+			c.pop3Login(tc.user, tc.pass)
+			c.expectPOP3("QUIT", "+OK Logging out.")
+			var lines []string
+			waitFor(t, 5*time.Second, "no new login in Dovecot's log", func() bool {
+				lines = e.dovecotLogins(tc.user)
+				return len(lines) > before
+			})
+			if l := lines[len(lines)-1]; !strings.Contains(l, "rip="+want+",") {
+				t.Errorf("Dovecot's login line (%s) has not the client's address %s: %s", tc.via, want, l)
+			}
+		})
 	}
 }
