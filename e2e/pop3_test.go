@@ -411,8 +411,23 @@ func TestPOP3Curl(t *testing.T) {
 	if want := fmt.Sprintf("1 %d\r\n2 %d\r\n", len(msg1), len(msg2)); list != want {
 		t.Errorf("LIST: %q, want %q", list, want)
 	}
-	if got := runCurl(t, append(creds, "pop3s://"+e.pop3s+"/1")...); got != string(msg1) {
-		t.Errorf("RETR 1 over pop3s: %q, want %q", got, msg1)
+	// Each way curl logs in: AUTH PLAIN (what it picks from CAPA's SASL
+	// line), with the initial response, AUTH LOGIN.
+	for _, tc := range []struct {
+		opts   []string
+		method string
+	}{
+		{nil, "plain"},
+		{[]string{"--sasl-ir", "--login-options", "AUTH=PLAIN"}, "plain"},
+		{[]string{"--login-options", "AUTH=LOGIN"}, "login"},
+	} {
+		before := strings.Count(e.logs.String(), "method="+tc.method)
+		if got := runCurl(t, append(append(creds, tc.opts...), "pop3s://"+e.pop3s+"/1")...); got != string(msg1) {
+			t.Errorf("RETR 1 over pop3s %v: %q, want %q", tc.opts, got, msg1)
+		}
+		if strings.Count(e.logs.String(), "method="+tc.method) != before+1 {
+			t.Errorf("curl %v did not log in with %s", tc.opts, tc.method)
+		}
 	}
 	if got := runCurl(t, append(creds, "--ssl-reqd", "pop3://"+e.pop3+"/2")...); got != string(msg2) {
 		t.Errorf("RETR 2 over STLS: %q, want %q", got, msg2)
@@ -428,8 +443,8 @@ func TestPOP3Curl(t *testing.T) {
 
 	// Dovecot saw curl's address and Portico's session id: XCLIENT.
 	lines := e.dovecotLogins(aliceUser)
-	if len(lines) != 3 {
-		t.Fatalf("%d POP3 logins of alice in Dovecot's log, want 3:\n%s", len(lines), e.dovecot.Log())
+	if len(lines) != 5 {
+		t.Fatalf("%d POP3 logins of alice in Dovecot's log, want 5:\n%s", len(lines), e.dovecot.Log())
 	}
 	ids := regexp.MustCompile(`msg="logged in" session=(\S+) user=`+regexp.QuoteMeta(aliceUser)).FindAllStringSubmatch(e.logs.String(), -1)
 	for i, l := range lines {
