@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
-	"net"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -17,9 +16,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/portico-mail/portico/config"
-	"github.com/portico-mail/portico/internal/app"
 	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
+	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 )
@@ -132,50 +131,7 @@ auth:
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	rt, err := app.Build(cfg, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.rdb = rt.Redis
-	ctx := context.Background()
-	for _, u := range e.users {
-		fields := []any{"backend", "dovecot"}
-		if source == "redis" {
-			fields = append(fields, "password", u.hash)
-		}
-		if err := e.rdb.HSet(ctx, "portico:route:"+u.name, fields...).Err(); err != nil {
-			t.Fatal(err)
-		}
-		e.dovecot.AddMessage(t, u.name, "INBOX", message("mailbox of "+u.name, []byte("hello "+u.name)))
-	}
-	srv := rt.Server
-	next := srv.Login
-	if next == nil {
-		next = upstream.Login
-	}
-	srv.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
-		e.backends.Add(1)
-		return next(ctx, b, cred, id)
-	}
-	sctx, cancel := context.WithCancel(context.Background())
-	if _, err := rt.Start(sctx, logger); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	done := make(chan struct{})
-	go func() { srv.Serve(ln, rt.Listeners[0].Config); close(done) }()
 	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		srv.Shutdown(sctx)
-		scancel()
-		<-done
-		cancel()
-		rt.Close()
 		// Nothing secret in Portico's log at debug level: no password, no
 		// hash (nor its salt and digest), no master password. Dovecot never
 		// saw the users' passwords at all.
@@ -198,6 +154,27 @@ auth:
 			t.Error("the master password reached Portico's log")
 		}
 	})
+	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rt, addrs := startApp(t, cfg, logger, func(srv *proxy.Server) {
+		next := srv.Login
+		srv.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
+			e.backends.Add(1)
+			return next(ctx, b, cred, id)
+		}
+	})
+	e.addr = addrs[0]
+	e.rdb = rt.Redis
+	ctx := context.Background()
+	for _, u := range e.users {
+		fields := []any{"backend", "dovecot"}
+		if source == "redis" {
+			fields = append(fields, "password", u.hash)
+		}
+		if err := e.rdb.HSet(ctx, "portico:route:"+u.name, fields...).Err(); err != nil {
+			t.Fatal(err)
+		}
+		e.dovecot.AddMessage(t, u.name, "INBOX", message("mailbox of "+u.name, []byte("hello "+u.name)))
+	}
 	return e
 }
 

@@ -21,8 +21,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/portico-mail/portico/config"
+	"github.com/portico-mail/portico/internal/app"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -140,6 +143,59 @@ protocol imap {
 		}
 	})
 	return e
+}
+
+// startApp serves cfg as "portico serve" does, assembled by internal/app:
+// built, started (TLS, routing, fleet), and every listener served on its
+// configured address (port 0: any free one). prepare, if not nil, may
+// change the Server first (wrap its Login and LoginPOP3, which are never
+// nil then, or swap its Limiter). The test's end shuts it all down; a
+// caller's own end-of-test checks of the logs, registered before, run
+// after that. It returns the App and each listener's address, in the
+// config's order.
+func startApp(t *testing.T, cfg *config.Config, logger *slog.Logger, prepare func(*proxy.Server)) (*app.App, []string) {
+	t.Helper()
+	rt, err := app.Build(cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := rt.Server
+	if srv.Login == nil {
+		srv.Login = upstream.Login
+	}
+	if srv.LoginPOP3 == nil {
+		srv.LoginPOP3 = upstream.LoginPOP3
+	}
+	if prepare != nil {
+		prepare(srv)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var addrs []string
+	var served []chan struct{}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.Shutdown(sctx)
+		scancel()
+		for _, done := range served {
+			<-done
+		}
+		cancel()
+		rt.Close()
+	})
+	if _, err := rt.Start(ctx, logger); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range rt.Listeners {
+		ln, err := net.Listen("tcp", l.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		done := make(chan struct{})
+		served = append(served, done)
+		go func() { srv.Serve(ln, l.Config); close(done) }()
+	}
+	return rt, addrs
 }
 
 func (e *env) listen(t *testing.T, l proxy.Listener) string {

@@ -123,49 +123,29 @@ backends:
 		t.Fatal(err)
 	}
 	e.dovecot = d
-	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if e.rt, err = app.Build(cfg, logger); err != nil {
-		t.Fatal(err)
-	}
-	e.rdb = e.rt.Redis
-	srv := e.rt.Server
-	e.limiter = newRecordingLimiter(srv.Limiter)
-	srv.Limiter = e.limiter
-	next := srv.Login
-	if next == nil {
-		next = upstream.Login
-	}
-	srv.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
-		e.backends.Add(1)
-		e.mu.Lock()
-		e.sent[cred.Secret] = true
-		e.mu.Unlock()
-		return next(ctx, b, cred, id)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := e.rt.Start(ctx, logger); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = ln.Addr().String()
-	done := make(chan struct{})
-	go func() { srv.Serve(ln, e.rt.Listeners[0].Config); close(done) }()
 	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		srv.Shutdown(sctx)
-		scancel()
-		<-done
-		cancel()
-		e.rt.Close()
 		for pw := range users {
 			if strings.Contains(e.logs.String(), users[pw]) {
 				t.Errorf("a password reached Portico's log")
 			}
 		}
 	})
+	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var addrs []string
+	e.rt, addrs = startApp(t, cfg, logger, func(srv *proxy.Server) {
+		e.limiter = newRecordingLimiter(srv.Limiter)
+		srv.Limiter = e.limiter
+		next := srv.Login
+		srv.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
+			e.backends.Add(1)
+			e.mu.Lock()
+			e.sent[cred.Secret] = true
+			e.mu.Unlock()
+			return next(ctx, b, cred, id)
+		}
+	})
+	e.addr = addrs[0]
+	e.rdb = e.rt.Redis
 	return e
 }
 

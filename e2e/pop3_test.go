@@ -29,6 +29,7 @@ import (
 	"github.com/portico-mail/portico/internal/app"
 	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
+	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
@@ -122,10 +123,25 @@ fleet: {proxy_id: pop3-e2e, heartbeat: 1s}
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		// No password reaches Portico's log, at any level.
+		for _, pw := range []string{alicePass, "s3cret", bobPass, noPOP3Pass, kickedPass, literalPass, ppPass} {
+			if strings.Contains(e.logs.String(), pw) {
+				t.Errorf("a password reached Portico's log")
+			}
+		}
+		if t.Failed() {
+			t.Logf("Portico's log:\n%s\nDovecot's log:\n%s", e.logs, e.dovecot.Log())
+		}
+	})
 	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if e.rt, err = app.Build(cfg, logger); err != nil {
-		t.Fatal(err)
-	}
+	e.rt, _ = startApp(t, cfg, logger, func(srv *proxy.Server) {
+		next := srv.LoginPOP3
+		srv.LoginPOP3 = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
+			e.logins.Add(1)
+			return next(ctx, b, cred, id)
+		}
+	})
 	ctx := context.Background()
 	for user, fields := range map[string][]any{
 		aliceUser:   {routing.FieldBackend, "dovecot"},
@@ -139,48 +155,6 @@ fleet: {proxy_id: pop3-e2e, heartbeat: 1s}
 			t.Fatal(err)
 		}
 	}
-	srv := e.rt.Server
-	next := srv.LoginPOP3
-	if next == nil {
-		next = upstream.LoginPOP3
-	}
-	srv.LoginPOP3 = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
-		e.logins.Add(1)
-		return next(ctx, b, cred, id)
-	}
-	sctx, cancel := context.WithCancel(context.Background())
-	if _, err := e.rt.Start(sctx, logger); err != nil {
-		t.Fatal(err)
-	}
-	var served []chan struct{}
-	for _, l := range e.rt.Listeners {
-		ln, err := net.Listen("tcp", l.Addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		served = append(served, done)
-		go func() { srv.Serve(ln, l.Config); close(done) }()
-	}
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		srv.Shutdown(sctx)
-		scancel()
-		for _, done := range served {
-			<-done
-		}
-		cancel()
-		e.rt.Close()
-		// No password reaches Portico's log, at any level.
-		for _, pw := range []string{alicePass, "s3cret", bobPass, noPOP3Pass, kickedPass, literalPass, ppPass} {
-			if strings.Contains(e.logs.String(), pw) {
-				t.Errorf("a password reached Portico's log")
-			}
-		}
-		if t.Failed() {
-			t.Logf("Portico's log:\n%s\nDovecot's log:\n%s", e.logs, e.dovecot.Log())
-		}
-	})
 	return e
 }
 
