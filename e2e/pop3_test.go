@@ -167,10 +167,17 @@ func (e *pop3Env) tlsConfig() *tls.Config {
 // within 30 s.
 func (e *pop3Env) dialPOP3(t *testing.T, addr string, implicitTLS bool) *rawConn {
 	t.Helper()
-	return e.dialPOP3With(t, dialer, addr, implicitTLS)
+	var cfg *tls.Config
+	if implicitTLS {
+		cfg = e.tlsConfig()
+	}
+	return dialPOP3(t, dialer, addr, cfg)
 }
 
-func (e *pop3Env) dialPOP3With(t *testing.T, d *net.Dialer, addr string, implicitTLS bool) *rawConn {
+// dialPOP3 connects to a POP3 listener with d, over TLS with tlsConfig
+// unless it is nil, and reads the greeting. Reads and writes end within
+// 30 s.
+func dialPOP3(t *testing.T, d *net.Dialer, addr string, tlsConfig *tls.Config) *rawConn {
 	t.Helper()
 	c, err := d.Dial("tcp", addr)
 	if err != nil {
@@ -178,8 +185,8 @@ func (e *pop3Env) dialPOP3With(t *testing.T, d *net.Dialer, addr string, implici
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if implicitTLS {
-		tc := tls.Client(c, e.tlsConfig())
+	if tlsConfig != nil {
+		tc := tls.Client(c, tlsConfig)
 		if err := tc.Handshake(); err != nil {
 			t.Fatal(err)
 		}
@@ -602,7 +609,7 @@ func TestPOP3RoutingAndKick(t *testing.T) {
 	e.dovecot.AddMessage(t, kickedUser, "INBOX", big)
 	slow := *dialer
 	slow.Control = smallReceiveBuffer
-	c = e.dialPOP3With(t, &slow, e.pop3s, true)
+	c = dialPOP3(t, &slow, e.pop3s, e.tlsConfig())
 	c.pop3Login(kickedUser, kickedPass)
 
 	// The registry lists the session with its listener, and so does
