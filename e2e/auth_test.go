@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"net"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -65,7 +66,8 @@ type authEnv struct {
 	rdb      redis.UniversalClient
 	dovecot  *testsrv.Dovecot
 	slapd    *testsrv.Slapd // with passwords in LDAP
-	addr     string
+	addr     string         // imap, cleartext logins from loopback
+	pop3     string         // pop3, cleartext logins from loopback
 	logs     *testsrv.Buffer
 	users    []*authUser
 	backends atomic.Int64 // backend logins Portico attempted
@@ -88,8 +90,12 @@ func newAuthEnvFrom(t *testing.T, limitsYAML, source string) *authEnv {
 	}
 	// Dovecot knows the users (random passwords) and the master user.
 	e.dovecot = testsrv.StartDovecot(t, testsrv.DovecotOptions{
-		MasterOnlyUsers: names, MasterUser: authMaster, MasterPassword: authMasterPW,
+		MasterOnlyUsers: names, MasterUser: authMaster, MasterPassword: authMasterPW, POP3: true,
 	})
+	_, pop3Port, err := net.SplitHostPort(e.dovecot.POP3Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	_, certFile, keyFile := testcert.Files(t, dir, "localhost", "127.0.0.1")
 	masterFile := writeTemp(t, "master", authMasterPW+"\n")
@@ -112,6 +118,7 @@ func newAuthEnvFrom(t *testing.T, limitsYAML, source string) *authEnv {
 	cfg, err := config.Parse([]byte(`
 listeners:
   - {mode: imap, address: "127.0.0.1:0", cleartext_login_networks: [127.0.0.0/8]}
+  - {mode: pop3, address: "127.0.0.1:0", cleartext_login_networks: [127.0.0.0/8]}
 tls:
   certificates:
     - {cert_file: `+certFile+`, key_file: `+keyFile+`}
@@ -122,7 +129,7 @@ routing:
   redis: {addrs: ["`+e.redis.Addr+`"]}
   health: {disabled: true}
 backends:
-  - {name: dovecot, address: "`+e.dovecot.Addr+`", forward_id: true}
+  - {name: dovecot, address: "`+e.dovecot.Addr+`", pop3_port: `+pop3Port+`, forward_id: true}
 auth:
   passwords: `+source+`
   master_user: `+authMaster+`
@@ -156,13 +163,17 @@ auth:
 	})
 	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	rt, addrs := startApp(t, cfg, logger, func(srv *proxy.Server) {
-		next := srv.Login
+		next, nextPOP3 := srv.Login, srv.LoginPOP3
 		srv.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
 			e.backends.Add(1)
 			return next(ctx, b, cred, id)
 		}
+		srv.LoginPOP3 = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
+			e.backends.Add(1)
+			return nextPOP3(ctx, b, cred, id)
+		}
 	})
-	e.addr = addrs[0]
+	e.addr, e.pop3 = addrs[0], addrs[1]
 	e.rdb = rt.Redis
 	ctx := context.Background()
 	for _, u := range e.users {

@@ -916,3 +916,58 @@ func TestPOP3ClientAddress(t *testing.T) {
 		})
 	}
 }
+
+// TestPOP3ProxyAuthMasterUser: with auth.passwords, Portico checks the
+// POP3 user's password against the hash in Redis and logs in to
+// Dovecot's POP3 as the master user on the user's behalf; each user is in
+// their own mailbox. Failures are alike and never reach Dovecot.
+func TestPOP3ProxyAuthMasterUser(t *testing.T) {
+	e := newAuthEnv(t, "  brute_force: {disabled: true}\n")
+	for i, u := range e.users {
+		c := dialPOP3(t, dialer, e.pop3, nil)
+		if i%2 == 0 {
+			c.pop3Login(u.name, u.pw)
+		} else {
+			ir := base64.StdEncoding.EncodeToString([]byte("\x00" + u.name + "\x00" + u.pw))
+			if l := c.pop3("AUTH PLAIN " + ir); !strings.HasPrefix(l, "+OK") {
+				t.Fatalf("%s (%s): AUTH PLAIN: %q", u.name, u.scheme, l)
+			}
+		}
+		if l := c.pop3("STAT"); !strings.HasPrefix(l, "+OK 1 ") {
+			t.Fatalf("%s: STAT: %q", u.name, l)
+		}
+		if l := c.pop3("RETR 1"); !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("%s: RETR: %q", u.name, l)
+		}
+		if msg := c.multiline(); !bytes.Contains(msg, []byte("Subject: mailbox of "+u.name+"\r\n")) {
+			t.Fatalf("%s is not in their own mailbox: %q", u.name, msg)
+		}
+		c.expectPOP3("QUIT", "+OK Logging out.")
+		// Dovecot logged the user in: it knows no password of theirs, only
+		// the master user's PLAIN with the user as authzid can do that.
+		e.dovecot.WaitLog(t, "pop3-login: Info: Login: user=<"+u.name+">, method=PLAIN, rip="+clientIP, 5*time.Second)
+	}
+
+	e.rdb.HSet(context.Background(), "portico:route:nohash@example.test", "backend", "dovecot")
+	backends := e.backends.Load()
+	var answers []string
+	for _, cred := range [][2]string{
+		{e.users[0].name, "wrong"},
+		{e.users[1].name, e.users[0].pw},
+		{"nobody@example.test", e.users[0].pw},
+		{"nohash@example.test", "x"},
+	} {
+		c := dialPOP3(t, dialer, e.pop3, nil)
+		c.expectPOP3("USER "+cred[0], "+OK Send PASS.")
+		answers = append(answers, c.pop3("PASS "+cred[1]))
+	}
+	for _, a := range answers {
+		if a != "-ERR [AUTH] Authentication failed" {
+			t.Errorf("failed logins answered %q", answers)
+			break
+		}
+	}
+	if n := e.backends.Load() - backends; n != 0 {
+		t.Errorf("%d failed logins reached Dovecot", n)
+	}
+}
