@@ -843,12 +843,23 @@ func TestPOP3Attacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	var answers []string
+	var delays []time.Duration
 	for _, cred := range [][2]string{{aliceUser, wrongPass}, {"nobody@example.test", wrongPass}, {ghostUser, wrongPass}} {
 		c = e.dialPOP3(t, e.pop3s, true)
 		c.expectPOP3("USER "+cred[0], "+OK Send PASS.")
+		t0 := time.Now()
 		answers = append(answers, c.pop3("PASS "+cred[1]))
+		delays = append(delays, time.Since(t0))
 		c = e.dialPOP3(t, e.pop3s, true)
+		t0 = time.Now()
 		answers = append(answers, c.pop3("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00"+cred[0]+"\x00"+cred[1]))))
+		delays = append(delays, time.Since(t0))
+	}
+	for _, d := range delays {
+		if d < 200*time.Millisecond || d > 2*time.Second {
+			t.Errorf("failed logins answered after %v, want about auth_failure_delay (200ms)", delays)
+			break
+		}
 	}
 	for _, a := range answers {
 		if a != "-ERR [AUTH] Authentication failed" {
