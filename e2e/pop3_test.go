@@ -633,10 +633,33 @@ func TestPOP3RoutingAndKick(t *testing.T) {
 
 	// A kick in the middle of the RETR, while the client's full window
 	// holds Portico back: the client still gets the rest of the message,
-	// then the -ERR.
-	c.write("RETR 1\r\n")
-	if l := c.line(); !strings.HasPrefix(l, "+OK") {
-		t.Fatalf("RETR: %q", l)
+	// then the -ERR, as the answer to the NOOP pipelined behind the RETR.
+	// Before the RETR come pipelined commands whose answers are
+	// multi-line after login (CAPA, LIST, UIDL, TOP) or not (STAT, NOOP, a
+	// failing RETR): the boundary is found through them.
+	c.write("CAPA\r\nSTAT\r\nLIST\r\nUIDL\r\nRETR 9\r\nTOP 1 2\r\nNOOP\r\nRETR 1\r\nNOOP\r\n")
+	for _, cmd := range []struct {
+		name, status, body string
+	}{
+		{"CAPA", "+OK", "\r\nUIDL\r\n"},
+		{"STAT", "+OK 1 ", ""},
+		{"LIST", "+OK 1 ", "1 "},
+		{"UIDL", "+OK", "1 "},
+		{"RETR 9", "-ERR ", ""},
+		{"TOP 1 2", "+OK", "Subject: kicked\r\n"},
+		{"NOOP", "+OK", ""},
+		{"RETR 1", "+OK", ""},
+	} {
+		l := c.line()
+		if !strings.HasPrefix(l, cmd.status) {
+			t.Fatalf("%s: %q", cmd.name, l)
+		}
+		if cmd.body != "" {
+			body := "\r\n" + string(c.multiline())
+			if !strings.Contains(body, cmd.body) {
+				t.Fatalf("%s: %q", cmd.name, body)
+			}
+		}
 	}
 	var got bytes.Buffer
 	for got.Len() < 64<<10 {
