@@ -68,13 +68,23 @@ type pop3Env struct {
 	logins  atomic.Int64 // POP3 logins Portico attempted on a backend
 }
 
+// pop3EnvOptions change a pop3Env from the default.
+type pop3EnvOptions struct {
+	limits       string // YAML lines under limits:, indented by two
+	dovecotExtra string // for DovecotOptions.Extra
+}
+
 func newPOP3Env(t *testing.T) *pop3Env {
+	return newPOP3EnvWith(t, pop3EnvOptions{})
+}
+
+func newPOP3EnvWith(t *testing.T, o pop3EnvOptions) *pop3Env {
 	t.Helper()
 	e := &pop3Env{logs: &testsrv.Buffer{}}
 	e.redis = testsrv.StartRedis(t)
 	e.dovecot = testsrv.StartDovecot(t, testsrv.DovecotOptions{POP3: true, Users: map[string]string{
 		aliceUser: alicePass, bobUser: bobPass, noPOP3User: noPOP3Pass, kickedUser: kickedPass, literalUser: literalPass, ppUser: ppPass,
-	}, Extra: dovecotNoAuthPenalty})
+	}, Extra: dovecotNoAuthPenalty + o.dovecotExtra})
 	_, pop3Port, err := net.SplitHostPort(e.dovecot.POP3Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +117,7 @@ tls:
 limits:
   auth_failure_delay: 200ms
   brute_force: {disabled: true}
-routing:
+` + o.limits + `routing:
   redis: {addrs: ["` + e.redis.Addr + `"]}
   cache: {disabled: true}
   health: {disabled: true}
@@ -1004,4 +1014,47 @@ func TestPOP3ProxyAuthMasterUser(t *testing.T) {
 	if n := e.backends.Load() - backends; n != 0 {
 		t.Errorf("%d failed logins reached Dovecot", n)
 	}
+}
+
+// TestPOP3InUse: a user with too many sessions gets RFC 3206's IN-USE
+// from Portico (counted in the fleet's registry); a mailbox Dovecot holds
+// locked for another POP3 session (pop3_lock_session) gets SYS/TEMP.
+// Neither says [AUTH]: a client would ask its user for the password again.
+func TestPOP3InUse(t *testing.T) {
+	t.Run("max_sessions_per_user", func(t *testing.T) {
+		e := newPOP3EnvWith(t, pop3EnvOptions{limits: "  max_sessions_per_user: 1\n"})
+		first := e.dialPOP3(t, e.pop3s, true)
+		first.pop3Login(aliceUser, alicePass)
+		waitFor(t, 5*time.Second, "the first session is not in the registry", func() bool {
+			n, err := fleet.CountSessions(context.Background(), e.rt.Redis, e.rt.RedisPrefix, aliceUser)
+			return err == nil && n == 1
+		})
+		c := e.dialPOP3(t, e.pop3s, true)
+		c.expectPOP3("USER "+aliceUser, "+OK Send PASS.")
+		c.expectPOP3("PASS "+alicePass, "-ERR [IN-USE] Too many sessions of this user")
+		first.expectPOP3("QUIT", "+OK Logging out.")
+		first.conn.Close()
+		waitFor(t, 5*time.Second, "the first session is still in the registry", func() bool {
+			n, err := fleet.CountSessions(context.Background(), e.rt.Redis, e.rt.RedisPrefix, aliceUser)
+			return err == nil && n == 0
+		})
+		c.pop3Login(aliceUser, alicePass)
+	})
+	t.Run("locked by Dovecot", func(t *testing.T) {
+		// Dovecot waits 10 s for the lock (a fixed dotlock timeout) before
+		// it answers -ERR [IN-USE]. Portico may say IN-USE or SYS/TEMP:
+		// either tells the client to retry later.
+		e := newPOP3EnvWith(t, pop3EnvOptions{dovecotExtra: "pop3_lock_session = yes\n"})
+		first := e.dialPOP3(t, e.pop3s, true)
+		first.pop3Login(aliceUser, alicePass)
+		c := e.dialPOP3(t, e.pop3s, true)
+		c.expectPOP3("USER "+aliceUser, "+OK Send PASS.")
+		if l := c.pop3("PASS " + alicePass); !strings.HasPrefix(l, "-ERR [SYS/TEMP] ") && !strings.HasPrefix(l, "-ERR [IN-USE] ") {
+			t.Errorf("login to a locked mailbox: %q", l)
+		}
+		if !strings.Contains(e.logs.String(), "Mailbox is locked by another POP3 session") {
+			t.Errorf("Dovecot's answer is not in Portico's log")
+		}
+		first.expectPOP3("QUIT", "+OK Logging out.")
+	})
 }
