@@ -1018,7 +1018,8 @@ func TestPOP3ProxyAuthMasterUser(t *testing.T) {
 
 // TestPOP3InUse: a user with too many sessions gets RFC 3206's IN-USE
 // from Portico (counted in the fleet's registry); a mailbox Dovecot holds
-// locked for another POP3 session (pop3_lock_session) gets SYS/TEMP.
+// locked for another POP3 session (pop3_lock_session) gets Dovecot's
+// IN-USE passed on.
 // Neither says [AUTH]: a client would ask its user for the password again.
 func TestPOP3InUse(t *testing.T) {
 	t.Run("max_sessions_per_user", func(t *testing.T) {
@@ -1042,14 +1043,13 @@ func TestPOP3InUse(t *testing.T) {
 	})
 	t.Run("locked by Dovecot", func(t *testing.T) {
 		// Dovecot waits 10 s for the lock (a fixed dotlock timeout) before
-		// it answers -ERR [IN-USE]. Portico may say IN-USE or SYS/TEMP:
-		// either tells the client to retry later.
+		// it answers -ERR [IN-USE], which Portico passes on.
 		e := newPOP3EnvWith(t, pop3EnvOptions{dovecotExtra: "pop3_lock_session = yes\n"})
 		first := e.dialPOP3(t, e.pop3s, true)
 		first.pop3Login(aliceUser, alicePass)
 		c := e.dialPOP3(t, e.pop3s, true)
 		c.expectPOP3("USER "+aliceUser, "+OK Send PASS.")
-		if l := c.pop3("PASS " + alicePass); !strings.HasPrefix(l, "-ERR [SYS/TEMP] ") && !strings.HasPrefix(l, "-ERR [IN-USE] ") {
+		if l := c.pop3("PASS " + alicePass); l != "-ERR [IN-USE] Mailbox in use, try again later" {
 			t.Errorf("login to a locked mailbox: %q", l)
 		}
 		if !strings.Contains(e.logs.String(), "Mailbox is locked by another POP3 session") {

@@ -20,8 +20,13 @@ import (
 // pop3user.go (USER and PASS), pop3auth.go. QUIT is below.
 
 // pop3InUse is RFC 3206's IN-USE, which IMAP has not: passed through
-// writeStatus for a user with too many sessions.
-const pop3InUse imap.ResponseCode = "IN-USE"
+// writeStatus for a user with too many sessions, or a mailbox the backend
+// says is locked; pop3LoginDelay is RFC 2449's LOGIN-DELAY, passed on
+// from the backend.
+const (
+	pop3InUse      imap.ResponseCode = "IN-USE"
+	pop3LoginDelay imap.ResponseCode = "LOGIN-DELAY"
+)
 
 // nextPOP3 reads and runs one POP3 command.
 func (s *session) nextPOP3() action {
@@ -79,8 +84,8 @@ func pop3Code(code imap.ResponseCode) string {
 		return "AUTH"
 	case imap.ResponseCodeUnavailable, imap.ResponseCodeLimit:
 		return "SYS/TEMP"
-	case pop3InUse:
-		return "IN-USE"
+	case pop3InUse, pop3LoginDelay:
+		return string(code)
 	}
 	return ""
 }

@@ -72,7 +72,13 @@ func (ph *pop3Harness) login(ctx context.Context, b *routing.Backend, cred upstr
 	if b.POP3Addr == "" {
 		return nil, fmt.Errorf("upstream: %s serves no POP3", b)
 	}
-	if cred.Secret != alicePW {
+	switch cred.Secret {
+	case alicePW:
+	case "locked":
+		return nil, fmt.Errorf("-ERR [IN-USE] locked: %w", upstream.ErrInUse)
+	case "delay":
+		return nil, fmt.Errorf("-ERR [LOGIN-DELAY] wait: %w", upstream.ErrLoginDelay)
+	default:
 		return nil, upstream.ErrAuthFailed
 	}
 	var d net.Dialer
@@ -478,6 +484,19 @@ func TestPOP3SessionLimitInUse(t *testing.T) {
 	c.expect("-ERR [IN-USE] Too many sessions of this user")
 	first.send("QUIT\r\n")
 	first.expect("+OK Bye")
+
+	// The backend's own IN-USE and LOGIN-DELAY are passed on, and the
+	// client may try again on the connection.
+	c = ph.dialPOP3S(t)
+	c.send("USER alice\r\nPASS locked\r\n")
+	c.expect("+OK Send PASS.")
+	c.expect("-ERR [IN-USE] Mailbox in use, try again later")
+	c.send("USER alice\r\nPASS delay\r\n")
+	c.expect("+OK Send PASS.")
+	c.expect("-ERR [LOGIN-DELAY] Logged in too recently, try again later")
+	c.send("USER alice\r\nPASS wrong\r\n")
+	c.expect("+OK Send PASS.")
+	c.expect("-ERR [AUTH] Authentication failed")
 }
 
 // Shutdown says -ERR to POP3 clients that have not logged in.

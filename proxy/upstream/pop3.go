@@ -137,10 +137,14 @@ func (c *conn) loginPOP3(cred Credentials, id *IDInfo) (*Result, error) {
 		if xclientErr != "" {
 			text += " (after XCLIENT was refused: " + xclientErr + ")"
 		}
+		// Codes that say the credentials are not the cause: the client
+		// must not take them for a wrong password.
 		switch code := strings.ToUpper(pop3Code(text)); code {
-		case "SYS/TEMP", "IN-USE":
-			// The user's mailbox is busy or the backend is failing:
-			// nothing the client's credentials can change.
+		case "IN-USE":
+			return nil, fmt.Errorf("upstream: %s: login: -ERR %s: %w", c.label, c.clean(text, 300), ErrInUse)
+		case "LOGIN-DELAY":
+			return nil, fmt.Errorf("upstream: %s: login: -ERR %s: %w", c.label, c.clean(text, 300), ErrLoginDelay)
+		case "SYS/TEMP", "SYS/PERM":
 			return nil, c.errorf("login: -ERR %s", c.clean(text, 300))
 		}
 		return nil, fmt.Errorf("upstream: %s: login: -ERR %s: %w", c.label, c.clean(text, 300), ErrAuthFailed)

@@ -496,14 +496,17 @@ func TestPOP3Replies(t *testing.T) {
 		authFailed bool
 		ok         bool
 		buffered   string
+		is         error // the error wraps it
 	}{
-		{"+OK Logged in.\r\n", false, true, ""},
-		{"+OK Logged in.\r\n+OK 2 320\r\n", false, true, "+OK 2 320\r\n"},
-		{"-ERR [AUTH] Authentication failed.\r\n", true, false, ""},
-		{"-ERR Authentication failed.\r\n", true, false, ""},
-		{"-ERR [SYS/TEMP] Temporary authentication failure.\r\n", false, false, ""},
-		{"-ERR [IN-USE] Mailbox locked.\r\n", false, false, ""},
-		{"* OK what\r\n", false, false, ""},
+		{"+OK Logged in.\r\n", false, true, "", nil},
+		{"+OK Logged in.\r\n+OK 2 320\r\n", false, true, "+OK 2 320\r\n", nil},
+		{"-ERR [AUTH] Authentication failed.\r\n", true, false, "", nil},
+		{"-ERR Authentication failed.\r\n", true, false, "", nil},
+		{"-ERR [SYS/TEMP] Temporary authentication failure.\r\n", false, false, "", nil},
+		{"-ERR [SYS/PERM] Mailbox is broken.\r\n", false, false, "", nil},
+		{"-ERR [IN-USE] Mailbox locked.\r\n", false, false, "", ErrInUse},
+		{"-ERR [LOGIN-DELAY] Wait 5 minutes.\r\n", false, false, "", ErrLoginDelay},
+		{"* OK what\r\n", false, false, "", nil},
 	} {
 		addr, done := startFake(t, func(f *fake) {
 			f.send("+OK ready\r\n")
@@ -524,7 +527,7 @@ func TestPOP3Replies(t *testing.T) {
 			}
 			continue
 		}
-		if err == nil || errors.Is(err, ErrAuthFailed) != tc.authFailed {
+		if err == nil || errors.Is(err, ErrAuthFailed) != tc.authFailed || tc.is != nil && !errors.Is(err, tc.is) {
 			t.Errorf("%q: err = %v", tc.reply, err)
 		}
 	}

@@ -39,10 +39,22 @@ import (
 )
 
 // ErrAuthFailed means the backend rejected the credentials: a tagged NO
-// without [UNAVAILABLE], or in POP3 a -ERR without [SYS/TEMP] or [IN-USE].
-// Every other error from Login and LoginPOP3 means the backend is
-// unavailable. Errors wrapping it never contain the password.
+// without [UNAVAILABLE], or in POP3 a -ERR without one of the codes that
+// say the credentials are not the cause ([SYS/TEMP], [SYS/PERM],
+// [IN-USE], [LOGIN-DELAY]). Every other error from Login and LoginPOP3
+// means the backend is unavailable. Errors wrapping it never contain the
+// password.
 var ErrAuthFailed = errors.New("upstream: authentication failed")
+
+// ErrInUse and ErrLoginDelay are the unavailable errors of a POP3 backend
+// that said why (RFC 2449, 3206): the mailbox is locked by another
+// session, or the user may not log in this often. The proxy passes the
+// code on, so that a client retries later instead of asking its user for
+// the password again.
+var (
+	ErrInUse      = errors.New("upstream: mailbox in use")
+	ErrLoginDelay = errors.New("upstream: logged in too recently")
+)
 
 const (
 	defaultConnectTimeout = 10 * time.Second
