@@ -542,3 +542,44 @@ func TestPOP3Authenticator(t *testing.T) {
 		t.Errorf("the Authenticator was asked %+v", auth.asked)
 	}
 }
+
+// AUTH XOAUTH2 and OAUTHBEARER over POP3: offered after TLS only, the
+// token passed through to the backend's mechanism, and a refused token
+// answered as RFC 7628 wants, the error challenge first.
+func TestPOP3OAuth(t *testing.T) {
+	ph := newPOP3Harness(t, nil, func(s *proxy.Server) {
+		s.OAuth = proxy.OAuth{Enabled: true, Scope: "mail", CleartextBackends: true}
+	})
+	c := ph.dial(t, ph.pop3)
+	c.expect("+OK Portico ready.")
+	if caps := strings.Join(c.capa(), ","); strings.Contains(caps, "XOAUTH2") {
+		t.Errorf("OAuth offered before TLS: %s", caps)
+	}
+	c = ph.dialPOP3S(t)
+	if caps := strings.Join(c.capa(), ","); !strings.Contains(caps, "SASL PLAIN LOGIN XOAUTH2 OAUTHBEARER") {
+		t.Errorf("CAPA: %s", caps)
+	}
+	xoauth2 := func(token string) string {
+		return base64.StdEncoding.EncodeToString([]byte("user=alice@example.test\x01auth=Bearer " + token + "\x01\x01"))
+	}
+	c.send("AUTH XOAUTH2 " + xoauth2(alicePW) + "\r\n")
+	c.expect("+OK Logged in.")
+	if cred := ph.lastCred.Load(); cred.Mechanism != "XOAUTH2" || cred.Secret != alicePW || cred.User != "alice@example.test" {
+		t.Errorf("backend credentials %+v", cred)
+	}
+
+	c = ph.dialPOP3S(t)
+	c.send("AUTH XOAUTH2 " + xoauth2("expired") + "\r\n")
+	l := c.expectPrefix("+ ")
+	if js, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(l, "+ ")); !strings.Contains(string(js), `"status":"invalid_token"`) {
+		t.Errorf("error challenge %q", js)
+	}
+	c.send("\r\n")
+	c.expect("-ERR [AUTH] Authentication failed")
+	ob := base64.StdEncoding.EncodeToString([]byte("n,a=alice@example.test,\x01auth=Bearer " + alicePW + "\x01\x01"))
+	c.send("AUTH OAUTHBEARER " + ob + "\r\n")
+	c.expect("+OK Logged in.")
+	if strings.Contains(ph.logs.String(), alicePW) {
+		t.Errorf("a token reached the log")
+	}
+}
