@@ -7,6 +7,8 @@
 #   nginx           nginx mail proxy with an auth_http service (scripts/nginx-auth.py)
 #   Dovecot proxy   a Dovecot with proxy=y host=... in a passwd-file passdb
 #   Dovecot direct  the first backend itself, over TLS
+#   Go TLS relay    scripts/tlsrelay in front of the first backend: TLS and
+#                   io.Copy, nothing else; the floor of a Go front end
 #
 # The front ends terminate TLS with the same ECDSA P-256 certificate and
 # reach the same two Dovecot backends over plain IMAP and POP3; every user
@@ -136,12 +138,13 @@ wait_port() {
 
 # Ports below the ephemeral range, which outgoing connections take from.
 read -r P_DOVA P_DOVA_TLS P_DOVB P_DPROXY P_REDIS P_AUTH P_NGINX P_PORTICO \
-	P_DOVA_POP3 P_DOVA_POP3S P_DOVB_POP3 P_DPROXY_POP3 P_AUTH_POP3 P_NGINX_POP3 P_PORTICO_POP3 < <(python3 - <<'EOF'
+	P_DOVA_POP3 P_DOVA_POP3S P_DOVB_POP3 P_DPROXY_POP3 P_AUTH_POP3 P_NGINX_POP3 P_PORTICO_POP3 \
+	P_RELAY P_RELAY_POP3 < <(python3 - <<'EOF'
 import random, socket
 lo = 20000
 hi = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 ports = []
-while len(ports) < 15:
+while len(ports) < 17:
     p = random.randrange(lo, hi)
     if p in ports:
         continue
@@ -158,7 +161,7 @@ EOF
 )
 
 log "building portico into $T"
-(cd "$ROOT" && go build -o "$T/portico" ./cmd/portico)
+(cd "$ROOT" && go build -o "$T/portico" ./cmd/portico && go build -o "$T/tlsrelay" ./scripts/tlsrelay)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 	-keyout "$T/key.pem" -out "$T/cert.pem" -subj /CN=localhost \
@@ -351,22 +354,30 @@ wait_port "$P_REDIS"
 redis-cli -p "$P_REDIS" <"$T/routes.redis" >/dev/null
 start portico "$T/portico" serve -config "$T/portico.yaml"
 PID_PORTICO=$PID
+start relay "$T/tlsrelay" -listen "127.0.0.1:$P_RELAY" -backend "127.0.0.1:$P_DOVA" -cert "$T/cert.pem" -key "$T/key.pem"
+PID_RELAY=$PID
+start relaypop3 "$T/tlsrelay" -listen "127.0.0.1:$P_RELAY_POP3" -backend "127.0.0.1:$P_DOVA_POP3" -cert "$T/cert.pem" -key "$T/key.pem" -alpn pop3
+PID_RELAY_POP3=$PID
 
 for p in "$P_DOVA" "$P_DOVB" "$P_DOVA_POP3" "$P_DOVB_POP3"; do wait_greeting "$p"; done
 for p in "$P_DOVA_TLS" "$P_DPROXY" "$P_NGINX" "$P_PORTICO" \
-	"$P_DOVA_POP3S" "$P_DPROXY_POP3" "$P_NGINX_POP3" "$P_PORTICO_POP3"; do wait_greeting "$p" tls; done
+	"$P_DOVA_POP3S" "$P_DPROXY_POP3" "$P_NGINX_POP3" "$P_PORTICO_POP3" "$P_RELAY" "$P_RELAY_POP3"; do wait_greeting "$p" tls; done
 wait_port "$P_AUTH"
 wait_port "$P_AUTH_POP3"
 
-FRONTS=(portico nginx dproxy direct)
+FRONTS=(portico nginx dproxy direct relay)
 # By front end, and by front end and protocol for POP3 (PROTO=pop3).
-declare -A ADDR=([portico]=$P_PORTICO [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS
-	[portico.pop3]=$P_PORTICO_POP3 [nginx.pop3]=$P_NGINX_POP3 [dproxy.pop3]=$P_DPROXY_POP3 [direct.pop3]=$P_DOVA_POP3S)
+declare -A ADDR=([portico]=$P_PORTICO [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS [relay]=$P_RELAY
+	[portico.pop3]=$P_PORTICO_POP3 [nginx.pop3]=$P_NGINX_POP3 [dproxy.pop3]=$P_DPROXY_POP3 [direct.pop3]=$P_DOVA_POP3S
+	[relay.pop3]=$P_RELAY_POP3)
 # The front end's processes; the second pid, where there is one, is its
 # lookup service, reported on its own row.
 declare -A PIDS=([portico]="$PID_PORTICO,$PID_REDIS" [nginx]="$PID_NGINX,$PID_AUTH" [dproxy]=$PID_DPROXY [direct]=$PID_DOVA
-	[portico.pop3]="$PID_PORTICO,$PID_REDIS" [nginx.pop3]="$PID_NGINX,$PID_AUTH_POP3" [dproxy.pop3]=$PID_DPROXY [direct.pop3]=$PID_DOVA)
-declare -A NUSERS=([portico]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half)
+	[relay]=$PID_RELAY
+	[portico.pop3]="$PID_PORTICO,$PID_REDIS" [nginx.pop3]="$PID_NGINX,$PID_AUTH_POP3" [dproxy.pop3]=$PID_DPROXY [direct.pop3]=$PID_DOVA
+	[relay.pop3]=$PID_RELAY_POP3)
+# The relay and Dovecot direct reach the first backend only.
+declare -A NUSERS=([portico]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half [relay]=$half)
 mkdir -p "$T/results"
 
 # bench FRONT TEST ARGS...: one `portico bench` run, its JSON kept; with
@@ -428,7 +439,8 @@ fi
 python3 - "$T/results" "$IDLE" <<'EOF'
 import json, os, sys
 dir, idle = sys.argv[1], int(sys.argv[2])
-fronts = [("portico", "Portico"), ("nginx", "nginx"), ("dproxy", "Dovecot proxy"), ("direct", "Dovecot direct")]
+fronts = [("portico", "Portico"), ("nginx", "nginx"), ("dproxy", "Dovecot proxy"), ("direct", "Dovecot direct"),
+          ("relay", "Go TLS relay (floor)")]
 
 def rep(f, test):
     try:
@@ -454,14 +466,14 @@ def get(f, test, fn):
 
 rows = [
     ("CPU per login session, ms (X25519)", lambda f: cpu(f, "login64", 0)),
-    ("+ its lookup service, ms (Redis / auth_http)", lambda f: cpu(f, "login64", 1) if f != "direct" else "–"),
+    ("+ its lookup service, ms (Redis / auth_http)", lambda f: cpu(f, "login64", 1) if f not in ("direct", "relay") else "–"),
     ("CPU per login session, ms (X25519MLKEM768 offered)", lambda f: cpu(f, "loginpq", 0)),
     ("key exchange negotiated by default", lambda f: get(f, "loginpq", lambda r: r["tls"].split()[-1])),
     ("logins/s, 64 clients", lambda f: get(f, "login64", lambda r: f"{r['rate_per_s']:.0f}")),
     ("one at a time: session p50, ms", lambda f: get(f, "login1", lambda r: f"{r['session']['p50_ms']:.1f}")),
     ("one at a time: login p50, ms", lambda f: get(f, "login1", lambda r: f"{r['login']['p50_ms']:.2f}")),
     ("POP3: CPU per login session, ms (X25519)", lambda f: cpu(f, "pop3login64", 0)),
-    ("POP3: + its lookup service, ms (Redis / auth_http)", lambda f: cpu(f, "pop3login64", 1) if f != "direct" else "–"),
+    ("POP3: + its lookup service, ms (Redis / auth_http)", lambda f: cpu(f, "pop3login64", 1) if f not in ("direct", "relay") else "–"),
     ("POP3: logins/s, 64 clients", lambda f: get(f, "pop3login64", lambda r: f"{r['rate_per_s']:.0f}")),
     ("POP3 one at a time: session p50, ms", lambda f: get(f, "pop3login1", lambda r: f"{r['session']['p50_ms']:.1f}")),
     ("POP3 one at a time: login p50, ms", lambda f: get(f, "pop3login1", lambda r: f"{r['login']['p50_ms']:.2f}")),

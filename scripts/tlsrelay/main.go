@@ -22,13 +22,14 @@ func main() {
 	backend := flag.String("backend", "", "backend `host:port` (plain IMAP)")
 	certFile := flag.String("cert", "", "certificate `file` (PEM)")
 	keyFile := flag.String("key", "", "key `file` (PEM)")
+	alpn := flag.String("alpn", "imap", "ALPN `protocol` (imap, pop3)")
 	flag.Parse()
 	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
 	if err != nil {
 		log.Fatal(err)
 	}
-	// Portico's policy where it costs CPU: ALPN imap, Go's default curves.
-	ln, err := tls.Listen("tcp", *listen, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"imap"}})
+	// Portico's policy where it costs CPU: its ALPN, Go's default curves.
+	ln, err := tls.Listen("tcp", *listen, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{*alpn}})
 	if err != nil {
 		log.Fatal(err)
 	}
