@@ -18,6 +18,22 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
+// buildYAML builds an App from the text of a config file; it is closed
+// when the test ends.
+func buildYAML(t *testing.T, yaml string) *App {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml), "portico.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt
+}
+
 // tlsFront serves a TLS listener in front of a cleartext backend: an IMAPS
 // backend whose certificate is cert.
 func tlsFront(t *testing.T, cert tls.Certificate, backend string) string {
@@ -68,7 +84,7 @@ func TestBackendDefaultsTLSWithPlain(t *testing.T) {
 	defer mem.Close()
 	imaps := tlsFront(t, cert, mem.Addr())
 
-	cfg, err := config.Parse([]byte(`
+	rt := buildYAML(t, `
 listeners:
   - {mode: imaps, address: "127.0.0.1:0"}
 tls:
@@ -81,15 +97,7 @@ routing:
 backend_defaults:
   security: plain
   tls: {ca_file: `+certFile+`}
-`), "portico.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Close()
+`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, rec := range []routing.Record{

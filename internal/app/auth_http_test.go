@@ -42,7 +42,7 @@ func TestAuthHTTPConfig(t *testing.T) {
 		testsrv.AuthHTTPUser{Login: "bob@example.test", Password: "bob-pw", Backend: mem2.Addr()},
 	)
 	certFile, keyFile := certPair(t)
-	cfg, err := config.Parse([]byte(`
+	rt := buildYAML(t, `
 listeners:
   - {mode: imap, address: "127.0.0.1:0", cleartext_login_networks: [127.0.0.0/8]}
 tls:
@@ -63,15 +63,7 @@ auth:
     url: "`+svc.URL+`"
     timeout: 3s
     headers: {X-Auth-Key: k1}
-`), "portico.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Close()
+`)
 	if d := rt.Server.Limits.AuthTimeout; d != 3*time.Second {
 		t.Errorf("AuthTimeout %v: the service's timeout is longer than the lookup's", d)
 	}

@@ -2,12 +2,9 @@ package app
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
@@ -20,7 +17,7 @@ import (
 func TestPOP3Wiring(t *testing.T) {
 	r := testsrv.StartRedis(t)
 	_, certFile, keyFile := testcert.Files(t, t.TempDir(), "localhost", "127.0.0.1")
-	cfg, err := config.Parse([]byte(`
+	rt := buildYAML(t, `
 listeners:
   - {name: a, mode: imaps, address: "127.0.0.1:0"}
   - {name: b, mode: imap, address: "127.0.0.1:0"}
@@ -38,15 +35,7 @@ backends:
   - {name: mx2, address: "10.0.0.2:143"}
 backend_defaults:
   pop3_port: 995
-`), "portico.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Close()
+`)
 	want := []proxy.Mode{proxy.ImplicitTLS, proxy.StartTLS, proxy.POP3S, proxy.POP3}
 	for i, l := range rt.Listeners {
 		if l.Config.Mode != want[i] {
