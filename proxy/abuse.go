@@ -470,7 +470,7 @@ func (s *session) checkUserSessions(user string) error {
 func (s *session) limited(tag string, err *limitError) action {
 	code := imap.ResponseCodeLimit
 	if s.pop3 {
-		code = pop3InUse // RFC 3206: the mailbox is in use elsewhere
+		code = imap.ResponseCodeInUse // IN-USE (RFC 3206): the mailbox is in use elsewhere
 	}
 	s.writeStatus(tag, imap.StatusResponseTypeNo, code, err.text)
 	return actContinue

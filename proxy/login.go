@@ -144,11 +144,12 @@ func (s *session) loginTo(tag string, ev *LoginEvent, user, password string, sta
 		ev.Result = LoginLimited
 		return s.limited(tag, lim)
 	}
-	if busy := errors.Is(err, upstream.ErrInUse) || errors.Is(err, upstream.ErrLoginDelay); busy && s.pop3 {
-		// The backend said why, and a POP3 client knows these codes: it
-		// retries later rather than ask its user for the password.
+	if errors.Is(err, upstream.ErrInUse) || errors.Is(err, upstream.ErrLoginDelay) {
+		// The backend said why, and the client knows these codes (IMAP's
+		// INUSE, POP3's IN-USE and LOGIN-DELAY): it retries later rather
+		// than ask its user for the password.
 		s.srv.logger().Info("backend refused login for now", "session", s.id, "user", user, "backend", b.String(), "err", err)
-		code, text := pop3InUse, "Mailbox in use, try again later"
+		code, text := imap.ResponseCodeInUse, "Mailbox in use, try again later"
 		if errors.Is(err, upstream.ErrLoginDelay) {
 			code, text = pop3LoginDelay, "Logged in too recently, try again later"
 		}

@@ -19,14 +19,9 @@ import (
 // One file per command, as for IMAP: pop3capa.go, pop3stls.go,
 // pop3user.go (USER and PASS), pop3auth.go. QUIT is below.
 
-// pop3InUse is RFC 3206's IN-USE, which IMAP has not: passed through
-// writeStatus for a user with too many sessions, or a mailbox the backend
-// says is locked; pop3LoginDelay is RFC 2449's LOGIN-DELAY, passed on
-// from the backend.
-const (
-	pop3InUse      imap.ResponseCode = "IN-USE"
-	pop3LoginDelay imap.ResponseCode = "LOGIN-DELAY"
-)
+// pop3LoginDelay is RFC 2449's LOGIN-DELAY, which IMAP has not: a POP3
+// backend's answer passed on.
+const pop3LoginDelay imap.ResponseCode = "LOGIN-DELAY"
 
 // nextPOP3 reads and runs one POP3 command.
 func (s *session) nextPOP3() action {
@@ -84,7 +79,9 @@ func pop3Code(code imap.ResponseCode) string {
 		return "AUTH"
 	case imap.ResponseCodeUnavailable, imap.ResponseCodeLimit:
 		return "SYS/TEMP"
-	case pop3InUse, pop3LoginDelay:
+	case imap.ResponseCodeInUse:
+		return "IN-USE"
+	case pop3LoginDelay:
 		return string(code)
 	}
 	return ""

@@ -26,6 +26,7 @@ import (
 	"github.com/portico-mail/portico/internal/membackend"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -1567,4 +1568,20 @@ func TestSessionLog(t *testing.T) {
 	if strings.Contains(logs, b64("\x00alice@example.test\x00"+alicePW)) {
 		t.Errorf("log contains a SASL response:\n%s", logs)
 	}
+}
+
+// A backend's INUSE (RFC 5530) reaches the IMAP client as such, not as a
+// wrong password, and the client may try again on the connection.
+func TestBackendInUse(t *testing.T) {
+	h := newHarnessWith(t, nil, func(s *proxy.Server) {
+		s.Login = func(ctx context.Context, b *routing.Backend, cred upstream.Credentials, id *upstream.IDInfo) (*upstream.Result, error) {
+			return nil, fmt.Errorf("NO [INUSE] locked: %w", upstream.ErrInUse)
+		}
+	})
+	c := h.dialTLS(t, h.imaps)
+	c.greeting()
+	c.send("a LOGIN alice " + alicePW + "\r\n")
+	c.expect("a NO [INUSE] Mailbox in use, try again later")
+	c.send("b LOGIN alice " + alicePW + "\r\n")
+	c.expect("b NO [INUSE] Mailbox in use, try again later")
 }

@@ -39,16 +39,17 @@ import (
 )
 
 // ErrAuthFailed means the backend rejected the credentials: a tagged NO
-// without [UNAVAILABLE], or in POP3 a -ERR without one of the codes that
+// without [UNAVAILABLE] or [INUSE], or in POP3 a -ERR without one of the codes that
 // say the credentials are not the cause ([SYS/TEMP], [SYS/PERM],
 // [IN-USE], [LOGIN-DELAY]). Every other error from Login and LoginPOP3
 // means the backend is unavailable. Errors wrapping it never contain the
 // password.
 var ErrAuthFailed = errors.New("upstream: authentication failed")
 
-// ErrInUse and ErrLoginDelay are the unavailable errors of a POP3 backend
-// that said why (RFC 2449, 3206): the mailbox is locked by another
-// session, or the user may not log in this often. The proxy passes the
+// ErrInUse and ErrLoginDelay are the unavailable errors of a backend that
+// said why: the mailbox is in use by another session (IMAP's INUSE, RFC
+// 5530; POP3's IN-USE, RFC 3206), or the user may not log in this often
+// (POP3's LOGIN-DELAY, RFC 2449). The proxy passes the
 // code on, so that a client retries later instead of asking its user for
 // the password again.
 var (
@@ -538,6 +539,9 @@ func (c *conn) authenticate(caps []string, cred Credentials) ([]string, error) {
 	case "NO":
 		if strings.EqualFold(r.code, "UNAVAILABLE") {
 			return nil, c.errorf("login: NO [UNAVAILABLE] %s", c.clean(r.text, 200))
+		}
+		if strings.EqualFold(r.code, "INUSE") {
+			return nil, fmt.Errorf("upstream: %s: login: NO [INUSE] %s: %w", c.label, c.clean(r.text, 200), ErrInUse)
 		}
 		code := ""
 		if r.code != "" {

@@ -440,13 +440,15 @@ func TestLoginReplies(t *testing.T) {
 		reply    string // after "tag "
 		authFail bool
 		ok       bool
+		is       error // the error wraps it
 	}{
-		{"wrong password", "NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", true, false},
-		{"no code", "NO bad password secret\r\n", true, false},
-		{"unavailable", "NO [UNAVAILABLE] Try later\r\n", false, false},
-		{"bad", "BAD syntax\r\n", false, false},
-		{"bye", "BAD x\r\n* BYE go away\r\n", false, false},
-		{"ok", "OK [CAPABILITY IMAP4rev1] yes\r\n", false, true},
+		{"wrong password", "NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", true, false, nil},
+		{"no code", "NO bad password secret\r\n", true, false, nil},
+		{"unavailable", "NO [UNAVAILABLE] Try later\r\n", false, false, nil},
+		{"in use", "NO [INUSE] Mailbox locked\r\n", false, false, ErrInUse},
+		{"bad", "BAD syntax\r\n", false, false, nil},
+		{"bye", "BAD x\r\n* BYE go away\r\n", false, false, nil},
+		{"ok", "OK [CAPABILITY IMAP4rev1] yes\r\n", false, true, nil},
 	}
 	for _, tc := range tests {
 		addr, done := startFake(t, func(f *fake) {
@@ -463,7 +465,7 @@ func TestLoginReplies(t *testing.T) {
 			}
 			continue
 		}
-		if err == nil || errors.Is(err, ErrAuthFailed) != tc.authFail {
+		if err == nil || errors.Is(err, ErrAuthFailed) != tc.authFail || tc.is != nil && !errors.Is(err, tc.is) {
 			t.Errorf("%s: err = %v", tc.name, err)
 			continue
 		}
