@@ -188,11 +188,10 @@ func (s *Server) releasePreauth(sess *session) {
 // addListener records a listening address, to refuse backends that are
 // this proxy itself.
 func (s *Server) addListener(addr net.Addr, name string) {
-	ta, ok := addr.(*net.TCPAddr)
+	ap, wild, ok := ownKey(addr)
 	if !ok {
 		return
 	}
-	ap := ta.AddrPort()
 	a := &s.ab
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -200,28 +199,42 @@ func (s *Server) addListener(addr net.Addr, name string) {
 		a.own = make(map[netip.AddrPort]string)
 		a.ownPorts = make(map[uint16]string)
 	}
-	if ap.Addr().IsUnspecified() {
+	if wild {
 		a.ownPorts[ap.Port()] = name
 	} else {
-		a.own[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = name
+		a.own[ap] = name
 	}
+}
+
+// ownKey is how addListener and removeListener key a listening address:
+// a wildcard address by its port, any other by address (unmapped) and
+// port.
+func ownKey(addr net.Addr) (ap netip.AddrPort, wild, ok bool) {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}, false, false
+	}
+	ap = ta.AddrPort()
+	if ap.Addr().IsUnspecified() {
+		return ap, true, true
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), false, true
 }
 
 // removeListener forgets an address recorded by addListener: a listener
 // removed by a reload no longer makes a backend at its address a loop.
 func (s *Server) removeListener(addr net.Addr) {
-	ta, ok := addr.(*net.TCPAddr)
+	ap, wild, ok := ownKey(addr)
 	if !ok {
 		return
 	}
-	ap := ta.AddrPort()
 	a := &s.ab
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if ap.Addr().IsUnspecified() {
+	if wild {
 		delete(a.ownPorts, ap.Port())
 	} else {
-		delete(a.own, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		delete(a.own, ap)
 	}
 }
 
