@@ -30,7 +30,7 @@ func buildYAML(t *testing.T, yaml string) *App {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rt.Close() })
+	t.Cleanup(rt.Close)
 	return rt
 }
 

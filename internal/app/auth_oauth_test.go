@@ -2,14 +2,11 @@ package app
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 	"github.com/portico-mail/portico/proxy"
@@ -28,7 +25,7 @@ func TestBuildOAuth(t *testing.T) {
 	t.Setenv("PORTICO_TEST_MASTER_PW", "master-pw")
 	build := func(auth string) *App {
 		t.Helper()
-		cfg, err := config.Parse([]byte(`
+		return buildYAML(t, `
 listeners:
   - {mode: imaps, address: "127.0.0.1:0"}
 tls:
@@ -38,16 +35,7 @@ routing:
   redis: {addrs: ["127.0.0.1:1"]}
   health: {disabled: true}
   default_domain: example.test
-`+auth), "portico.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rt.Close() })
-		return rt
+`+auth)
 	}
 
 	if rt := build(""); rt.Server.OAuth.Enabled {

@@ -1,13 +1,10 @@
 package app
 
 import (
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/portico-mail/portico/auth"
-	"github.com/portico-mail/portico/config"
 	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/proxy/upstream"
 )
@@ -20,7 +17,7 @@ func TestBuildPasswords(t *testing.T) {
 	t.Setenv("PORTICO_TEST_MASTER_PW", "master-pw")
 	build := func(authYAML string) *App {
 		t.Helper()
-		cfg, err := config.Parse([]byte(`
+		return buildYAML(t, `
 listeners:
   - {mode: imaps, address: "127.0.0.1:0"}
 tls:
@@ -33,16 +30,7 @@ routing:
 auth:
   master_user: portico
   master_password: {env: PORTICO_TEST_MASTER_PW}
-`+authYAML), "portico.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rt.Close() })
-		return rt
+`+authYAML)
 	}
 	passwords := func(rt *App) *auth.Passwords {
 		t.Helper()

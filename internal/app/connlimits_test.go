@@ -150,7 +150,7 @@ func TestSessionsPerUserFleet(t *testing.T) {
 	defer cancel()
 	var addrs []string
 	for i := range 2 {
-		cfg, err := config.Parse([]byte(`
+		rt := buildYAML(t, `
 listeners:
   - {mode: imap, address: "127.0.0.1:0", cleartext_login_networks: [127.0.0.0/8]}
 tls:
@@ -164,15 +164,7 @@ backends:
   - {name: mem, address: "`+mem.Addr()+`"}
 fleet: {proxy_id: p`+strconv.Itoa(i)+`, heartbeat: 1s}
 limits: {max_sessions_per_user: 2}
-`), "portico.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		rt, err := Build(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(rt.Close)
+`)
 		if _, err := rt.Start(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 			t.Fatal(err)
 		}
