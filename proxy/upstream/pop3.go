@@ -99,23 +99,14 @@ func (c *conn) loginPOP3(cred Credentials, id *IDInfo) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch c.b.TLS {
-	case routing.StartTLS:
-		if !caps.has("STLS") {
-			return nil, c.errorf("STLS not advertised (refusing to continue in cleartext)")
-		}
-		if err := c.stls(); err != nil {
-			return nil, err
-		}
-		// Capabilities from before TLS may have been tampered with. The
-		// greeting's [XCLIENT] may have been too, but at worst that sends
-		// an XCLIENT the backend refuses, or none.
+	if upgraded, err := c.upgradeTLS(caps.has("STLS"), "STLS", c.stls); err != nil {
+		return nil, err
+	} else if upgraded {
+		// The greeting's [XCLIENT] may have been tampered with too, but
+		// at worst that sends an XCLIENT the backend refuses, or none.
 		if caps, err = c.capa(); err != nil {
 			return nil, err
 		}
-	case routing.Plain, routing.ImplicitTLS:
-	default:
-		return nil, c.errorf("unknown TLS mode %d", c.b.TLS)
 	}
 
 	// One way of passing the client's address per backend, as with ID.
@@ -212,15 +203,7 @@ func (c *conn) stls() error {
 	if st, text := pop3Status(line); st != "+OK" {
 		return c.errorf("stls: %s %s", st, c.clean(text, 200))
 	}
-	// Whatever was read past the +OK came in cleartext and may be an
-	// injected response: drop it with the bufio.
-	tc := tls.Client(c.raw, c.tlsConfig())
-	if err := tc.Handshake(); err != nil {
-		return c.errorf("stls: tls handshake: %s%w", tlsReason(err), err)
-	}
-	c.nc = tc
-	c.br = bufio.NewReaderSize(tc, readBufSize)
-	return nil
+	return c.handshake("stls")
 }
 
 // xclient forwards id with Dovecot's XCLIENT and waits for the answer

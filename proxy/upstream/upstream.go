@@ -277,21 +277,12 @@ func (c *conn) login(cred Credentials, id *IDInfo) (*Result, error) {
 		}
 	}
 
-	switch c.b.TLS {
-	case routing.StartTLS:
-		if !hasCap(caps, "STARTTLS") {
-			return nil, c.errorf("STARTTLS not advertised (refusing to continue in cleartext)")
-		}
-		if err := c.startTLS(); err != nil {
-			return nil, err
-		}
-		// Capabilities from before TLS may have been tampered with.
+	if upgraded, err := c.upgradeTLS(hasCap(caps, "STARTTLS"), "STARTTLS", c.startTLS); err != nil {
+		return nil, err
+	} else if upgraded {
 		if caps, err = c.capability(); err != nil {
 			return nil, err
 		}
-	case routing.Plain, routing.ImplicitTLS:
-	default:
-		return nil, c.errorf("unknown TLS mode %d", c.b.TLS)
 	}
 	if hasCap(caps, "LOGINDISABLED") {
 		return nil, c.errorf("backend advertises LOGINDISABLED (refusing to send credentials)")
@@ -390,11 +381,35 @@ func (c *conn) startTLS() error {
 	if r.kind != "OK" {
 		return c.errorf("starttls: %s %s", r.kind, c.clean(r.text, 200))
 	}
-	// Whatever was read past the OK came in cleartext and may be an
-	// injected response (CVE-2011-0411 style): drop it with the bufio.
+	return c.handshake("starttls")
+}
+
+// upgradeTLS, for a backend reached with STARTTLS (Backend.TLS), runs
+// start (IMAP's STARTTLS or POP3's STLS, named cmd) and reports true: the
+// caller then asks for the capabilities again, since those read before
+// TLS may have been tampered with. A backend that does not offer it is
+// refused, never used in clear.
+func (c *conn) upgradeTLS(offered bool, cmd string, start func() error) (bool, error) {
+	switch c.b.TLS {
+	case routing.StartTLS:
+		if !offered {
+			return false, c.errorf("%s not advertised (refusing to continue in cleartext)", cmd)
+		}
+		return true, start()
+	case routing.Plain, routing.ImplicitTLS:
+		return false, nil
+	}
+	return false, c.errorf("unknown TLS mode %d", c.b.TLS)
+}
+
+// handshake starts TLS over the raw connection once the backend has said
+// yes to cmd. Whatever was read past that answer came in cleartext and
+// may be an injected response (CVE-2011-0411 style): it is dropped with
+// the bufio.
+func (c *conn) handshake(cmd string) error {
 	tc := tls.Client(c.raw, c.tlsConfig())
 	if err := tc.Handshake(); err != nil {
-		return c.errorf("starttls: tls handshake: %s%w", tlsReason(err), err)
+		return c.errorf("%s: tls handshake: %s%w", cmd, tlsReason(err), err)
 	}
 	c.nc = tc
 	c.br = bufio.NewReaderSize(tc, readBufSize)
