@@ -87,16 +87,7 @@ func newAuthHTTPEnv(t *testing.T, http11 bool, url string) *authHTTPEnv {
 		Logger:        logger,
 		Authenticator: &auth.Mux{Password: h},
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go e.srv.Serve(ln, proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS})
-	e.imaps = ln.Addr().String()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		e.srv.Shutdown(ctx)
+	e.imaps = serveIMAPS(t, e.srv, func() {
 		h.Close()
 		checkGoroutines(t, baseline)
 		for _, secret := range []string{alicePass, bobPass, carolPass, "s3cret", "wrong-pw"} {

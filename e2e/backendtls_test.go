@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -327,15 +326,7 @@ func TestBackendTLS(t *testing.T) {
 		Limits:    proxy.Limits{AuthFailureDelay: -1, MaxAuthFailures: 10},
 		Logger:    slog.New(slog.NewTextHandler(io.MultiWriter(logs, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln, proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
+	addr := serveIMAPS(t, srv, func() {
 		if strings.Contains(logs.String(), fakePass) {
 			t.Error("the password reached the log")
 		}
@@ -344,7 +335,7 @@ func TestBackendTLS(t *testing.T) {
 
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) {
-			c, err := dialer.Dial("tcp", ln.Addr().String())
+			c, err := dialer.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}

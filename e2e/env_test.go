@@ -145,6 +145,27 @@ protocol imap {
 	return e
 }
 
+// serveIMAPS serves srv on an implicit-TLS listener on a free loopback
+// port and returns its address. The test's end shuts srv down, then runs
+// after, if not nil, for the test's own checks.
+func serveIMAPS(t *testing.T, srv *proxy.Server, after func()) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln, proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		if after != nil {
+			after()
+		}
+	})
+	return ln.Addr().String()
+}
+
 // startApp serves cfg as "portico serve" does, assembled by internal/app:
 // built, started (TLS, routing, fleet), and every listener served on its
 // configured address (port 0: any free one). prepare, if not nil, may

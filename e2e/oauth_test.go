@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -111,16 +110,7 @@ func newOAuthEnv(t *testing.T, validate bool) *oauthEnv {
 		}
 		e.srv.Authenticator = &auth.Mux{OAuth: o}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go e.srv.Serve(ln, proxy.Listener{Name: "imaps", Mode: proxy.ImplicitTLS})
-	e.imaps = ln.Addr().String()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		e.srv.Shutdown(ctx)
+	e.imaps = serveIMAPS(t, e.srv, func() {
 		e.is.CloseConnections()
 		checkGoroutines(t, baseline)
 	})
