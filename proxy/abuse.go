@@ -374,7 +374,7 @@ func (s *session) backendLogin(b *routing.Backend, user string, cred upstream.Cr
 		return nil, errRefused
 	}
 	addr, login := b.Addr, s.set.login
-	if s.pop3 {
+	if s.pop3() {
 		addr, login = b.POP3Addr, s.set.loginPOP3
 	}
 	if name := srv.ownListener(addr); name != "" {
@@ -482,7 +482,7 @@ func (s *session) checkUserSessions(user string) error {
 // limited answers a login refused by a session limit.
 func (s *session) limited(tag string, err *limitError) action {
 	code := imap.ResponseCodeLimit
-	if s.pop3 {
+	if s.pop3() {
 		code = imap.ResponseCodeInUse // IN-USE (RFC 3206): the mailbox is in use elsewhere
 	}
 	s.writeStatus(tag, imap.StatusResponseTypeNo, code, err.text)

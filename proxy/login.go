@@ -32,7 +32,7 @@ func (s *session) handleLogin(cmd *wire.Command) action {
 func (s *session) privacyRequired(tag, method string) action {
 	s.observeLogin(&LoginEvent{Result: LoginPrivacyRequired, Mechanism: method})
 	text := "TLS is required to log in; use STARTTLS"
-	if s.pop3 {
+	if s.pop3() {
 		text = "TLS is required to log in; use STLS"
 	}
 	s.writeStatus(tag, imap.StatusResponseTypeNo, imap.ResponseCodePrivacyRequired, text)

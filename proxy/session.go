@@ -53,7 +53,6 @@ type session struct {
 	start    time.Time
 	deadline time.Time // absolute pre-auth deadline
 
-	pop3       bool   // the listener speaks POP3 (pop3.go), not IMAP
 	userName   string // POP3: the name of a USER command, for PASS
 	tlsVersion string // "" while cleartext
 	askedCaps  bool   // the client sent CAPABILITY before login
@@ -112,7 +111,6 @@ func newSession(srv *Server, ln *Listener, set *settings, c net.Conn) *session {
 		conn:  c,
 		id:    sessionPrefix + "-" + strconv.FormatUint(sessionCounter.Add(1), 36),
 		start: time.Now(),
-		pop3:  ln.Mode.isPOP3(),
 	}
 	s.client = addrPort(c.RemoteAddr())
 	s.local = addrPort(c.LocalAddr())
@@ -127,6 +125,9 @@ func addrPort(a net.Addr) netip.AddrPort {
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
 }
+
+// pop3 reports whether the session speaks POP3 (pop3.go) rather than IMAP.
+func (s *session) pop3() bool { return s.ln.Mode.isPOP3() }
 
 // serve runs the session until it ends or is handed to splice in a new
 // goroutine, whose stack starts small: the deep stack of the TLS handshake
@@ -184,7 +185,7 @@ func (s *session) serve() {
 
 // next reads and runs one command.
 func (s *session) next() action {
-	if s.pop3 {
+	if s.pop3() {
 		return s.nextPOP3()
 	}
 	cmd, err := s.dec.ReadCommand()
@@ -331,7 +332,7 @@ func (s *session) flush() error {
 // +OK or -ERR with the code translated (pop3Status), the tag dropped. The
 // login path, shared by both protocols, answers through it.
 func (s *session) writeStatus(tag string, typ imap.StatusResponseType, code imap.ResponseCode, text string) {
-	if s.pop3 {
+	if s.pop3() {
 		writePOP3Status(s.bw, typ, code, text)
 		return
 	}
@@ -362,7 +363,7 @@ func (s *session) caps() []string {
 }
 
 func (s *session) writeGreeting() {
-	if s.pop3 {
+	if s.pop3() {
 		s.writeStatus("", imap.StatusResponseTypeOK, "", "Portico ready.")
 		return
 	}
@@ -399,7 +400,7 @@ func (s *session) handshake(c net.Conn) error {
 // tlsConfig is the listeners' TLS configuration, with the ALPN protocol
 // of this session's.
 func (s *session) tlsConfig() *tls.Config {
-	if s.pop3 {
+	if s.pop3() {
 		return s.set.pop3TLS
 	}
 	return s.set.tlsConfig
@@ -453,7 +454,7 @@ func (s *session) handOff() net.Conn {
 	s.up = nil
 	backendConn := up.Conn
 	s.sp = &splicer{Idle: s.set.limits.IdleTimeout, poller: s.srv.splicePoller()}
-	if s.pop3 {
+	if s.pop3() {
 		s.writeStatus("", imap.StatusResponseTypeOK, "", "Logged in.")
 		s.sp.pop = new(pop3Framer)
 	} else {
