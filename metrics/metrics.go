@@ -49,7 +49,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 	src atomic.Pointer[Source]
 
-	logins       [proxy.NumLoginResults][numMechs]prometheus.Counter
+	logins       [numProtocols][proxy.NumLoginResults][numMechs]prometheus.Counter
 	loginTime    prometheus.Histogram
 	handshake    prometheus.Observer
 	lookup       prometheus.Observer
@@ -89,6 +89,22 @@ func mechIndex(m string) int {
 	return mechLogin
 }
 
+// The protocols of portico_logins_total: the listener's.
+const (
+	protoIMAP = iota
+	protoPOP3
+	numProtocols
+)
+
+var protoNames = [numProtocols]string{"imap", "pop3"}
+
+func protoIndex(p string) int {
+	if p == "pop3" {
+		return protoPOP3
+	}
+	return protoIMAP
+}
+
 // A backend's answer to a login.
 const (
 	backendOK = iota
@@ -120,11 +136,16 @@ func New(version string) *Metrics {
 
 	logins := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "portico_logins_total",
-		Help: "Login attempts by how they were answered (ok, auth_failed, unavailable, limit, privacy_required) and mechanism (login: the LOGIN command; plain, login-mech: AUTHENTICATE PLAIN, LOGIN).",
-	}, []string{"result", "mechanism"})
-	for r := range proxy.NumLoginResults {
-		for mi, mn := range mechNames {
-			m.logins[r][mi] = logins.WithLabelValues(r.String(), mn)
+		Help: "Login attempts by protocol (imap, pop3), how they were answered (ok, auth_failed, unavailable, limit, privacy_required) and mechanism (login: IMAP's LOGIN command; user: POP3's USER and PASS; plain, login-mech, xoauth2, oauthbearer: SASL, AUTHENTICATE or AUTH).",
+	}, []string{"protocol", "result", "mechanism"})
+	for p, pn := range protoNames {
+		for r := range proxy.NumLoginResults {
+			for mi, mn := range mechNames {
+				if (p == protoIMAP && mi == mechUserPass) || (p == protoPOP3 && mi == mechLogin) {
+					continue // no such command in the protocol: no series
+				}
+				m.logins[p][r][mi] = logins.WithLabelValues(pn, r.String(), mn)
+			}
 		}
 	}
 	m.loginTime = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -184,7 +205,9 @@ func (m *Metrics) Handshake(d time.Duration) { m.handshake.Observe(d.Seconds()) 
 // observations, no allocation.
 func (m *Metrics) Login(ev proxy.LoginEvent) {
 	if ev.Result < proxy.NumLoginResults {
-		m.logins[ev.Result][mechIndex(ev.Mechanism)].Inc()
+		if c := m.logins[protoIndex(ev.Protocol)][ev.Result][mechIndex(ev.Mechanism)]; c != nil {
+			c.Inc()
+		}
 	}
 	if ev.Result == proxy.LoginOK {
 		m.loginTime.Observe(ev.SinceAccept.Seconds())

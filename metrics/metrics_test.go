@@ -33,7 +33,7 @@ func TestCountersSurviveSetSource(t *testing.T) {
 		m.Login(proxy.LoginEvent{Result: proxy.LoginAuthFailed, Mechanism: proxy.MechLogin})
 	}
 	m.SetSource(Source{Server: &proxy.Server{}, Backends: []*routing.Backend{{Name: "new"}}})
-	if v := testutil.ToFloat64(m.logins[proxy.LoginAuthFailed][mechLogin]); v != 3 {
+	if v := testutil.ToFloat64(m.logins[protoIMAP][proxy.LoginAuthFailed][mechLogin]); v != 3 {
 		t.Errorf("auth_failed after SetSource = %v", v)
 	}
 	out, err := testutil.CollectAndFormat(m.reg, expfmt.TypeTextPlain, "portico_backend_up")
@@ -42,6 +42,35 @@ func TestCountersSurviveSetSource(t *testing.T) {
 	}
 	if !strings.Contains(string(out), `portico_backend_up{backend="new"} 1`) {
 		t.Errorf("backend_up of the new source:\n%s", out)
+	}
+}
+
+// A POP3 login counts under protocol "pop3", an IMAP one under "imap",
+// even with the same mechanism; the two protocols' own commands (IMAP's
+// LOGIN, POP3's USER/PASS) have series only in their protocol.
+func TestLoginsByProtocol(t *testing.T) {
+	m := New("test")
+	m.Login(proxy.LoginEvent{Result: proxy.LoginOK, Mechanism: proxy.MechPlain, Protocol: "pop3"})
+	m.Login(proxy.LoginEvent{Result: proxy.LoginOK, Mechanism: proxy.MechUserPass, Protocol: "pop3"})
+	m.Login(proxy.LoginEvent{Result: proxy.LoginOK, Mechanism: proxy.MechPlain, Protocol: "imap"})
+	out, err := testutil.CollectAndFormat(m.reg, expfmt.TypeTextPlain, "portico_logins_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`portico_logins_total{mechanism="plain",protocol="pop3",result="ok"} 1`,
+		`portico_logins_total{mechanism="user",protocol="pop3",result="ok"} 1`,
+		`portico_logins_total{mechanism="plain",protocol="imap",result="ok"} 1`,
+		`portico_logins_total{mechanism="login",protocol="imap",result="ok"} 0`,
+	} {
+		if !strings.Contains(string(out), want+"\n") {
+			t.Errorf("missing %s in:\n%s", want, out)
+		}
+	}
+	for _, bad := range []string{`mechanism="user",protocol="imap"`, `mechanism="login",protocol="pop3"`} {
+		if strings.Contains(string(out), bad) {
+			t.Errorf("series %s exists", bad)
+		}
 	}
 }
 

@@ -55,6 +55,7 @@ const (
 type LoginEvent struct {
 	Result    LoginResult
 	Mechanism string // MechLogin, MechPlain, MechSASLLogin, MechUserPass, MechXOAUTH2 or MechOAUTHBEARER
+	Protocol  string // "imap" or "pop3": the listener's
 	// Backend was asked to log the user in (nil if none was): the result
 	// is then its answer, OK, AuthFailed or Unavailable, except that a
 	// login the backend accepted for a user kicked meanwhile is
@@ -70,6 +71,7 @@ type LoginEvent struct {
 func (s *session) observeLogin(ev *LoginEvent) {
 	if o := s.srv.Observer; o != nil {
 		ev.SinceAccept = time.Since(s.start)
+		ev.Protocol = s.ln.Mode.Protocol()
 		o.Login(*ev)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -581,5 +582,34 @@ func TestPOP3OAuth(t *testing.T) {
 	c.expect("+OK Logged in.")
 	if strings.Contains(ph.logs.String(), alicePW) {
 		t.Errorf("a token reached the log")
+	}
+}
+
+// eventLog is an Observer that keeps the login events.
+type eventLog struct {
+	mu     sync.Mutex
+	logins []proxy.LoginEvent
+}
+
+func (l *eventLog) Handshake(time.Duration) {}
+
+func (l *eventLog) Login(ev proxy.LoginEvent) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.logins = append(l.logins, ev)
+}
+
+// A login event says which protocol it was, so that metrics tell a POP3
+// login from an IMAP one with the same mechanism.
+func TestPOP3LoginEventProtocol(t *testing.T) {
+	events := &eventLog{}
+	ph := newPOP3Harness(t, nil, func(s *proxy.Server) { s.Observer = events })
+	c := ph.loginPOP3(t)
+	c.send("QUIT\r\n")
+	c.expect("+OK Bye")
+	events.mu.Lock()
+	defer events.mu.Unlock()
+	if len(events.logins) != 1 || events.logins[0].Protocol != "pop3" || events.logins[0].Result != proxy.LoginOK {
+		t.Errorf("login events %+v, want one ok with protocol pop3", events.logins)
 	}
 }
