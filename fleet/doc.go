@@ -55,8 +55,18 @@
 //	                          listening when one was published. The key's
 //	                          TTL covers the latest deadline+window plus a
 //	                          minute; readers skip fields past theirs.
+//	P hot              ZSET   member "ip NET" | "user USER" | "sessions USER",
+//	                          score = until (ms, the marking proxy's clock):
+//	                          the hot set, what logins must ask Redis about
+//	                          (Fleet.Cold, Fleet.MarkHot). ZADD GT (Redis
+//	                          6.2), so the later expiry wins; read at each
+//	                          resync of every proxy (at most MaxHot+1
+//	                          members), pruned of expired members by the
+//	                          sweeper.
 //	P control          pub/sub channel of JSON messages {"op": "kick" |
-//	                          "move" | "release" | "drain" | "undrain", ...}.
+//	                          "move" | "release" | "drain" | "undrain" |
+//	                          "ping" | "hot", ...}; a hot message is
+//	                          {"op": "hot", "key": KEY, "until": ms}.
 //
 // The braces are Redis Cluster hash tags: a user's sessions and move hold
 // live in one slot, each instance's hash in another. No command or script
@@ -105,8 +115,21 @@
 // taken the proxy for dead.
 //
 // Pub/sub delivery is at most once, so on every (re)subscription, and
-// every heartbeat, a proxy re-reads the pending drain-kicks and the moves
-// under way, and publishes a ping that it expects back: while its pings
-// come back, it knows every move hold from memory and a login costs no
-// Redis read for the gate; otherwise LoginGate reads the hold key.
+// every heartbeat, a proxy re-reads the pending drain-kicks, the moves
+// under way and the hot set, and publishes a ping that it expects back:
+// while its pings come back, it knows every move hold from memory and a
+// login costs no Redis read for the gate; otherwise LoginGate reads the
+// hold key.
+//
+// # Hot set
+//
+// The same rule spares most logins the brute-force limiter's read and
+// the per-user session count. A proxy whose failure counters for an
+// address or a user come near a limit, or whose registry writes find a
+// user with many sessions, marks the key hot (MarkHot): written to P hot,
+// then announced. Every proxy asks Redis about a login only when one of
+// its keys is hot, or when it cannot be sure that none is (Cold: control
+// channel unhealthy, not resynced, or more than MaxHot keys). The set's
+// size and its writes follow failures and crowded users, never the
+// number of sessions.
 package fleet

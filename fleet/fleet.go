@@ -117,6 +117,9 @@ type Fleet struct {
 	release chan struct{}          // closed and replaced to wake LoginGate
 
 	gateHealth health
+
+	hot         hotSet       // see hot.go
+	hotSessions atomic.Int64 // SetHotSessions
 }
 
 type drainState struct {
@@ -166,6 +169,7 @@ func (f *Fleet) init() {
 		f.moving = make(map[string]moveState)
 		f.release = make(chan struct{})
 		f.gateHealth = health{log: f.log, what: "move holds"}
+		f.hot.init()
 	})
 }
 
@@ -208,6 +212,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	wg.Go(func() { f.writer(ctx) })
 	wg.Go(func() { f.sweeper(ctx) })
 	wg.Go(func() { f.control(ctx) })
+	wg.Go(func() { f.hotWriter(ctx) })
 	wg.Wait()
 
 	f.mu.Lock()
@@ -298,6 +303,8 @@ type message struct {
 	Window   int64  `json:"window,omitempty"`   // ms
 	Hold     int64  `json:"hold,omitempty"`     // ms
 	From     string `json:"from,omitempty"`     // a ping's sender
+	Key      string `json:"key,omitempty"`      // a hot key
+	Until    int64  `json:"until,omitempty"`    // Unix ms, a hot key's expiry
 }
 
 const (
@@ -307,6 +314,7 @@ const (
 	opDrain   = "drain"
 	opUndrain = "undrain"
 	opPing    = "ping"
+	opHot     = "hot"
 )
 
 func (f *Fleet) handle(payload string) {
@@ -334,6 +342,12 @@ func (f *Fleet) handle(payload string) {
 		f.scheduleDrain(m.Backend, time.UnixMilli(m.Deadline), time.Duration(m.Window)*time.Millisecond)
 	case opUndrain:
 		f.cancelDrain(m.Backend)
+	case opHot:
+		if u := time.UnixMilli(m.Until); m.Key != "" && time.Now().Before(u) {
+			f.hot.mu.Lock()
+			f.hot.addLocked(m.Key, u)
+			f.hot.mu.Unlock()
+		}
 	default:
 		f.log.Warn("fleet: unknown control message", "op", m.Op)
 	}
@@ -359,9 +373,10 @@ func (f *Fleet) kickUser(user, reason string) {
 	}()
 }
 
-// resync re-reads the pending drain-kicks and the moves under way, which
-// messages may have missed, and pings the channel to prove it still
-// listens. Three small commands per heartbeat, whatever the fleet's size.
+// resync re-reads the pending drain-kicks, the moves under way and the
+// hot set, which messages may have missed, and pings the channel to prove
+// it still listens. Four small commands per heartbeat, whatever the
+// fleet's size (the hot set's read is bounded by MaxHot).
 func (f *Fleet) resync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, f.opTimeout())
 	defer cancel()
@@ -371,6 +386,9 @@ func (f *Fleet) resync(ctx context.Context) error {
 	}
 	moves, err := movesUnderWay(ctx, f.Client, f.keys)
 	if err != nil {
+		return err
+	}
+	if err := f.readHot(ctx); err != nil {
 		return err
 	}
 	if err := publish(ctx, f.Client, f.keys, message{Op: opPing, From: f.ctlToken}); err != nil {

@@ -22,6 +22,7 @@ type keys struct {
 	drains    string
 	moves     string
 	control   string
+	hot       string
 }
 
 func keysFor(prefix string) keys {
@@ -35,6 +36,7 @@ func keysFor(prefix string) keys {
 		drains:    prefix + "drainkicks",
 		moves:     prefix + "moves",
 		control:   prefix + "control",
+		hot:       prefix + "hot",
 	}
 }
 

@@ -50,6 +50,9 @@ func (f *Fleet) sweepOnce(ctx context.Context, token string, lease time.Duration
 	if err != nil || !held {
 		return err
 	}
+	if err := f.pruneHot(ctx); err != nil {
+		return err
+	}
 	octx, cancel := context.WithTimeout(ctx, f.opTimeout())
 	dead, err := deadScript.Run(octx, f.Client, []string{f.keys.instances}).StringSlice()
 	cancel()

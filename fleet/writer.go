@@ -71,6 +71,13 @@ type Stats struct {
 	Repaired uint64
 	// Swept counts sessions of dead proxies this proxy deleted as sweeper.
 	Swept uint64
+	// Hot is the size of this proxy's copy of the hot set, and
+	// HotOverflow whether it is not trusted because the set outgrew
+	// MaxHot. HotMarked counts keys this proxy wrote hot, HotMarkErrors
+	// the failed writes (retried).
+	Hot                      int
+	HotOverflow              bool
+	HotMarked, HotMarkErrors uint64
 }
 
 // Stats returns the writer's counters.
@@ -84,6 +91,9 @@ func (f *Fleet) Stats() Stats {
 	s := f.stats
 	s.Pending = len(f.pending) + f.inflight
 	s.Dropped = f.dropped.Load()
+	f.hot.mu.Lock()
+	s.Hot, s.HotOverflow = len(f.hot.keys), f.hot.overflow
+	f.hot.mu.Unlock()
 	return s
 }
 
@@ -338,10 +348,11 @@ func (f *Fleet) instance() string {
 
 // UserSessions returns the number of live sessions of user fleet-wide with
 // one small read (the user's set), filtered by the live proxies this
-// proxy learnt at its last heartbeat. A member of an instance that was not
-// live then (a proxy started since) makes it read the live proxies again,
-// once per heartbeat for each such instance; without a recent heartbeat
-// it asks Redis for them every time.
+// proxy learnt at its last heartbeat; with SetHotSessions, none for a
+// user with few sessions (see QueueUserSessions). A member of an instance
+// that was not live then (a proxy started since) makes it read the live
+// proxies again, once per heartbeat for each such instance; without a
+// recent heartbeat it asks Redis for them every time.
 func (f *Fleet) UserSessions(ctx context.Context, user string) (int, error) {
 	pipe := f.Client.Pipeline()
 	count := f.QueueUserSessions(pipe, user)
@@ -356,8 +367,29 @@ func (f *Fleet) UserSessions(ctx context.Context, user string) (int, error) {
 // check): it queues the read on pipe and returns the function that counts
 // once pipe has run. That function may make a round trip of its own, in
 // the cases where UserSessions makes a second one.
+//
+// With SetHotSessions, a user who is not hot for its sessions
+// (Cold(HotKey(HotSessions, user))) is not read at all: the count is 0
+// and the caller counts its own sessions only (proxy.Server does). The
+// count then misses what other proxies hold, which is fewer than
+// that number at their last write, plus:
+//   - the sessions whose start is still being written (flushLinger, and
+//     the message that marks the user, a round trip later), and those
+//     shorter than that, which the writer never writes at all (a start
+//     and an end not yet written cancel out), as the Redis count misses
+//     them too;
+//   - the sessions written while the user's mark is in flight.
+//
+// With SetHotSessions at half of Limits.MaxSessionsPerUser, the limit is
+// missed only when proxies register more than that many of the user's
+// sessions within about one write interval: that is the tolerance the
+// limit documents ("Proxies that take a user's logins at the same moment
+// may let a few past the limit").
 func (f *Fleet) QueueUserSessions(pipe redis.Pipeliner, user string) func(context.Context) (int, error) {
 	f.init()
+	if f.hotSessions.Load() > 0 && f.Cold(HotKey(HotSessions, user)) {
+		return func(context.Context) (int, error) { return 0, nil }
+	}
 	f.pmu.Lock()
 	live, notLive, at := f.live, f.notLive, f.liveAt
 	f.pmu.Unlock()
@@ -540,7 +572,32 @@ func (f *Fleet) writeChanges(ctx context.Context, inst string, cs []change) erro
 	if err := b.exec(ctx); err != nil {
 		return fmt.Errorf("fleet: write %d session changes: %w", len(cs), err)
 	}
+	f.markCrowded(b)
 	return nil
+}
+
+// HotSessionsFor is how long a user stays hot for its session count
+// after the registry last saw it with SetHotSessions's number of sessions:
+// the count is then read from Redis at each of its logins. Each write
+// of one of its sessions' starts renews it once half of it has passed.
+const HotSessionsFor = 10 * time.Minute
+
+// markCrowded marks hot the users whose live set the batch found with
+// SetHotSessions's number of members or more. A set's size counts the members of
+// dead proxies too, until the sweeper removes them: a user is marked a
+// little early, never late.
+func (f *Fleet) markCrowded(b *batch) {
+	now := time.Now()
+	for user, card := range b.cards {
+		if n := f.hotSessions.Load(); n <= 0 || card.Val() < n {
+			continue
+		}
+		key := HotKey(HotSessions, user)
+		if f.hotUntil(key).Sub(now) > HotSessionsFor/2 {
+			continue // marked recently enough
+		}
+		f.MarkHot(key, now.Add(HotSessionsFor))
+	}
 }
 
 // batch gathers the writes of one pipeline: a ZADD or ZREM per session
@@ -553,10 +610,18 @@ type batch struct {
 	inst string
 	set  []any // field, value, …
 	del  []string
+	// cards, with SetHotSessions, are the sizes of the live sets the
+	// batch adds to, read after the adds (for markCrowded): one ZCARD
+	// per user and batch.
+	cards map[string]*redis.IntCmd
 }
 
 func (f *Fleet) newBatch(inst string) *batch {
-	return &batch{p: f.Client.Pipeline(), k: f.keys, inst: inst}
+	b := &batch{p: f.Client.Pipeline(), k: f.keys, inst: inst}
+	if f.hotSessions.Load() > 0 {
+		b.cards = make(map[string]*redis.IntCmd)
+	}
+	return b
 }
 
 func (b *batch) add(ctx context.Context, s SessionInfo) {
@@ -566,6 +631,9 @@ func (b *batch) add(ctx context.Context, s SessionInfo) {
 	}
 	b.p.ZAdd(ctx, b.k.live(s.User), redis.Z{Score: float64(since.UnixMilli()), Member: member(s.ID, b.inst)})
 	b.set = append(b.set, s.ID, encodeDetail(s))
+	if b.cards != nil {
+		b.cards[s.User] = nil // read in exec, after every add
+	}
 }
 
 // update rewrites a session's details only.
@@ -590,6 +658,9 @@ func (b *batch) exec(ctx context.Context) error {
 	}
 	if len(b.del) > 0 {
 		b.p.HDel(ctx, ik, b.del...)
+	}
+	for u := range b.cards {
+		b.cards[u] = b.p.ZCard(ctx, b.k.live(u))
 	}
 	_, err := b.p.Exec(ctx)
 	return err
@@ -689,6 +760,7 @@ func (p *pass) step(ctx context.Context, f *Fleet, inst string) (int, error) {
 	if err := b.exec(ctx); err != nil {
 		return n, fmt.Errorf("fleet: restore %d sessions: %w", added, err)
 	}
+	f.markCrowded(b)
 	p.todo = p.todo[:len(p.todo)-n]
 	if !p.restore {
 		p.repaired += uint64(added)
