@@ -6,6 +6,7 @@
 // A Limiter is a proxy.LoginLimiter:
 //
 //	l := limits.New(limits.DefaultConfig(), rdb, "portico:", logger)
+//	l.Hot = f // a running fleet.Fleet: cold logins cost no Redis command
 //	srv.Limiter = l
 //
 // The server asks Check before routing a login (one Redis round trip:
@@ -56,4 +57,16 @@
 // of one slot: an address's, or a user's. A check is one EVALSHA per slot,
 // sent together; a failure two, one after the other (the user's first: a
 // repeat counts nowhere); a success one, not waited for.
+//
+// # Fleet hot set
+//
+// With Limiter.Hot (a fleet.Fleet), most checks cost no Redis command: a
+// failure whose counters come within one failure of a delay marks the
+// address ("ip NET") or the user ("user USER") hot on every proxy, until
+// the counter has drained below that or its block has ended, and only
+// the checks of a hot address or user (or of one with failures on this
+// proxy) read the counters. Whenever the fleet cannot be sure of the set
+// (control channel down, not resynced, overflowed) and while Redis is
+// unreachable, checks work as without it. Stats.Cold and Stats.FromRedis
+// count the two kinds of checks.
 package limits

@@ -142,11 +142,19 @@ type Limiter struct {
 	// before the first Check.
 	CountSessions func(pipe redis.Pipeliner, user string) func(context.Context) (int, error)
 
+	// Hot, when set (with Redis), lets Check answer without Redis for an
+	// address and a user that are cold: nobody has failed there of late,
+	// anywhere in the fleet. Failed marks them hot once their counters
+	// come near a delay. Set it before the first Check; nil asks Redis
+	// at every check.
+	Hot HotSet
+
 	cfg    Config
 	redis  *redisStore // nil without Redis
 	mem    *memory
 	logger *slog.Logger
 	logs   *logOnce
+	known  knownCache
 
 	downUntil atomic.Int64 // Unix ns until which Redis is not tried; 0: up
 	probing   atomic.Bool  // one login is trying Redis again
@@ -155,6 +163,7 @@ type Limiter struct {
 	stats struct {
 		checks, blocked, delayed, unavailable     atomic.Int64
 		failures, repeats, successes, redisErrors atomic.Int64
+		cold, fromRedis                           atomic.Int64
 	}
 }
 
@@ -176,6 +185,7 @@ func New(cfg Config, rdb redis.UniversalClient, prefix string, logger *slog.Logg
 	l := &Limiter{cfg: cfg, logger: logger, writes: make(chan struct{}, 256)}
 	l.mem = newMemory(&l.cfg, cfg.MaxEntries)
 	l.logs = &logOnce{interval: cfg.LogInterval, max: cfg.MaxEntries, perKind: maxLogLines}
+	l.known = knownCache{max: cfg.MaxEntries, need: (cfg.KnownAddressTTL - cfg.knownRefresh()).Milliseconds()}
 	if rdb != nil {
 		l.redis = newRedisStore(rdb, prefix, &l.cfg)
 	}
@@ -192,13 +202,16 @@ var errUnavailable = errors.New("limits: Redis unavailable")
 
 // Check says whether a login may go on now, after a delay, or not at
 // all. It costs one Redis round trip: a pipeline of the address's and the
-// user's scripts.
+// user's scripts; none when Hot says the address and the user are cold.
 func (l *Limiter) Check(ctx context.Context, client netip.Addr, user string) proxy.LimitVerdict {
 	if l.exempt(client) {
 		return proxy.LimitVerdict{}
 	}
 	l.stats.checks.Add(1)
 	net := l.cfg.Net(client)
+	if v, ok := l.checkCold(ctx, net, user); ok {
+		return v
+	}
 	var sessions func(context.Context) (int, error)
 	var queue func(redis.Pipeliner)
 	if l.CountSessions != nil && user != "" {
@@ -212,6 +225,16 @@ func (l *Limiter) Check(ctx context.Context, client netip.Addr, user string) pro
 	v, tier := l.cfg.decide(s)
 	v.Recorded = !s.fallback && s.known && s.knownLeft >= l.cfg.KnownAddressTTL-l.cfg.knownRefresh() &&
 		s.userIP.n < 0.5 && s.userIP.blocked == 0
+	if !s.fallback && l.redis != nil {
+		l.stats.fromRedis.Add(1)
+		if user != "" && l.Hot != nil {
+			if now := nowMs(); s.known {
+				l.known.put(user, net, now+s.knownLeft.Milliseconds(), now)
+			} else {
+				l.known.forget(user, net)
+			}
+		}
+	}
 	if sessions != nil {
 		if n, err := sessions(ctx); err == nil {
 			v.Sessions, v.SessionsCounted = n, true
@@ -282,11 +305,17 @@ func (l *Limiter) Failed(ctx context.Context, client netip.Addr, user, password 
 		tag = l.tag(user, password)
 	}
 	res := l.mem.fail(nowMs(), net, user, tag)
+	if user != "" {
+		l.known.forget(user, net) // its next success must reset user_ip
+	}
 	if l.redisUsable() {
 		r, err := l.redis.fail(ctx, net, user, tag)
 		l.redisDone(err)
 		if err == nil {
 			res = r
+			if !r.repeat {
+				l.markHot(net, user, r)
+			}
 		}
 	}
 	if res.repeat {
@@ -330,9 +359,13 @@ func (l *Limiter) Succeeded(client netip.Addr, user string, v proxy.LimitVerdict
 	go func() {
 		defer func() { <-l.writes }()
 		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeout)
+		now := nowMs()
 		err := l.redis.succeed(ctx, net, user)
 		cancel()
 		l.redisDone(err)
+		if err == nil && l.Hot != nil {
+			l.known.put(user, net, now+l.cfg.KnownAddressTTL.Milliseconds(), now)
+		}
 	}()
 }
 
@@ -429,6 +462,10 @@ type Stats struct {
 	Checks, Blocked, Delayed, Unavailable int64 // checks and their verdicts
 	Failures, Repeats, Successes          int64 // outcomes recorded (repeats are not counted)
 	RedisErrors                           int64
+	// Checks answered without Redis (the address and the user were cold:
+	// see Limiter.Hot), and from Redis; the rest were exempt or answered
+	// from memory while Redis was unreachable.
+	Cold, FromRedis int64
 }
 
 // Stats returns the limiter's counts.
@@ -437,6 +474,7 @@ func (l *Limiter) Stats() Stats {
 	return Stats{
 		Checks: s.checks.Load(), Blocked: s.blocked.Load(), Delayed: s.delayed.Load(), Unavailable: s.unavailable.Load(),
 		Failures: s.failures.Load(), Repeats: s.repeats.Load(), Successes: s.successes.Load(), RedisErrors: s.redisErrors.Load(),
+		Cold: s.cold.Load(), FromRedis: s.fromRedis.Load(),
 	}
 }
 
