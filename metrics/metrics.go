@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/portico-mail/portico/fleet"
+	"github.com/portico-mail/portico/limits"
 	"github.com/portico-mail/portico/proxy"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
@@ -39,7 +40,8 @@ type Source struct {
 	Fleet    *routing.Fleet // drains and weight overrides
 	Cache    *routing.Cache
 	Registry *fleet.Fleet // the session registry
-	Store    *ptls.Store  // file certificates
+	Limiter  *limits.Limiter
+	Store    *ptls.Store // file certificates
 	ACME     *ptls.ACME
 }
 

@@ -37,6 +37,11 @@ var (
 	regHBFailDesc    = desc("portico_registry_heartbeat_failures_total", "Heartbeats to the session registry that got no answer in time.")
 	regIncarnDesc    = desc("portico_registry_incarnations_total", "Registrations of this proxy in the registry: one more each time Redis lost its entry.")
 	listenersDesc    = desc("portico_listeners_open", "Client listeners accepting connections.")
+	hotKeysDesc      = desc("portico_hot_keys", "Addresses and users in this proxy's copy of the fleet's hot set: their logins ask Redis.")
+	hotOverflowDesc  = desc("portico_hot_overflow", "1 while the hot set holds more keys than a proxy trusts: every login asks Redis.")
+	limiterDesc      = desc("portico_limiter_checks_total",
+		"Brute-force limiter checks by where they were answered: cold (no Redis command: address and user not hot) or redis.",
+		"source")
 )
 
 // stateCollector reads the current Source at scrape time.
@@ -47,6 +52,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		connectionsDesc, bytesDesc, backendSessionsDesc, backendUpDesc, backendDrainedDesc, backendWeightDesc,
 		cacheHitsDesc, cacheMissesDesc, cacheEntriesDesc, certExpiryDesc, acmeObtainedDesc, acmeFailedDesc,
 		regPendingDesc, regDroppedDesc, regHeartbeatDesc, regHBFailDesc, regIncarnDesc, listenersDesc,
+		hotKeysDesc, hotOverflowDesc, limiterDesc,
 	} {
 		ch <- d
 	}
@@ -113,6 +119,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, regHeartbeatDesc, st.LastHeartbeat.Seconds())
 		counter(ch, regHBFailDesc, float64(st.HeartbeatFailures))
 		counter(ch, regIncarnDesc, float64(st.Incarnations))
+		gauge(ch, hotKeysDesc, float64(st.Hot))
+		gauge(ch, hotOverflowDesc, boolValue(st.HotOverflow))
+	}
+	if l := src.Limiter; l != nil {
+		st := l.Stats()
+		counter(ch, limiterDesc, float64(st.Cold), "cold")
+		counter(ch, limiterDesc, float64(st.FromRedis), "redis")
 	}
 }
 

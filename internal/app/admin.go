@@ -94,6 +94,7 @@ func (o *Ops) Attach(rt *App) {
 		Fleet:    rt.FleetState,
 		Cache:    rt.routeCache,
 		Registry: rt.fleet,
+		Limiter:  rt.Limiter,
 		Store:    rt.Store,
 		ACME:     rt.ACME,
 	})

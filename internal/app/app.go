@@ -200,6 +200,7 @@ func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
 	} else {
 		rt.buildFleet(cfg, srv, logger)
 	}
+	rt.joinLimiter(cfg, prev)
 
 	for _, l := range cfg.Listeners {
 		pl := proxy.Listener{Name: l.Name, Mode: listenerMode(l.Mode)}

@@ -182,7 +182,32 @@ func (rt *App) buildFleet(cfg *config.Config, srv *proxy.Server, logger *slog.Lo
 	}
 	JoinFleet(srv, f)
 	rt.fleet = f
-	if rt.Limiter != nil && cfg.Limits.MaxSessionsPerUser > 0 {
+}
+
+// joinLimiter lets the limiter and the session count use the fleet's hot
+// set: a login of a user and an address that nobody has failed with of
+// late, of a user with few sessions, costs no Redis command. It is on
+// whenever the fleet runs; whenever the fleet cannot be sure (control
+// channel down, not resynced, hot set overflowed), logins ask Redis as
+// before. A limiter kept by a reload already has it.
+func (rt *App) joinLimiter(cfg *config.Config, prev *App) {
+	f := rt.fleet
+	if f == nil {
+		return
+	}
+	perUser := cfg.Limits.MaxSessionsPerUser
+	if perUser > 0 {
+		// A user is counted fleet-wide once the registry holds half of
+		// its limit; below, the proxy counts its own sessions.
+		f.SetHotSessions(max(perUser/2, 1))
+	} else {
+		f.SetHotSessions(0)
+	}
+	if rt.Limiter == nil || (prev != nil && prev.Limiter == rt.Limiter) {
+		return
+	}
+	rt.Limiter.Hot = f
+	if perUser > 0 {
 		// The login's session count travels with the limiter's read: one
 		// round trip to Redis per login instead of two.
 		rt.Limiter.CountSessions = f.QueueUserSessions
