@@ -247,6 +247,14 @@ type Backend struct {
 	// POP3Port, where set, gives a literal address found in a route
 	// record (Redis.Defaults) a POP3Addr: the record's host and this port.
 	POP3Port int
+	// SpareConnections is how many connections to the backend, greeted
+	// and with TLS set up, upstream.Spares keeps waiting for logins, per
+	// service (Addr, POP3Addr); zero means none. Never used with
+	// ProxyProtocol: the header names a client not known yet.
+	SpareConnections int
+	// SpareMaxIdle is how long a spare connection may wait, and how long
+	// the backend keeps spares without a login; zero means 60s.
+	SpareMaxIdle time.Duration
 	// Fallback, when not nil, receives the logins of users routed to this
 	// backend while it is down or drained. Only one level is followed: the
 	// fallback's own Fallback is ignored, so fallbacks cannot loop.

@@ -48,11 +48,15 @@ func LoginPOP3(ctx context.Context, b *routing.Backend, cred Credentials, id *ID
 	if b.POP3Addr == "" {
 		return nil, fmt.Errorf("upstream: %s: backend serves no POP3", b)
 	}
-	label := "pop3 " + b.POP3Addr
+	return dial(ctx, b, b.POP3Addr, pop3Label(b), cred, id, pop3Protocol)
+}
+
+// pop3Label names b's POP3 service in errors.
+func pop3Label(b *routing.Backend) string {
 	if b.Name != "" {
-		label = b.Name + "(" + label + ")"
+		return b.Name + "(pop3 " + b.POP3Addr + ")"
 	}
-	return dial(ctx, b, b.POP3Addr, label, cred, id, (*conn).loginPOP3)
+	return "pop3 " + b.POP3Addr
 }
 
 // pop3Caps are the lines of a CAPA response by their upper-case first
@@ -75,40 +79,49 @@ func (caps pop3Caps) sasl(mech string) bool {
 	return false
 }
 
-func (c *conn) loginPOP3(cred Credentials, id *IDInfo) (*Result, error) {
+// preparePOP3 reads the greeting and CAPA, and does STLS where b.TLS says
+// so.
+func (c *conn) preparePOP3() error {
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	line, err := c.pop3Line()
 	if err != nil {
 		// With TLS 1.3 a backend checks a client certificate after our
 		// side of the handshake is done: its refusal arrives here.
-		return nil, c.errorf("greeting: %s%w", tlsReason(err), err)
+		return c.errorf("greeting: %s%w", tlsReason(err), err)
 	}
 	st, text := pop3Status(line)
 	switch st {
 	case "+OK":
 	case "-ERR":
-		return nil, c.errorf("greeting: -ERR %s", c.clean(text, 200))
+		return c.errorf("greeting: -ERR %s", c.clean(text, 200))
 	default:
-		return nil, c.errorf("greeting: not POP3: %q", c.clean(line, 80))
+		return c.errorf("greeting: not POP3: %q", c.clean(line, 80))
 	}
 	// Dovecot's pop3-login announces XCLIENT in its greeting, to trusted
 	// clients only ("+OK [XCLIENT] Dovecot ready."), not in CAPA.
-	xclient := strings.EqualFold(pop3Code(text), "XCLIENT")
+	c.greetXCLIENT = strings.EqualFold(pop3Code(text), "XCLIENT")
 
 	caps, err := c.capa()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if upgraded, err := c.upgradeTLS(caps.has("STLS"), "STLS", c.stls); err != nil {
-		return nil, err
+		return err
 	} else if upgraded {
 		// The greeting's [XCLIENT] may have been tampered with too, but
 		// at worst that sends an XCLIENT the backend refuses, or none.
 		if caps, err = c.capa(); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	c.pop3Caps = caps
+	return nil
+}
 
+// loginPOP3 logs in on a prepared connection.
+func (c *conn) loginPOP3(cred Credentials, id *IDInfo) (*Result, error) {
+	caps, xclient := c.pop3Caps, c.greetXCLIENT
+	var err error
 	// One way of passing the client's address per backend, as with ID.
 	var xclientErr string
 	if c.b.ForwardID && !c.b.ProxyProtocol && id != nil && (xclient || caps.has("XCLIENT")) {
@@ -117,11 +130,12 @@ func (c *conn) loginPOP3(cred Credentials, id *IDInfo) (*Result, error) {
 		}
 	}
 
-	line, err = c.pop3Authenticate(caps, cred)
+	line, err := c.pop3Authenticate(caps, cred)
 	if err != nil {
 		return nil, err
 	}
-	st, text = pop3Status(line)
+	c.answered = true
+	st, text := pop3Status(line)
 	switch st {
 	case "+OK":
 	case "-ERR":

@@ -142,29 +142,68 @@ func Login(ctx context.Context, b *routing.Backend, cred Credentials, id *IDInfo
 	if b == nil {
 		return nil, errors.New("upstream: nil backend")
 	}
-	return dial(ctx, b, b.Addr, b.String(), cred, id, (*conn).login)
+	return dial(ctx, b, b.Addr, b.String(), cred, id, imapProtocol)
 }
+
+// protocol is what IMAP and POP3 logins differ in. prepare reads the
+// greeting and the capabilities and upgrades to TLS: all a spare
+// connection has done before a login takes it (Spares). login sends the
+// credentials and reads the capabilities after them.
+type protocol struct {
+	prepare func(c *conn) error
+	login   func(c *conn, cred Credentials, id *IDInfo) (*Result, error)
+}
+
+var (
+	imapProtocol = protocol{(*conn).prepareIMAP, (*conn).loginIMAP}
+	pop3Protocol = protocol{(*conn).preparePOP3, (*conn).loginPOP3}
+)
 
 // dial is the part of a login that does not depend on the protocol: it
 // connects to addr (b.Addr or b.POP3Addr), sends the PROXY header, does the
-// handshake of implicit TLS, then runs exchange under b.LoginTimeout and
-// ctx, and closes the connection if exchange fails. label names the backend
-// in errors.
-func dial(ctx context.Context, b *routing.Backend, addr, label string, cred Credentials, id *IDInfo,
-	exchange func(c *conn, cred Credentials, id *IDInfo) (*Result, error)) (*Result, error) {
+// handshake of implicit TLS, then runs p under b.LoginTimeout and ctx, and
+// closes the connection if that fails. label names the backend in errors.
+func dial(ctx context.Context, b *routing.Backend, addr, label string, cred Credentials, id *IDInfo, p protocol) (*Result, error) {
+	if err := checkCredentials(label, cred); err != nil {
+		return nil, err
+	}
+	c, done, err := connect(ctx, b, addr, label, id)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	c.password = cred.Secret
+	var res *Result
+	err = c.run(ctx, func() (err error) {
+		if err = p.prepare(c); err == nil {
+			res, err = p.login(c, cred, id)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// checkCredentials refuses what no backend can accept.
+func checkCredentials(label string, cred Credentials) error {
 	if strings.IndexByte(cred.User, 0) >= 0 || strings.IndexByte(cred.Secret, 0) >= 0 || strings.IndexByte(cred.AuthzID, 0) >= 0 {
 		// Neither LOGIN nor PLAIN can carry a NUL, so no backend can accept it.
-		return nil, fmt.Errorf("upstream: %s: credentials contain NUL: %w", label, ErrAuthFailed)
+		return fmt.Errorf("upstream: %s: credentials contain NUL: %w", label, ErrAuthFailed)
 	}
+	return nil
+}
+
+// connect opens the connection of a login to addr, under b.ConnectTimeout:
+// TCP, the PROXY header if b.ProxyProtocol is set, and the handshake of
+// implicit TLS. The caller owns the connection and must call done (which
+// ends the WithConnected hook of ctx) when the login returns.
+func connect(ctx context.Context, b *routing.Backend, addr, label string, id *IDInfo) (c *conn, done func(), err error) {
 	connectTimeout := b.ConnectTimeout
 	if connectTimeout <= 0 {
 		connectTimeout = defaultConnectTimeout
 	}
-	loginTimeout := b.LoginTimeout
-	if loginTimeout <= 0 {
-		loginTimeout = defaultLoginTimeout
-	}
-
 	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	// No TCP keep-alive towards backends: they are on the operator's
@@ -174,50 +213,67 @@ func dial(ctx context.Context, b *routing.Backend, addr, label string, cred Cred
 	d := net.Dialer{KeepAlive: -1}
 	nc, err := d.DialContext(cctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("upstream: %s: connect: %w", label, err)
+		return nil, nil, fmt.Errorf("upstream: %s: connect: %w", label, err)
 	}
 	raw := nc.(*net.TCPConn)
-	if h, ok := ctx.Value(connectedKey{}).(func(local, remote netip.AddrPort) func()); ok {
-		done := h(raw.LocalAddr().(*net.TCPAddr).AddrPort(), raw.RemoteAddr().(*net.TCPAddr).AddrPort())
-		defer done()
-	}
+	done = connectedHook(ctx, raw)
 	if b.ProxyProtocol {
 		// The header comes first, before TLS and before the greeting.
 		raw.SetWriteDeadline(time.Now().Add(connectTimeout))
 		src, dst := id.addrs()
 		if err := writeProxyHeader(raw, src, dst); err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("upstream: %s: proxy protocol header: %w", label, err)
+			done()
+			return nil, nil, fmt.Errorf("upstream: %s: proxy protocol header: %w", label, err)
 		}
 	}
 
-	c := &conn{b: b, addr: addr, label: label, raw: raw, nc: raw, password: cred.Secret}
+	c = &conn{b: b, addr: addr, label: label, raw: raw, nc: raw}
 	if b.TLS == routing.ImplicitTLS {
 		tc := tls.Client(raw, c.tlsConfig())
 		if err := tc.HandshakeContext(cctx); err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("upstream: %s: tls handshake: %s%w", label, tlsReason(err), err)
+			done()
+			return nil, nil, fmt.Errorf("upstream: %s: tls handshake: %s%w", label, tlsReason(err), err)
 		}
 		c.nc = tc
 	}
-	cancel()
+	return c, done, nil
+}
 
-	// Deadlines instead of a goroutine per read; ctx moves them to the past.
-	raw.SetDeadline(time.Now().Add(loginTimeout))
-	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
-	res, err := exchange(c, cred, id)
+// connectedHook calls the WithConnected function of ctx, if any, with
+// both ends of raw, and returns what it returned (or a no-op).
+func connectedHook(ctx context.Context, raw *net.TCPConn) (done func()) {
+	if h, ok := ctx.Value(connectedKey{}).(func(local, remote netip.AddrPort) func()); ok {
+		return h(raw.LocalAddr().(*net.TCPAddr).AddrPort(), raw.RemoteAddr().(*net.TCPAddr).AddrPort())
+	}
+	return func() {}
+}
+
+// run runs f, the exchange of a login or the preparation of a spare,
+// under b.LoginTimeout and ctx: deadlines instead of a goroutine per
+// read, which ctx moves to the past. It closes the connection if f fails
+// or ctx ends first, and clears the deadline otherwise.
+func (c *conn) run(ctx context.Context, f func() error) error {
+	loginTimeout := c.b.LoginTimeout
+	if loginTimeout <= 0 {
+		loginTimeout = defaultLoginTimeout
+	}
+	c.raw.SetDeadline(time.Now().Add(loginTimeout))
+	stop := context.AfterFunc(ctx, func() { c.raw.SetDeadline(time.Unix(1, 0)) })
+	err := f()
 	if !stop() && err == nil {
-		err = fmt.Errorf("upstream: %s: %w", label, context.Cause(ctx))
+		err = fmt.Errorf("upstream: %s: %w", c.label, context.Cause(ctx))
 	}
 	if err != nil {
 		c.nc.Close()
 		if ctx.Err() != nil && !errors.Is(err, ErrAuthFailed) {
 			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
 		}
-		return nil, err
+		return err
 	}
-	raw.SetDeadline(time.Time{})
-	return res, nil
+	c.raw.SetDeadline(time.Time{})
+	return nil
 }
 
 type connectedKey struct{}
@@ -243,6 +299,15 @@ type conn struct {
 	password string // only to redact backend texts that echo it
 	queued   []byte // commands to send with the next write
 	skip     string // tag of a queued command whose reply is ignored
+
+	// What prepare learnt, for login.
+	caps         []string // IMAP capabilities
+	pop3Caps     pop3Caps // POP3 CAPA
+	greetXCLIENT bool     // POP3 greeting announced XCLIENT
+	// answered is set once the backend has answered the credentials:
+	// from then on the connection may be logged in, and a login on a
+	// spare must not be retried on another connection.
+	answered bool
 }
 
 func (c *conn) tlsConfig() *tls.Config {
@@ -265,25 +330,34 @@ func (c *conn) errorf(format string, args ...any) error {
 	return fmt.Errorf("upstream: %s: "+format, append([]any{c.label}, args...)...)
 }
 
-func (c *conn) login(cred Credentials, id *IDInfo) (*Result, error) {
+// prepareIMAP reads the greeting and the capabilities, and does STARTTLS
+// where b.TLS says so.
+func (c *conn) prepareIMAP() error {
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	caps, err := c.greeting()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if caps == nil {
 		if caps, err = c.capability(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 
 	if upgraded, err := c.upgradeTLS(hasCap(caps, "STARTTLS"), "STARTTLS", c.startTLS); err != nil {
-		return nil, err
+		return err
 	} else if upgraded {
 		if caps, err = c.capability(); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	c.caps = caps
+	return nil
+}
+
+// loginIMAP logs in on a prepared connection.
+func (c *conn) loginIMAP(cred Credentials, id *IDInfo) (*Result, error) {
+	caps := c.caps
 	if hasCap(caps, "LOGINDISABLED") {
 		return nil, c.errorf("backend advertises LOGINDISABLED (refusing to send credentials)")
 	}
@@ -545,6 +619,7 @@ func (c *conn) authenticate(caps []string, cred Credentials) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.answered = true
 	switch r.kind {
 	case "OK":
 		if r.caps != nil {
@@ -744,7 +819,7 @@ func (c *conn) readTagged(tag string, onUntagged func(response, []byte)) (respon
 		raw, err := c.readResponse(nil)
 		if err != nil {
 			if bye != "" && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
-				return response{}, fmt.Errorf("BYE %s", c.clean(bye, 200))
+				return response{}, byeError(c.clean(bye, 200))
 			}
 			return response{}, err
 		}
@@ -771,6 +846,11 @@ func (c *conn) readTagged(tag string, onUntagged func(response, []byte)) (respon
 		}
 	}
 }
+
+// byeError is a backend that said BYE and closed the connection.
+type byeError string
+
+func (e byeError) Error() string { return "BYE " + string(e) }
 
 // readResponse reads one response: a line, plus the literals announced at
 // the ends of its lines and the lines that follow them. It returns the raw
