@@ -247,10 +247,10 @@ func (s *Spares) refill(ctx context.Context, pl *sparePool) {
 	for {
 		usable := s.Usable == nil || s.Usable(b)
 		now := time.Now()
-		unused := now.Sub(pl.lastUsed) >= maxIdle
 
 		var drop []*conn
 		s.mu.Lock()
+		unused := now.Sub(pl.lastUsed) >= maxIdle
 		keep := pl.idle[:0]
 		for _, sp := range pl.idle {
 			if s.closed || !usable || unused || now.Sub(sp.since) >= maxIdle {
