@@ -618,6 +618,10 @@ func TestValidation(t *testing.T) {
 		{"backend ca", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {ca_file: /nonexistent/ca.pem}"}, `portico.yaml:20: backends[0].tls.ca_file: open /nonexistent/ca.pem`},
 		{"backend key alone", []string{backendAddr, backendAddr + "\n    security: tls\n    tls: {key_file: " + f.key + "}"}, `backends[0].tls: cert_file and key_file must be set together`},
 		{"backend timeout", []string{backendAddr, backendAddr + "\n    login_timeout: 1h"}, `backends[0].login_timeout: must be between 1ms and 5m, not 1h`},
+		{"too many spares", []string{backendAddr, backendAddr + "\n    spare_connections: 65"}, `backends[0].spare_connections: must be between 0 and 64, not 65`},
+		{"negative spares", []string{backendAddr, backendAddr + "\n    spare_connections: -1"}, `backends[0].spare_connections: must be between 0 and 64, not -1`},
+		{"spares idle too long", []string{backendAddr, backendAddr + "\n    spare_max_idle: 3m"}, `backends[0].spare_max_idle: must be between 1s and 2m50s, not 3m`},
+		{"spares idle too short", []string{backendAddr, backendAddr + "\n    spare_max_idle: 500ms"}, `backends[0].spare_max_idle: must be between 1s and 2m50s, not 500ms`},
 		{"backend_defaults security", []string{"", "backend_defaults:\n  security: TLS\n"}, `portico.yaml:20: backend_defaults.security: must be "plain", "starttls" or "tls", not "TLS"`},
 		{"backend_defaults timeout", []string{"", "backend_defaults:\n  connect_timeout: -1s\n"}, `backend_defaults.connect_timeout: must be between 1ms and 5m, not -1s`},
 		// log
@@ -1020,6 +1024,8 @@ func TestWarnings(t *testing.T) {
 		{"cleartext on pop3s", []string{"  - mode: imaps\n", "  - mode: pop3s\n    cleartext_login_networks: [127.0.0.0/8]\n", backendAddr, backendAddr + "\n    pop3_port: 110"}, []string{`listeners[0].cleartext_login_networks: has no effect on a pop3s listener`}},
 		{"pop3 without pop3_port", []string{imap, "  - mode: pop3\n"}, []string{`listeners[1].mode: is a POP3 listener, but no backend (nor backend_defaults) sets pop3_port`}},
 		{"pop3 with pop3_port", []string{imap, "  - mode: pop3\n", backendAddr, backendAddr + "\n    pop3_port: 110"}, nil},
+		{"spares", []string{backendAddr, backendAddr + "\n    spare_connections: 4\n    spare_max_idle: 170s"}, nil},
+		{"spares with proxy_protocol", []string{backendAddr, backendAddr + "\n    spare_connections: 4\n    proxy_protocol: true"}, []string{`backends[0].spare_connections: has no effect with proxy_protocol: the PROXY header names the client, who is not known before the login`}},
 		{"pop3 with a default pop3_port", []string{imap, "  - mode: pop3\n", "", "backend_defaults:\n  security: starttls\n  pop3_port: 110\n"}, nil},
 		{"cleartext on imaps", []string{"  - mode: imaps\n", "  - mode: imaps\n    cleartext_login_networks: [127.0.0.0/8]\n"}, []string{`listeners[0].cleartext_login_networks: has no effect on an imaps listener`}},
 		// backends and Redis

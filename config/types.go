@@ -365,7 +365,17 @@ type Backend struct {
 	Weight int `yaml:"weight"`
 	// Fallback names another backend that takes this one's logins while
 	// it is down or drained (it must reach the same mailboxes); optional.
-	Fallback       string `yaml:"fallback"`
+	Fallback string `yaml:"fallback"`
+	// SpareConnections is how many connections to the backend (and to
+	// its POP3 service, if any) Portico keeps connected, TLS set up and
+	// greeted, so that a login skips those steps; 0..64, default 0 (none).
+	// Not with proxy_protocol. Only configured backends have spares, not
+	// the addresses of route records (backend_defaults).
+	SpareConnections int `yaml:"spare_connections"`
+	// SpareMaxIdle is how long a spare connection waits at most, and how
+	// long the backend keeps spares without logins; 1s..170s (below
+	// Dovecot's 3-minute pre-login timeout); 0 (unset) means 60s.
+	SpareMaxIdle   time.Duration `yaml:"spare_max_idle"`
 	BackendOptions `yaml:",inline"`
 }
 

@@ -84,6 +84,11 @@ func (c *Config) Warnings() []string {
 			}
 		}
 	}
+	for i, b := range c.Backends {
+		if b.SpareConnections > 0 && b.ProxyProtocol {
+			add(fmt.Sprintf("backends[%d].spare_connections", i), "has no effect with proxy_protocol: the PROXY header names the client, who is not known before the login")
+		}
+	}
 	if c.Routing.Redis != nil && c.BackendDefaults.Security == "plain" {
 		add("backend_defaults.security", `"plain": users' passwords are sent in clear to every host:port backend that a Redis route record names; use "starttls" or "tls", or make route records name configured backends only`)
 	}

@@ -58,10 +58,11 @@ type App struct {
 	router      routing.Router
 	RedisRouter *routing.Redis // nil without Redis
 	backends    []*routing.Backend
-	health      *routing.Health // nil when disabled
-	FleetState  *routing.Fleet  // nil without Redis
-	routeCache  *routing.Cache  // nil when disabled or without Redis
-	fleet       *fleet.Fleet    // nil without Redis
+	health      *routing.Health  // nil when disabled
+	spares      *upstream.Spares // nil when no backend has spare_connections
+	FleetState  *routing.Fleet   // nil without Redis
+	routeCache  *routing.Cache   // nil when disabled or without Redis
+	fleet       *fleet.Fleet     // nil without Redis
 
 	// Limiter limits failed logins; nil when limits.brute_force is
 	// disabled. See limits.go.
@@ -80,6 +81,7 @@ type Listener struct {
 }
 
 func (rt *App) Close() {
+	rt.spares.Close()
 	if rt.Redis != nil {
 		rt.Redis.Close()
 	}
@@ -180,6 +182,9 @@ func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
 		return nil, err
 	}
 	srv.Router = rt.router
+	if rt.buildSpares(); rt.spares != nil {
+		srv.Login, srv.LoginPOP3 = rt.spares.Login, rt.spares.LoginPOP3
+	}
 	srv.Login = rt.loginWithHealth(srv.Login, upstream.Login)
 	srv.LoginPOP3 = rt.loginWithHealth(srv.LoginPOP3, upstream.LoginPOP3)
 	if err := rt.buildLimits(cfg, srv, logger, prev); err != nil {

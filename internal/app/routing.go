@@ -31,6 +31,7 @@ func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger, prev *App) 
 			return fmt.Errorf("backends %q: %w", b.Name, err)
 		}
 		rb.Weight = b.Weight
+		rb.SpareConnections, rb.SpareMaxIdle = b.SpareConnections, b.SpareMaxIdle
 		named[b.Name] = rb
 		rt.backends = append(rt.backends, rb)
 	}
@@ -111,6 +112,23 @@ func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger, prev *App) 
 	return nil
 }
 
+// buildSpares gives the backends with spare_connections their spare
+// connections, which live as long as this App's generation
+// (startRoutingChecks): a reload's backends are new ones and get new
+// spares, and the old ones are closed. A backend that is down or drained
+// holds none.
+func (rt *App) buildSpares() {
+	for _, b := range rt.backends {
+		if b.SpareConnections > 0 && !b.ProxyProtocol {
+			health, fleet := rt.health, rt.FleetState
+			rt.spares = &upstream.Spares{Usable: func(b *routing.Backend) bool {
+				return health.Up(b) && !fleet.Drained(b)
+			}}
+			return
+		}
+	}
+}
+
 // loginWithHealth wraps the server's login with ReportHealth.
 func (rt *App) loginWithHealth(next, def proxy.LoginFunc) proxy.LoginFunc {
 	if rt.health == nil {
@@ -155,6 +173,9 @@ func (rt *App) startRouting(ctx context.Context, logger *slog.Logger) {
 // fleet-state invalidation until ctx ends: the part of startRouting that
 // a reload replaces.
 func (rt *App) startRoutingChecks(ctx context.Context, logger *slog.Logger) {
+	if rt.spares != nil {
+		context.AfterFunc(ctx, rt.spares.Close)
+	}
 	if rt.health != nil && len(rt.backends) > 0 {
 		go rt.health.Run(ctx, rt.backends...)
 	}
