@@ -27,6 +27,7 @@ import (
 	"github.com/portico-mail/portico/fleet"
 	"github.com/portico-mail/portico/limits"
 	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 	ptls "github.com/portico-mail/portico/tls"
 )
@@ -43,6 +44,7 @@ type Source struct {
 	Limiter  *limits.Limiter
 	Store    *ptls.Store // file certificates
 	ACME     *ptls.ACME
+	Spares   *upstream.SpareCounters // spare backend connections
 }
 
 // Metrics is Portico's Prometheus registry and the collectors in it. The

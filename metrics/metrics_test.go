@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/portico-mail/portico/proxy"
+	"github.com/portico-mail/portico/proxy/upstream"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -70,6 +72,31 @@ func TestLoginsByProtocol(t *testing.T) {
 	for _, bad := range []string{`mechanism="user",protocol="imap"`, `mechanism="login",protocol="pop3"`} {
 		if strings.Contains(string(out), bad) {
 			t.Errorf("series %s exists", bad)
+		}
+	}
+}
+
+// The spares' counters are read from the source at each scrape.
+func TestSpareCounters(t *testing.T) {
+	m := New("test")
+	c := &upstream.SpareCounters{}
+	m.SetSource(Source{Server: &proxy.Server{}, Spares: c})
+	s := &upstream.Spares{Counters: c}
+	defer s.Close()
+	// A literal address never has spares: not counted.
+	s.Login(context.Background(), &routing.Backend{Addr: "127.0.0.1:1", SpareConnections: 1}, upstream.Credentials{}, nil)
+	if c.Stats() != (upstream.SpareStats{}) {
+		t.Errorf("counted %+v", c.Stats())
+	}
+	// A named one: a miss (the dial fails, which is not the point).
+	s.Login(context.Background(), &routing.Backend{Name: "b", Addr: "127.0.0.1:1", SpareConnections: 1}, upstream.Credentials{}, nil)
+	out, err := testutil.CollectAndFormat(m.reg, expfmt.TypeTextPlain, "portico_backend_spares_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`portico_backend_spares_total{event="missed"} 1`, `portico_backend_spares_total{event="taken"} 0`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("no %s in:\n%s", want, out)
 		}
 	}
 }

@@ -42,6 +42,8 @@ var (
 	limiterDesc      = desc("portico_limiter_checks_total",
 		"Brute-force limiter checks by where they were answered: cold (no Redis command: address and user not hot) or redis.",
 		"source")
+	sparesDesc = desc("portico_backend_spares_total",
+		"Spare backend connections (backends[].spare_connections): taken (a login started on one), missed (a login to a backend with spares found none ready), discarded (closed unused: dead, expired, backend idle, down, drained or reloaded).", "event")
 )
 
 // stateCollector reads the current Source at scrape time.
@@ -52,7 +54,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		connectionsDesc, bytesDesc, backendSessionsDesc, backendUpDesc, backendDrainedDesc, backendWeightDesc,
 		cacheHitsDesc, cacheMissesDesc, cacheEntriesDesc, certExpiryDesc, acmeObtainedDesc, acmeFailedDesc,
 		regPendingDesc, regDroppedDesc, regHeartbeatDesc, regHBFailDesc, regIncarnDesc, listenersDesc,
-		hotKeysDesc, hotOverflowDesc, limiterDesc,
+		hotKeysDesc, hotOverflowDesc, limiterDesc, sparesDesc,
 	} {
 		ch <- d
 	}
@@ -96,6 +98,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if !seen[name] {
 			gauge(ch, backendSessionsDesc, float64(n), name)
 		}
+	}
+
+	if src.Spares != nil {
+		st := src.Spares.Stats()
+		counter(ch, sparesDesc, float64(st.Taken), "taken")
+		counter(ch, sparesDesc, float64(st.Missed), "missed")
+		counter(ch, sparesDesc, float64(st.Discarded), "discarded")
 	}
 
 	if src.Cache != nil {

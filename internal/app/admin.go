@@ -97,6 +97,7 @@ func (o *Ops) Attach(rt *App) {
 		Limiter:  rt.Limiter,
 		Store:    rt.Store,
 		ACME:     rt.ACME,
+		Spares:   rt.spareCounters,
 	})
 	o.cur.Store(rt)
 }

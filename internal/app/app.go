@@ -60,9 +60,11 @@ type App struct {
 	backends    []*routing.Backend
 	health      *routing.Health  // nil when disabled
 	spares      *upstream.Spares // nil when no backend has spare_connections
-	FleetState  *routing.Fleet   // nil without Redis
-	routeCache  *routing.Cache   // nil when disabled or without Redis
-	fleet       *fleet.Fleet     // nil without Redis
+	// spareCounters outlive reloads: the metrics' counts keep growing.
+	spareCounters *upstream.SpareCounters
+	FleetState    *routing.Fleet // nil without Redis
+	routeCache    *routing.Cache // nil when disabled or without Redis
+	fleet         *fleet.Fleet   // nil without Redis
 
 	// Limiter limits failed logins; nil when limits.brute_force is
 	// disabled. See limits.go.
@@ -182,7 +184,7 @@ func build(cfg *config.Config, logger *slog.Logger, prev *App) (*App, error) {
 		return nil, err
 	}
 	srv.Router = rt.router
-	if rt.buildSpares(); rt.spares != nil {
+	if rt.buildSpares(prev); rt.spares != nil {
 		srv.Login, srv.LoginPOP3 = rt.spares.Login, rt.spares.LoginPOP3
 	}
 	srv.Login = rt.loginWithHealth(srv.Login, upstream.Login)

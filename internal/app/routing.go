@@ -117,11 +117,16 @@ func (rt *App) buildRouting(cfg *config.Config, logger *slog.Logger, prev *App) 
 // (startRoutingChecks): a reload's backends are new ones and get new
 // spares, and the old ones are closed. A backend that is down or drained
 // holds none.
-func (rt *App) buildSpares() {
+func (rt *App) buildSpares(prev *App) {
+	if prev != nil {
+		rt.spareCounters = prev.spareCounters
+	} else {
+		rt.spareCounters = &upstream.SpareCounters{}
+	}
 	for _, b := range rt.backends {
 		if b.SpareConnections > 0 && !b.ProxyProtocol {
 			health, fleet := rt.health, rt.FleetState
-			rt.spares = &upstream.Spares{Usable: func(b *routing.Backend) bool {
+			rt.spares = &upstream.Spares{Counters: rt.spareCounters, Usable: func(b *routing.Backend) bool {
 				return health.Up(b) && !fleet.Drained(b)
 			}}
 			return

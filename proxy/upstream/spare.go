@@ -46,8 +46,11 @@ type Spares struct {
 	// Usable, when set, says whether b may hold spares now; a backend
 	// that is down or drained should not.
 	Usable func(b *routing.Backend) bool
+	// Counters, when set, receive the counts (Stats): one may serve the
+	// Spares of successive reloads, so that the counts keep growing.
+	Counters *SpareCounters
 
-	taken, missed, discarded atomic.Uint64
+	own SpareCounters // without Counters
 
 	mu     sync.Mutex
 	pools  map[poolKey]*sparePool
@@ -64,9 +67,25 @@ type SpareStats struct {
 	Discarded uint64 // spares closed unused: dead, expired, backend idle, down or gone
 }
 
+// SpareCounters count what happened to logins and spares. The zero value
+// is ready to use.
+type SpareCounters struct {
+	taken, missed, discarded atomic.Uint64
+}
+
 // Stats returns the counts so far.
-func (s *Spares) Stats() SpareStats {
-	return SpareStats{Taken: s.taken.Load(), Missed: s.missed.Load(), Discarded: s.discarded.Load()}
+func (c *SpareCounters) Stats() SpareStats {
+	return SpareStats{Taken: c.taken.Load(), Missed: c.missed.Load(), Discarded: c.discarded.Load()}
+}
+
+// Stats returns the counts so far.
+func (s *Spares) Stats() SpareStats { return s.counters().Stats() }
+
+func (s *Spares) counters() *SpareCounters {
+	if s.Counters != nil {
+		return s.Counters
+	}
+	return &s.own
 }
 
 const (
@@ -142,7 +161,7 @@ func (s *Spares) login(ctx context.Context, b *routing.Backend, addr, label stri
 	if err != nil && !c.answered && ctx.Err() == nil && connectionLost(err) {
 		// The backend closed the spare before it answered the
 		// credentials: nobody is logged in on it. Try once, afresh.
-		s.discarded.Add(1)
+		s.counters().discarded.Add(1)
 		return fresh(ctx, b, cred, id)
 	}
 	if err != nil {
@@ -214,11 +233,11 @@ func (s *Spares) take(b *routing.Backend, addr, label string, p protocol) *conn 
 		}
 		s.discard(stale)
 		if got == nil {
-			s.missed.Add(1)
+			s.counters().missed.Add(1)
 			return nil
 		}
 		if got.idleAlive() {
-			s.taken.Add(1)
+			s.counters().taken.Add(1)
 			return got
 		}
 		s.discard([]*conn{got})
@@ -230,7 +249,7 @@ func (s *Spares) discard(cs []*conn) {
 	for _, c := range cs {
 		c.nc.Close()
 	}
-	s.discarded.Add(uint64(len(cs)))
+	s.counters().discarded.Add(uint64(len(cs)))
 }
 
 // refill keeps pl's spares: it closes those too old, or all when the
