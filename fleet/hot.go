@@ -160,6 +160,13 @@ func (f *Fleet) SetHotSessions(n int) {
 	f.hotSessions.Store(int64(max(n, 0)))
 }
 
+// SessionsCold says whether QueueUserSessions would count user's sessions
+// without Redis (see SetHotSessions), so that a caller can skip building
+// a pipeline for nothing.
+func (f *Fleet) SessionsCold(user string) bool {
+	return f.hotSessions.Load() > 0 && f.Cold(HotKey(HotSessions, user))
+}
+
 // hotUntil returns until when key is hot in this proxy's copy.
 func (f *Fleet) hotUntil(key string) time.Time {
 	h := &f.hot

@@ -387,7 +387,7 @@ func (f *Fleet) UserSessions(ctx context.Context, user string) (int, error) {
 // may let a few past the limit").
 func (f *Fleet) QueueUserSessions(pipe redis.Pipeliner, user string) func(context.Context) (int, error) {
 	f.init()
-	if f.hotSessions.Load() > 0 && f.Cold(HotKey(HotSessions, user)) {
+	if f.SessionsCold(user) {
 		return func(context.Context) (int, error) { return 0, nil }
 	}
 	f.pmu.Lock()

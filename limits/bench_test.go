@@ -11,10 +11,17 @@ import (
 // with one a cold hot set answers without Redis.
 func BenchmarkCheck(b *testing.B) {
 	r := testsrv.StartRedis(b)
-	for _, name := range []string{"redis", "cold"} {
+	// cold+sessions: max_sessions_per_user on, the user below half of
+	// it, as internal/app wires a fleet and a limiter.
+	for _, name := range []string{"redis", "cold", "cold+sessions"} {
 		b.Run(name, func(b *testing.B) {
 			p := newHotProxy(b, r.Addr, name, testConfig())
-			if name == "cold" {
+			if name == "cold+sessions" {
+				p.f.SetHotSessions(5)
+				p.l.CountSessions = p.f.QueueUserSessions
+				p.l.SessionsCold = p.f.SessionsCold
+			}
+			if name != "redis" {
 				p.run(b)
 			}
 			b.ReportAllocs()
@@ -24,7 +31,7 @@ func BenchmarkCheck(b *testing.B) {
 				}
 			}
 			st := p.l.Stats()
-			if name == "cold" && st.FromRedis > 0 || name == "redis" && st.Cold > 0 {
+			if name != "redis" && st.FromRedis > 0 || name == "redis" && st.Cold > 0 {
 				b.Fatalf("stats %+v", st)
 			}
 		})

@@ -58,7 +58,9 @@ func (l *Limiter) checkCold(ctx context.Context, net netip.Prefix, user string) 
 	// login's success then: it drains by itself, and at worst the user's
 	// next typos there are delayed one failure sooner.
 	v := proxy.LimitVerdict{Recorded: user != "" && l.known.fresh(user, net, now)}
-	if l.CountSessions != nil && user != "" {
+	if l.CountSessions != nil && user != "" && l.SessionsCold != nil && l.SessionsCold(user) {
+		v.SessionsCounted = true
+	} else if l.CountSessions != nil && user != "" {
 		pipe := l.redis.rdb.Pipeline()
 		count := l.CountSessions(pipe, user)
 		if pipe.Len() > 0 {

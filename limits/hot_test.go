@@ -244,3 +244,28 @@ func TestHotRecorded(t *testing.T) {
 		t.Fatalf("unknown address Recorded: %+v", v)
 	}
 }
+
+// TestHotSessionsCount: a cold check counts the user's sessions through
+// CountSessions only when SessionsCold says they need a read; otherwise
+// it answers 0, counted, with nothing queued.
+func TestHotSessionsCount(t *testing.T) {
+	r := testsrv.StartRedis(t)
+	p := newHotProxy(t, r.Addr, "p", testConfig())
+	queued := 0
+	p.l.CountSessions = func(pipe redis.Pipeliner, user string) func(context.Context) (int, error) {
+		queued++
+		return func(context.Context) (int, error) { return 7, nil }
+	}
+	crowded := map[string]bool{"bob@example.com": true}
+	p.l.SessionsCold = func(user string) bool { return !crowded[user] }
+	p.run(t)
+	if v := p.l.Check(ctx, addrK, "alice@example.com"); !v.SessionsCounted || v.Sessions != 0 || queued != 0 {
+		t.Errorf("cold user: %+v, %d counts queued; want 0 sessions counted, none queued", v, queued)
+	}
+	if v := p.l.Check(ctx, addrK, "bob@example.com"); !v.SessionsCounted || v.Sessions != 7 || queued != 1 {
+		t.Errorf("crowded user: %+v, %d counts queued; want 7 sessions counted, one queued", v, queued)
+	}
+	if st := p.l.Stats(); st.FromRedis != 0 {
+		t.Errorf("stats %+v: want every check cold", st)
+	}
+}

@@ -141,6 +141,11 @@ type Limiter struct {
 	// round trip it makes anyway (proxy.LimitVerdict.Sessions). Set it
 	// before the first Check.
 	CountSessions func(pipe redis.Pipeliner, user string) func(context.Context) (int, error)
+	// SessionsCold, when set, says whether CountSessions would count
+	// user's sessions without Redis (fleet.Fleet's SessionsCold does): a
+	// check answered without Redis then counts 0 without building a
+	// pipeline for it.
+	SessionsCold func(user string) bool
 
 	// Hot, when set (with Redis), lets Check answer without Redis for an
 	// address and a user that are cold: nobody has failed there of late,

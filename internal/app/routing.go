@@ -237,6 +237,7 @@ func (rt *App) joinLimiter(cfg *config.Config, prev *App) {
 		// The login's session count travels with the limiter's read: one
 		// round trip to Redis per login instead of two.
 		rt.Limiter.CountSessions = f.QueueUserSessions
+		rt.Limiter.SessionsCold = f.SessionsCold
 	}
 }
 
