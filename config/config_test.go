@@ -409,7 +409,7 @@ backends:
 			Cache:  RouteCache{PositiveTTL: 30 * time.Second, NegativeTTL: 5 * time.Second, MaxEntries: 100000},
 			Health: Health{Interval: 5 * time.Second, Timeout: 3 * time.Second, Rise: 2, Fall: 3},
 		},
-		Backends: []Backend{{Name: "b1", Address: "127.0.0.1:1143", Weight: 1, BackendOptions: BackendOptions{
+		Backends: []Backend{{Name: "b1", Address: "127.0.0.1:1143", Weight: 1, SpareMaxIdle: time.Minute, BackendOptions: BackendOptions{
 			Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second,
 		}}},
 		BackendDefaults: BackendOptions{Security: "plain", ConnectTimeout: 10 * time.Second, LoginTimeout: 30 * time.Second},

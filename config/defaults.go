@@ -38,6 +38,7 @@ const (
 	defaultACMECache         = "dir"
 	defaultACMECacheDir      = "/var/lib/portico/acme"
 	defaultWeight            = 1
+	defaultSpareMaxIdle      = 60 * time.Second
 	defaultPoolPolicy        = "reject"
 	defaultPositiveTTL       = 30 * time.Second
 	defaultNegativeTTL       = 5 * time.Second
@@ -114,6 +115,7 @@ func (c *Config) ApplyDefaults() {
 	setInt(&h.Fall, defaultHealthFall)
 	for i := range c.Backends {
 		setInt(&c.Backends[i].Weight, defaultWeight)
+		setDur(&c.Backends[i].SpareMaxIdle, defaultSpareMaxIdle)
 		c.Backends[i].BackendOptions.ApplyDefaults()
 	}
 	c.BackendDefaults.ApplyDefaults()

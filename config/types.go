@@ -374,7 +374,7 @@ type Backend struct {
 	SpareConnections int `yaml:"spare_connections"`
 	// SpareMaxIdle is how long a spare connection waits at most, and how
 	// long the backend keeps spares without logins; 1s..170s (below
-	// Dovecot's 3-minute pre-login timeout); 0 (unset) means 60s.
+	// Dovecot's 3-minute pre-login timeout); default 60s.
 	SpareMaxIdle   time.Duration `yaml:"spare_max_idle"`
 	BackendOptions `yaml:",inline"`
 }

@@ -422,9 +422,7 @@ func (c *Config) validateBackends(v *validator) {
 		c.validateBackendPool(v, p, &b)
 		checkBackendOptions(v, p, &b.BackendOptions)
 		checkInt(v, p+".spare_connections", b.SpareConnections, 0, 64)
-		if b.SpareMaxIdle != 0 { // 0: upstream's default, 60s
-			checkDur(v, p+".spare_max_idle", b.SpareMaxIdle, time.Second, 170*time.Second)
-		}
+		checkDur(v, p+".spare_max_idle", b.SpareMaxIdle, time.Second, 170*time.Second)
 		if b.Security == "plain" && b.TLS != nil {
 			v.add(p+".tls", `is only used with security "starttls" or "tls", but security is "plain"`)
 		}
