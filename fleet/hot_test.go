@@ -2,28 +2,9 @@ package fleet
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
-
-// zrangeCalls returns how many ZRANGE commands Redis has run.
-func zrangeCalls(t *testing.T, c redis.UniversalClient) int {
-	t.Helper()
-	s, err := c.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, ok := strings.Cut(s, "cmdstat_zrange:calls=")
-	if !ok {
-		return 0
-	}
-	n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
-	return n
-}
 
 // TestHotSessions: with SetHotSessions, a user with few sessions is
 // counted without Redis (0: the caller counts its own); once the
@@ -45,13 +26,13 @@ func TestHotSessions(t *testing.T) {
 		p1.SessionStarted(s)
 		waitFor(t, 2*time.Second, "registration", func() bool { return count(t, c, "ann") == i+1 })
 	}
-	before := zrangeCalls(t, c)
+	before := commandCalls(t, c, "zrange")
 	for range 50 {
 		if n, err := p2.UserSessions(ctx, "ann"); err != nil || n != 0 {
 			t.Fatalf("UserSessions of a cold user = %d, %v; want 0 (counted locally)", n, err)
 		}
 	}
-	if n := zrangeCalls(t, c) - before; n != 0 {
+	if n := commandCalls(t, c, "zrange") - before; n != 0 {
 		t.Errorf("%d ZRANGE for 50 counts of a cold user, want 0", n)
 	}
 	s := session("s3", "ann", "imap1")
@@ -66,11 +47,11 @@ func TestHotSessions(t *testing.T) {
 	}
 	// Without a threshold, every count reads Redis.
 	p2.SetHotSessions(0)
-	before = zrangeCalls(t, c)
+	before = commandCalls(t, c, "zrange")
 	if n, err := p2.UserSessions(ctx, "bob"); err != nil || n != 0 {
 		t.Fatalf("UserSessions = %d, %v", n, err)
 	}
-	if zrangeCalls(t, c) == before {
+	if commandCalls(t, c, "zrange") == before {
 		t.Error("no ZRANGE without a threshold")
 	}
 }
