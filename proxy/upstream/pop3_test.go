@@ -616,23 +616,10 @@ func TestPOP3SASLContinuation(t *testing.T) {
 
 func TestPOP3Timeouts(t *testing.T) {
 	// Never greets: bounded by LoginTimeout.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	silent, _ := silentBackend(t, false)
 	cred := Credentials{User: "alice", Secret: "secret"}
 	start := time.Now()
-	_, err = LoginPOP3(context.Background(), &routing.Backend{POP3Addr: ln.Addr().String(), LoginTimeout: 200 * time.Millisecond}, cred, nil)
+	_, err := LoginPOP3(context.Background(), &routing.Backend{POP3Addr: silent, LoginTimeout: 200 * time.Millisecond}, cred, nil)
 	if err == nil || errors.Is(err, ErrAuthFailed) || time.Since(start) > 3*time.Second {
 		t.Fatalf("err = %v after %v", err, time.Since(start))
 	}
@@ -641,7 +628,7 @@ func TestPOP3Timeouts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start = time.Now()
-	_, err = LoginPOP3(ctx, &routing.Backend{POP3Addr: ln.Addr().String()}, cred, nil)
+	_, err = LoginPOP3(ctx, &routing.Backend{POP3Addr: silent}, cred, nil)
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
 		t.Fatalf("err = %v after %v", err, time.Since(start))
 	}

@@ -420,23 +420,8 @@ func TestSpareClose(t *testing.T) {
 
 // TestSpareBackoff: a backend that refuses connections is not hammered.
 func TestSpareBackoff(t *testing.T) {
-	var n atomic.Int32
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			c.Close() // no greeting
-		}
-	}()
-	b := &routing.Backend{Name: "bad", Addr: ln.Addr().String(), SpareConnections: 2}
+	addr, n := silentBackend(t, true)
+	b := &routing.Backend{Name: "bad", Addr: addr, SpareConnections: 2}
 	s := &Spares{}
 	defer s.Close()
 	if _, err := s.Login(context.Background(), b, alice, nil); err == nil {

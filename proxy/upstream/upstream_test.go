@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -209,6 +210,34 @@ func startFake(t *testing.T, script func(f *fake)) (string, <-chan *fake) {
 	}()
 	t.Cleanup(func() { ln.Close() })
 	return ln.Addr().String(), done
+}
+
+// silentBackend accepts connections and never greets. With hangUp it
+// closes each at once, else it holds them open until the test ends. It
+// returns its address and how many connections it accepted.
+func silentBackend(t *testing.T, hangUp bool) (string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			if hangUp {
+				c.Close()
+			} else {
+				defer c.Close()
+			}
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String(), &n
 }
 
 func wait(t *testing.T, done <-chan *fake) *fake {
