@@ -105,16 +105,12 @@ func TestSparePOP3Dovecot(t *testing.T) {
 	b.SpareConnections = 1
 	s := &Spares{}
 	defer s.Close()
-	res, err := s.LoginPOP3(context.Background(), b, alice, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Conn.Close()
+	loginAndClose(t, s.LoginPOP3, b)
 	eventually(t, "a POP3 spare", func() bool { return len(s.idleAt(b, b.POP3Addr)) == 1 })
 	if len(s.idleSpares(b)) != 0 {
 		t.Error("a POP3 login made IMAP spares")
 	}
-	res, err = s.LoginPOP3(context.Background(), b, alice, nil)
+	res, err := s.LoginPOP3(context.Background(), b, alice, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,14 +235,21 @@ func fakeBackend(m *multiFake, spares int) *routing.Backend {
 
 var alice = Credentials{User: "alice", Secret: "secret"}
 
-// warm logs in once (a miss) and waits for the spares.
-func warm(t *testing.T, s *Spares, b *routing.Backend) {
+// loginAndClose logs alice in through login (a Spares' Login or
+// LoginPOP3) and closes the connection at once.
+func loginAndClose(t *testing.T, login func(context.Context, *routing.Backend, Credentials, *IDInfo) (*Result, error), b *routing.Backend) {
 	t.Helper()
-	res, err := s.Login(context.Background(), b, alice, nil)
+	res, err := login(context.Background(), b, alice, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res.Conn.Close()
+}
+
+// warm logs in once (a miss) and waits for the spares.
+func warm(t *testing.T, s *Spares, b *routing.Backend) {
+	t.Helper()
+	loginAndClose(t, s.Login, b)
 	eventually(t, "spares", func() bool { return len(s.idleSpares(b)) == b.SpareConnections })
 }
 
@@ -262,11 +265,7 @@ func TestSpareKilledByBackend(t *testing.T) {
 	eventually(t, "the spares closed", func() bool { open, _, _ := m.counts(); return open == 0 })
 	_, _, authsBefore := m.counts()
 
-	res, err := s.Login(context.Background(), b, alice, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Conn.Close()
+	loginAndClose(t, s.Login, b)
 	if _, _, auths := m.counts(); auths != authsBefore+1 {
 		t.Errorf("credentials sent %d times, want once", auths-authsBefore)
 	}
@@ -287,11 +286,7 @@ func TestSpareDiesAtLogin(t *testing.T) {
 	warm(t, s, b)
 	_, accepted, _ := m.counts()
 	m.muteUpTo.Store(int32(accepted)) // the spare, not the fresh connection
-	res, err := s.Login(context.Background(), b, alice, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Conn.Close()
+	loginAndClose(t, s.Login, b)
 	if st := s.Stats(); st.Taken != 1 || st.Discarded != 1 {
 		t.Errorf("stats %+v: want one taken and discarded", st)
 	}
@@ -364,11 +359,7 @@ func TestSpareNotForProxyProtocol(t *testing.T) {
 	b.Name = ""
 	s := &Spares{}
 	defer s.Close()
-	res, err := s.Login(context.Background(), b, alice, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Conn.Close()
+	loginAndClose(t, s.Login, b)
 	time.Sleep(100 * time.Millisecond)
 	if _, accepted, _ := m.counts(); accepted != 1 || s.poolCount() != 0 {
 		t.Errorf("%d connections, %d pools; want 1 and 0", accepted, s.poolCount())
@@ -406,11 +397,7 @@ func TestSpareClose(t *testing.T) {
 	s.Close()
 	eventually(t, "the spares closed", func() bool { open, _, _ := m.counts(); return open == 0 })
 	eventually(t, "the goroutines ended", func() bool { return runtime.NumGoroutine() <= base })
-	res, err := s.Login(context.Background(), b, alice, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Conn.Close()
+	loginAndClose(t, s.Login, b)
 	time.Sleep(50 * time.Millisecond)
 	if s.poolCount() != 0 {
 		t.Error("a closed Spares made a pool")
