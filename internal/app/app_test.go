@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,14 @@ func tlsFront(t *testing.T, cert tls.Certificate, backend string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	relay(t, ln, backend)
+	return ln.Addr().String()
+}
+
+// relay forwards every connection to ln to backend until the test ends,
+// and counts those open.
+func relay(t *testing.T, ln net.Listener, backend string) *atomic.Int32 {
+	var open atomic.Int32
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
@@ -52,9 +61,11 @@ func tlsFront(t *testing.T, cert tls.Certificate, backend string) string {
 			if err != nil {
 				return
 			}
+			open.Add(1)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer open.Add(-1)
 				defer c.Close()
 				b, err := net.Dial("tcp", backend)
 				if err != nil {
@@ -66,7 +77,7 @@ func tlsFront(t *testing.T, cert tls.Certificate, backend string) string {
 			}()
 		}
 	}()
-	return ln.Addr().String()
+	return &open
 }
 
 // TestBackendDefaultsTLSWithPlain: backend_defaults.tls next to security

@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,43 +17,6 @@ import (
 	"github.com/portico-mail/portico/internal/testcert"
 	"github.com/portico-mail/portico/internal/testsrv"
 )
-
-// countingRelay forwards connections to addr and counts those open.
-func countingRelay(t *testing.T, addr string) (string, *atomic.Int32) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var open atomic.Int32
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			open.Add(1)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer open.Add(-1)
-				defer c.Close()
-				b, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				defer b.Close()
-				go func() { io.Copy(b, c); b.Close() }()
-				io.Copy(c, b)
-			}()
-		}
-	}()
-	return ln.Addr().String(), &open
-}
 
 // TestSpareConnectionsReload: a backend's spare_connections are there
 // after a login, closed by a reload (the new generation's backends get
@@ -66,7 +27,11 @@ func TestSpareConnectionsReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer be.Close()
-	relay, open := countingRelay(t, be.Addr())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := relay(t, ln, be.Addr())
 	baseline := runtime.NumGoroutine()
 
 	dir := t.TempDir()
@@ -83,7 +48,7 @@ routing:
   health: {disabled: true}
 backends:
   - {name: mem, address: "%s", spare_connections: 2}
-`, addr, certFile, keyFile, relay)), 0o600)
+`, addr, certFile, keyFile, ln.Addr())), 0o600)
 
 	var logs testsrv.Buffer
 	p := &Process{ConfigPath: path, Log: &logs}
