@@ -4,6 +4,8 @@
 # one run, on 127.0.0.1 only:
 #
 #   Portico         portico serve, routes in Redis
+#   Portico, spares the same with backends[].spare_connections: 4 (login
+#                   rows only): connections to the backends kept greeted
 #   nginx           nginx mail proxy with an auth_http service (scripts/nginx-auth.py)
 #   Dovecot proxy   a Dovecot with proxy=y host=... in a passwd-file passdb
 #   Dovecot direct  the first backend itself, over TLS
@@ -139,12 +141,12 @@ wait_port() {
 # Ports below the ephemeral range, which outgoing connections take from.
 read -r P_DOVA P_DOVA_TLS P_DOVB P_DPROXY P_REDIS P_AUTH P_NGINX P_PORTICO \
 	P_DOVA_POP3 P_DOVA_POP3S P_DOVB_POP3 P_DPROXY_POP3 P_AUTH_POP3 P_NGINX_POP3 P_PORTICO_POP3 \
-	P_RELAY P_RELAY_POP3 < <(python3 - <<'EOF'
+	P_RELAY P_RELAY_POP3 P_SPARES P_SPARES_POP3 < <(python3 - <<'EOF'
 import random, socket
 lo = 20000
 hi = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 ports = []
-while len(ports) < 17:
+while len(ports) < 19:
     p = random.randrange(lo, hi)
     if p in ports:
         continue
@@ -361,30 +363,39 @@ wait_port "$P_REDIS"
 redis-cli -p "$P_REDIS" <"$T/routes.redis" >/dev/null
 start portico "$T/portico" serve -config "$T/portico.yaml"
 PID_PORTICO=$PID
+# The same with spare connections to the backends, a second proxy of the
+# same fleet (its own proxy id, the same Redis).
+sed -e "s/127.0.0.1:$P_PORTICO\"/127.0.0.1:$P_SPARES\"/" -e "s/127.0.0.1:$P_PORTICO_POP3\"/127.0.0.1:$P_SPARES_POP3\"/" \
+	-e "s/forward_id: true,/forward_id: true, spare_connections: 4,/" "$T/portico.yaml" >"$T/portico-spares.yaml"
+grep -q "spare_connections: 4" "$T/portico-spares.yaml" || die "no spares in $T/portico-spares.yaml"
+start spares "$T/portico" serve -config "$T/portico-spares.yaml"
+PID_SPARES=$PID
 start relay "$T/tlsrelay" -listen "127.0.0.1:$P_RELAY" -backend "127.0.0.1:$P_DOVA" -cert "$T/cert.pem" -key "$T/key.pem"
 PID_RELAY=$PID
 start relaypop3 "$T/tlsrelay" -listen "127.0.0.1:$P_RELAY_POP3" -backend "127.0.0.1:$P_DOVA_POP3" -cert "$T/cert.pem" -key "$T/key.pem" -alpn pop3
 PID_RELAY_POP3=$PID
 
 for p in "$P_DOVA" "$P_DOVB" "$P_DOVA_POP3" "$P_DOVB_POP3"; do wait_greeting "$p"; done
-for p in "$P_DOVA_TLS" "$P_DPROXY" "$P_NGINX" "$P_PORTICO" \
-	"$P_DOVA_POP3S" "$P_DPROXY_POP3" "$P_NGINX_POP3" "$P_PORTICO_POP3" "$P_RELAY" "$P_RELAY_POP3"; do wait_greeting "$p" tls; done
+for p in "$P_DOVA_TLS" "$P_DPROXY" "$P_NGINX" "$P_PORTICO" "$P_SPARES" \
+	"$P_DOVA_POP3S" "$P_DPROXY_POP3" "$P_NGINX_POP3" "$P_PORTICO_POP3" "$P_SPARES_POP3" "$P_RELAY" "$P_RELAY_POP3"; do wait_greeting "$p" tls; done
 wait_port "$P_AUTH"
 wait_port "$P_AUTH_POP3"
 
 FRONTS=(portico nginx dproxy direct relay)
+# The login tests also run against Portico with spares.
+LOGIN_FRONTS=(portico spares nginx dproxy direct relay)
 # By front end, and by front end and protocol for POP3 (PROTO=pop3).
-declare -A ADDR=([portico]=$P_PORTICO [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS [relay]=$P_RELAY
-	[portico.pop3]=$P_PORTICO_POP3 [nginx.pop3]=$P_NGINX_POP3 [dproxy.pop3]=$P_DPROXY_POP3 [direct.pop3]=$P_DOVA_POP3S
-	[relay.pop3]=$P_RELAY_POP3)
+declare -A ADDR=([portico]=$P_PORTICO [spares]=$P_SPARES [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS [relay]=$P_RELAY
+	[portico.pop3]=$P_PORTICO_POP3 [spares.pop3]=$P_SPARES_POP3 [nginx.pop3]=$P_NGINX_POP3 [dproxy.pop3]=$P_DPROXY_POP3
+	[direct.pop3]=$P_DOVA_POP3S [relay.pop3]=$P_RELAY_POP3)
 # The front end's processes; the second pid, where there is one, is its
 # lookup service, reported on its own row.
-declare -A PIDS=([portico]="$PID_PORTICO,$PID_REDIS" [nginx]="$PID_NGINX,$PID_AUTH" [dproxy]=$PID_DPROXY [direct]=$PID_DOVA
-	[relay]=$PID_RELAY
-	[portico.pop3]="$PID_PORTICO,$PID_REDIS" [nginx.pop3]="$PID_NGINX,$PID_AUTH_POP3" [dproxy.pop3]=$PID_DPROXY [direct.pop3]=$PID_DOVA
+declare -A PIDS=([portico]="$PID_PORTICO,$PID_REDIS" [spares]="$PID_SPARES,$PID_REDIS" [nginx]="$PID_NGINX,$PID_AUTH"
+	[dproxy]=$PID_DPROXY [direct]=$PID_DOVA [relay]=$PID_RELAY
+	[portico.pop3]="$PID_PORTICO,$PID_REDIS" [spares.pop3]="$PID_SPARES,$PID_REDIS" [nginx.pop3]="$PID_NGINX,$PID_AUTH_POP3" [dproxy.pop3]=$PID_DPROXY [direct.pop3]=$PID_DOVA
 	[relay.pop3]=$PID_RELAY_POP3)
 # The relay and Dovecot direct reach the first backend only.
-declare -A NUSERS=([portico]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half [relay]=$half)
+declare -A NUSERS=([portico]=$USERS [spares]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half [relay]=$half)
 mkdir -p "$T/results"
 
 # bench FRONT TEST ARGS...: one `portico bench` run, its JSON kept; with
@@ -413,9 +424,9 @@ EOF
 
 CURVES=X25519,P256
 log "warm-up: every user logs in once through every front end (mailbox indexes, route caches), IMAP and POP3"
-for f in "${FRONTS[@]}"; do bench "$f" warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
+for f in "${LOGIN_FRONTS[@]}"; do bench "$f" warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
 PROTO=pop3
-for f in "${FRONTS[@]}"; do bench "$f" pop3warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
+for f in "${LOGIN_FRONTS[@]}"; do bench "$f" pop3warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
 PROTO=imap
 if [ "$SUITE" = all ]; then
 	# Idle first, so that the memory the front ends hold from the bulk
@@ -425,14 +436,14 @@ if [ "$SUITE" = all ]; then
 	for f in "${FRONTS[@]}"; do bench "$f" idle idle -w 64 -n "$IDLE" -duration "$HOLD" -curves $CURVES; done
 fi
 log "login, one client at a time, IMAP then POP3"
-for f in "${FRONTS[@]}"; do bench "$f" login1 login -w 1 -n 200 -curves $CURVES; done
+for f in "${LOGIN_FRONTS[@]}"; do bench "$f" login1 login -w 1 -n 200 -curves $CURVES; done
 PROTO=pop3
-for f in "${FRONTS[@]}"; do bench "$f" pop3login1 login -w 1 -n 200 -curves $CURVES; done
+for f in "${LOGIN_FRONTS[@]}"; do bench "$f" pop3login1 login -w 1 -n 200 -curves $CURVES; done
 PROTO=imap
 log "login, 64 clients, IMAP then POP3"
-for f in "${FRONTS[@]}"; do bench "$f" login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
+for f in "${LOGIN_FRONTS[@]}"; do bench "$f" login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
 PROTO=pop3
-for f in "${FRONTS[@]}"; do bench "$f" pop3login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
+for f in "${LOGIN_FRONTS[@]}"; do bench "$f" pop3login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
 PROTO=imap
 if [ "$SUITE" = all ]; then
 	log "login, 64 clients offering Go's default key exchanges (X25519MLKEM768 first)"
@@ -446,7 +457,7 @@ fi
 python3 - "$T/results" "$IDLE" <<'EOF'
 import json, os, sys
 dir, idle = sys.argv[1], int(sys.argv[2])
-fronts = [("portico", "Portico"), ("nginx", "nginx"), ("dproxy", "Dovecot proxy"), ("direct", "Dovecot direct"),
+fronts = [("portico", "Portico"), ("spares", "Portico, 4 spares"), ("nginx", "nginx"), ("dproxy", "Dovecot proxy"), ("direct", "Dovecot direct"),
           ("relay", "Go TLS relay (floor)")]
 
 def rep(f, test):
