@@ -221,7 +221,11 @@ func (c *conn) stls() error {
 }
 
 // xclient forwards id with Dovecot's XCLIENT and waits for the answer
-// before any credential is sent. A -ERR is not fatal: the login works,
+// before any credential is sent. Not pipelined with AUTH although
+// Dovecot's pop3-login offers PIPELINING: measured against Dovecot 2.3.19,
+// about half of such logins answer 40 ms late (its second reply waits
+// for our delayed ACK of the first), against 1 ms when we wait; the
+// round trip saved is 0.1 ms. A -ERR is not fatal: the login works,
 // with the proxy's address in the backend's logs; its text is returned to
 // go into the error should the login fail.
 func (c *conn) xclient(id *IDInfo) (refused string, err error) {
