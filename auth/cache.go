@@ -25,61 +25,81 @@ type CachedStore struct {
 	// means 10,000. When full, expired entries go first, then any.
 	MaxEntries int
 
+	cache successCache
+}
+
+// Verify implements Store.
+func (c *CachedStore) Verify(ctx context.Context, user, password string) (bool, error) {
+	now := time.Now()
+	k, hit := c.cache.lookup(user, password, now)
+	if hit {
+		return true, nil
+	}
+	ok, err := c.Store.Verify(ctx, user, password)
+	if ok && err == nil {
+		c.cache.put(k, now.Add(cacheTTL(c.TTL)), now, c.MaxEntries)
+	}
+	return ok, err
+}
+
+// Forget drops every remembered success, for instance after a password
+// change that must take effect at once.
+func (c *CachedStore) Forget() { c.cache.forget() }
+
+func cacheTTL(ttl time.Duration) time.Duration {
+	if ttl <= 0 {
+		return time.Minute
+	}
+	return ttl
+}
+
+// successCache remembers accepted (user, secret) pairs until an expiry,
+// keyed by an HMAC of both under a key made at first use, so that no
+// secret is kept in memory. The zero value is ready to use.
+type successCache struct {
 	once sync.Once
 	key  []byte
 	mu   sync.Mutex
 	m    map[[sha256.Size]byte]time.Time // expiry
 }
 
-// Verify implements Store.
-func (c *CachedStore) Verify(ctx context.Context, user, password string) (bool, error) {
+// lookup returns the pair's key, for put, and whether it is remembered
+// and not expired at now.
+func (c *successCache) lookup(user, secret string, now time.Time) ([sha256.Size]byte, bool) {
 	c.once.Do(func() {
 		c.key = make([]byte, 32)
 		rand.Read(c.key)
 		c.m = make(map[[sha256.Size]byte]time.Time)
 	})
-	k := c.entry(user, password)
-	now := time.Now()
-	c.mu.Lock()
-	exp, hit := c.m[k]
-	if hit && now.After(exp) {
-		delete(c.m, k)
-		hit = false
-	}
-	c.mu.Unlock()
-	if hit {
-		return true, nil
-	}
-	ok, err := c.Store.Verify(ctx, user, password)
-	if ok && err == nil {
-		c.put(k, now)
-	}
-	return ok, err
-}
-
-func (c *CachedStore) entry(user, password string) [sha256.Size]byte {
 	h := hmac.New(sha256.New, c.key)
 	h.Write([]byte(user))
 	h.Write([]byte{0})
-	h.Write([]byte(password))
+	h.Write([]byte(secret))
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
-	return k
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	exp, hit := c.m[k]
+	if hit && !now.Before(exp) {
+		delete(c.m, k)
+		hit = false
+	}
+	return k, hit
 }
 
-func (c *CachedStore) put(k [sha256.Size]byte, now time.Time) {
-	ttl, max := c.TTL, c.MaxEntries
-	if ttl <= 0 {
-		ttl = time.Minute
-	}
+// put remembers k until until, in at most max entries (zero: 10,000).
+func (c *successCache) put(k [sha256.Size]byte, until, now time.Time, max int) {
 	if max <= 0 {
 		max = 10_000
+	}
+	if !until.After(now) {
+		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.m) >= max {
 		for x, exp := range c.m {
-			if now.After(exp) {
+			if !now.Before(exp) {
 				delete(c.m, x)
 			}
 		}
@@ -92,12 +112,10 @@ func (c *CachedStore) put(k [sha256.Size]byte, now time.Time) {
 			delete(c.m, x)
 		}
 	}
-	c.m[k] = now.Add(ttl)
+	c.m[k] = until
 }
 
-// Forget drops every remembered success, for instance after a password
-// change that must take effect at once.
-func (c *CachedStore) Forget() {
+func (c *successCache) forget() {
 	c.mu.Lock()
 	clear(c.m)
 	c.mu.Unlock()

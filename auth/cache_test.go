@@ -56,8 +56,8 @@ func TestCachedStore(t *testing.T) {
 		u := fmt.Sprint("user", i)
 		c.Verify(ctx, u, "right-"+u)
 	}
-	if len(c.m) > 3 {
-		t.Errorf("%d entries, max 3", len(c.m))
+	if len(c.cache.m) > 3 {
+		t.Errorf("%d entries, max 3", len(c.cache.m))
 	}
 	// Errors are passed on and not remembered.
 	c.Forget()

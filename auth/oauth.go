@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,16 @@ type OAuthConfig struct {
 	// may make the JWKS be fetched again, after a burst of three (10s):
 	// such tokens cost an attacker nothing to forge.
 	JWKSMinRefresh time.Duration
+	// CacheTTL, when positive, makes a validated token open the same
+	// user's mailbox again for that long without asking the issuer, and
+	// never past the token's "exp": a client opens several connections
+	// and reconnects often with one token, and each would otherwise cost
+	// an introspection request or a signature check. A token revoked at
+	// the issuer keeps working for at most CacheTTL. Only successes are
+	// kept, under an HMAC of user and token. CacheEntries bounds them
+	// (zero: 10,000).
+	CacheTTL     time.Duration
+	CacheEntries int
 	// HTTPClient, when set, is used for every request (its Transport, at
 	// least); tests use it to trust their issuer's certificate.
 	HTTPClient *http.Client
@@ -73,6 +84,8 @@ type OAuth struct {
 	mu       sync.Mutex
 	verifier *oidc.IDTokenVerifier // nil until discovery succeeded
 	lastTry  time.Time             // of a failed discovery
+
+	cache successCache // with CacheTTL
 }
 
 // errUnavailable wraps every failure to reach the issuer: the client gets
@@ -137,6 +150,14 @@ func (o *OAuth) Authenticate(ctx context.Context, req proxy.AuthRequest) (proxy.
 	if req.Mechanism != "XOAUTH2" && req.Mechanism != "OAUTHBEARER" {
 		return proxy.AuthResult{OK: true}, nil
 	}
+	now := time.Now()
+	var key [sha256.Size]byte
+	if o.cfg.CacheTTL > 0 {
+		var hit bool
+		if key, hit = o.cache.lookup(req.User, req.Secret, now); hit {
+			return proxy.AuthResult{OK: true, Upstream: o.cfg.Master.Credentials(req.User)}, nil
+		}
+	}
 	var claims map[string]any
 	var err error
 	if o.cfg.Issuer != "" && looksLikeJWT(req.Secret) {
@@ -155,6 +176,13 @@ func (o *OAuth) Authenticate(ctx context.Context, req proxy.AuthRequest) (proxy.
 	if err != nil {
 		o.log.Info("oauth token refused", "user", req.User, "client", req.Client.String(), "reason", redact(err.Error(), req.Secret))
 		return proxy.AuthResult{}, nil
+	}
+	if o.cfg.CacheTTL > 0 {
+		until := now.Add(o.cfg.CacheTTL)
+		if exp, ok := claims["exp"].(float64); ok && time.Unix(int64(exp), 0).Before(until) {
+			until = time.Unix(int64(exp), 0)
+		}
+		o.cache.put(key, until, now, o.cfg.CacheEntries)
 	}
 	return proxy.AuthResult{OK: true, Upstream: o.cfg.Master.Credentials(req.User)}, nil
 }

@@ -210,6 +210,56 @@ func TestOAuthIntrospection(t *testing.T) {
 	}
 }
 
+// TestOAuthCache: with CacheTTL, a token validated for a user opens that
+// user's mailbox again without asking the issuer, until the TTL or the
+// token's exp, whichever comes first; not another user's; and without
+// CacheTTL every login asks.
+func TestOAuthCache(t *testing.T) {
+	is := testsrv.StartIssuer(t)
+	var logs bytes.Buffer
+	o := newOAuth(t, is, &logs, func(c *auth.OAuthConfig) { c.UserClaim = "username"; c.CacheTTL = time.Minute })
+	tok, short := testsrv.OpaqueToken(), testsrv.OpaqueToken()
+	is.SetOpaque(tok, map[string]any{"active": true, "username": "alice", "exp": time.Now().Add(time.Hour).Unix()})
+	asks := func(user, token string, want bool) int64 {
+		t.Helper()
+		n := is.Introspections()
+		if res, err := ask(t, o, user, token); err != nil || res.OK != want {
+			t.Fatalf("%s: %+v, %v; want OK %v\n%s", user, res, err, want, logs.String())
+		}
+		return is.Introspections() - n
+	}
+	if n := asks("alice@example.test", tok, true); n != 1 {
+		t.Errorf("first login: %d introspections, want 1", n)
+	}
+	if n := asks("alice@example.test", tok, true); n != 0 {
+		t.Errorf("second login: %d introspections, want 0 (cached)", n)
+	}
+	if n := asks("bob@example.test", tok, false); n != 1 {
+		t.Errorf("alice's token for bob: %d introspections, want 1 (never from the cache)", n)
+	}
+	// Revoked at the issuer: still good from the cache, for at most the TTL.
+	is.SetOpaque(tok, map[string]any{"active": false})
+	asks("alice@example.test", tok, true)
+
+	// A token that expires before the TTL is not remembered past its exp.
+	exp := time.Now().Add(2 * time.Second).Truncate(time.Second)
+	is.SetOpaque(short, map[string]any{"active": true, "username": "alice", "exp": exp.Unix()})
+	asks("alice@example.test", short, true)
+	asks("alice@example.test", short, true)
+	time.Sleep(time.Until(exp) + 100*time.Millisecond)
+	if n := asks("alice@example.test", short, false); n != 1 {
+		t.Errorf("past exp: %d introspections, want 1", n)
+	}
+
+	// Without a cache every login asks.
+	is.SetOpaque(tok, map[string]any{"active": true, "username": "alice"})
+	o = newOAuth(t, is, &logs, func(c *auth.OAuthConfig) { c.UserClaim = "username" })
+	asks("alice@example.test", tok, true)
+	if n := asks("alice@example.test", tok, true); n != 1 {
+		t.Errorf("without a cache: %d introspections, want 1", n)
+	}
+}
+
 func TestOAuthIssuerDown(t *testing.T) {
 	is := testsrv.StartIssuer(t)
 	var logs bytes.Buffer

@@ -58,7 +58,8 @@ type AuthRedis struct {
 	AllowPlain bool `yaml:"allow_plain"`
 }
 
-// AuthCache configures the cache of accepted passwords (auth.CachedStore).
+// AuthCache configures the cache of accepted passwords (auth.CachedStore)
+// or validated OAuth tokens (auth.oauth.cache).
 type AuthCache struct {
 	// TTL: a password changed in the store keeps working this long.
 	// 1s..1h; default 1m.

@@ -38,6 +38,11 @@ type OAuth struct {
 	ClientSecret     Secret   `yaml:"client_secret"`
 	// Timeout bounds each request to the issuer; default 5s.
 	Timeout time.Duration `yaml:"timeout"`
+	// Cache remembers validated tokens (per user, never past their exp)
+	// for a while: a token revoked at the issuer keeps working this
+	// long. nil (the default) asks the issuer or checks the signature
+	// at every login.
+	Cache *AuthCache `yaml:"cache"`
 	// TLS towards the issuer (ca_file for a private CA...); default
 	// system roots.
 	TLS *ClientTLS `yaml:"tls"`
@@ -59,6 +64,10 @@ func (o *OAuth) applyDefaults() {
 		o.UserClaim = defaultOAuthUserClaim
 	}
 	setDur(&o.Timeout, defaultOAuthTimeout)
+	if c := o.Cache; c != nil {
+		setDur(&c.TTL, time.Minute)
+		setInt(&c.MaxEntries, 10_000)
+	}
 	if o.OpenIDConfiguration == "" && o.Issuer != "" {
 		o.OpenIDConfiguration = strings.TrimSuffix(o.Issuer, "/") + "/.well-known/openid-configuration"
 	}
@@ -74,7 +83,7 @@ func (o *OAuth) validate(v *validator, p string, master bool) {
 		{"issuer", o.Issuer != ""}, {"jwks_url", o.JWKSURL != ""}, {"audience", len(o.Audience) > 0},
 		{"user_claim", o.UserClaim != ""}, {"introspection_url", o.IntrospectionURL != ""},
 		{"client_id", o.ClientID != ""}, {"client_secret", o.ClientSecret.Source != ""},
-		{"timeout", o.Timeout != 0}, {"tls", o.TLS != nil},
+		{"timeout", o.Timeout != 0}, {"tls", o.TLS != nil}, {"cache", o.Cache != nil},
 	}
 	switch o.Mode {
 	case OAuthPassthrough:
@@ -119,6 +128,10 @@ func (o *OAuth) validate(v *validator, p string, master bool) {
 			}
 		}
 		checkDur(v, p+".timeout", o.Timeout, 100*time.Millisecond, time.Minute)
+		if c := o.Cache; c != nil {
+			checkDur(v, p+".cache.ttl", c.TTL, time.Second, time.Hour)
+			checkInt(v, p+".cache.max_entries", c.MaxEntries, 1, 10_000_000)
+		}
 		checkClientTLS(v, p+".tls", o.TLS)
 	default:
 		v.add(p+".mode", `must be "passthrough" or "validate", not %q`, o.Mode)

@@ -40,6 +40,13 @@ func TestAuthOAuth(t *testing.T) {
 		{"inline client secret", "auth:\n" + master + "  oauth: {mode: validate, introspection_url: \"https://idp.example.com/i\", client_id: x, client_secret: client-secret-value}\n", nil, "auth.oauth.client_secret: must be {env: NAME} or {file: PATH}"},
 		{"passthrough with issuer", "auth:\n  oauth: {mode: passthrough, issuer: \"https://idp.example.com\"}\n", nil, `auth.oauth.issuer: is only used with mode "validate"`},
 		{"validate cleartext", "auth:\n" + master + "  oauth: {mode: validate, issuer: \"https://idp.example.com\", audience: [imap], cleartext_backends: true}\n", nil, "auth.oauth.cleartext_backends: is only used with mode \"passthrough\""},
+		{"validate cache", "auth:\n" + master + "  oauth: {mode: validate, issuer: \"https://idp.example.com\", audience: [imap], cache: {}}\n", func(t *testing.T, o *OAuth) {
+			if o.Cache == nil || o.Cache.TTL != time.Minute || o.Cache.MaxEntries != 10000 {
+				t.Errorf("oauth.cache = %+v", o.Cache)
+			}
+		}, ""},
+		{"cache ttl", "auth:\n" + master + "  oauth: {mode: validate, issuer: \"https://idp.example.com\", audience: [imap], cache: {ttl: 2h}}\n", nil, "auth.oauth.cache.ttl: must be between 1s and 1h"},
+		{"passthrough with cache", "auth:\n  oauth: {mode: passthrough, cache: {ttl: 1m}}\n", nil, `auth.oauth.cache: is only used with mode "validate"`},
 		{"bad scope", "auth:\n  oauth: {mode: passthrough, scope: \"a\\\"b\"}\n", nil, "auth.oauth.scope: must not contain quotes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

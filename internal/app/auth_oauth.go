@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/portico-mail/portico/auth"
 	"github.com/portico-mail/portico/config"
@@ -42,10 +43,15 @@ func (rt *App) buildOAuth(cfg *config.Config, master auth.Master, logger *slog.L
 		tr.TLSClientConfig = tc
 		client = &http.Client{Transport: tr}
 	}
+	var ttl time.Duration
+	var entries int
+	if c := o.Cache; c != nil {
+		ttl, entries = c.TTL, c.MaxEntries
+	}
 	return auth.NewOAuth(auth.OAuthConfig{
 		Issuer: o.Issuer, JWKSURL: o.JWKSURL, Audience: o.Audience, UserClaim: o.UserClaim,
 		IntrospectionURL: o.IntrospectionURL, ClientID: o.ClientID, ClientSecret: o.ClientSecret.Value,
 		Master: master, DefaultDomain: cfg.Routing.DefaultDomain, Timeout: o.Timeout,
-		HTTPClient: client, Logger: logger,
+		HTTPClient: client, Logger: logger, CacheTTL: ttl, CacheEntries: entries,
 	})
 }

@@ -74,4 +74,31 @@ routing:
 	if res, err := a.Authenticate(ctx, proxy.AuthRequest{Mechanism: "PLAIN", User: "alice@example.test", Secret: "pw"}); err != nil || !res.OK || res.Upstream.User != "" {
 		t.Errorf("PLAIN: %+v, %v", res, err)
 	}
+
+	// auth.oauth.cache: the second login with a token asks nobody.
+	t.Setenv("PORTICO_TEST_CLIENT_SECRET", is.ClientSecret)
+	rt = build(`auth:
+  master_user: portico
+  master_password: {env: PORTICO_TEST_MASTER_PW}
+  oauth:
+    mode: validate
+    introspection_url: "` + is.URL + `/introspect"
+    client_id: ` + is.ClientID + `
+    client_secret: {env: PORTICO_TEST_CLIENT_SECRET}
+    user_claim: username
+    tls: {ca_file: ` + idpCA + `}
+    cache: {ttl: 30s}
+`)
+	opaque := testsrv.OpaqueToken()
+	is.SetOpaque(opaque, map[string]any{"active": true, "username": "alice"})
+	n := is.Introspections()
+	for range 2 {
+		res, err := rt.Server.Authenticator.Authenticate(ctx, proxy.AuthRequest{Mechanism: "OAUTHBEARER", User: "alice@example.test", Secret: opaque})
+		if err != nil || !res.OK {
+			t.Fatalf("cached validate: %+v, %v", res, err)
+		}
+	}
+	if d := is.Introspections() - n; d != 1 {
+		t.Errorf("two logins with auth.oauth.cache made %d introspections, want 1", d)
+	}
 }
