@@ -224,6 +224,56 @@ func TestUnitFile(t *testing.T) {
 	}
 }
 
+// TestSocketUnit checks packaging/portico.socket: systemd-analyze verify
+// accepts it next to the service it activates, and it binds exactly the
+// listeners' addresses of packaging/portico.yaml, as serve matches them.
+func TestSocketUnit(t *testing.T) {
+	analyze := testsrv.LookPath(t, "systemd-analyze")
+	bin := binary(t)
+	dir := t.TempDir()
+	for _, name := range []string{"portico.service", "portico.socket"} {
+		b, err := os.ReadFile("../../packaging/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.ReplaceAll(string(b), "/usr/bin/portico", bin)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(analyze, "verify", filepath.Join(dir, "portico.socket"), filepath.Join(dir, "portico.service")).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "portico.") {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+
+	for _, kv := range packagingSecrets { // for config.Load below
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	b, _ := os.ReadFile("../../packaging/portico.socket")
+	var ports []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "ListenStream="); ok {
+			ports = append(ports, v)
+		}
+	}
+	cfg, err := config.Load(packagedConfig(t, "portico.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, l := range cfg.Listeners {
+		addrs = append(addrs, l.Address)
+	}
+	// A bare port in ListenStream= is [::]:PORT, which ":PORT" takes.
+	var want []string
+	for _, p := range ports {
+		want = append(want, ":"+p)
+	}
+	if strings.Join(addrs, " ") != strings.Join(want, " ") {
+		t.Errorf("portico.socket listens on %v, portico.yaml's listeners on %v", ports, addrs)
+	}
+}
+
 // TestSysusersFile creates the portico user from packaging/portico.sysusers
 // in an empty root with systemd-sysusers.
 func TestSysusersFile(t *testing.T) {

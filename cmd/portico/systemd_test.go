@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portico-mail/portico/internal/membackend"
+	"github.com/portico-mail/portico/internal/testsrv"
 )
 
 // notifySocket is a stand-in for systemd's notification socket: a
@@ -135,6 +136,14 @@ func (s *notifiedServe) log() string {
 // added to the config.
 func serveNotified(t *testing.T, bin string, ns *notifySocket, watchdog, watchdogPID, extra string) *notifiedServe {
 	t.Helper()
+	return serveNotifiedVia(t, bin, ns, watchdog, watchdogPID, extra, nil)
+}
+
+// serveNotifiedVia is serveNotified with the command line that starts
+// serve prefixed by via(s), when via is set (the addresses are chosen by
+// then).
+func serveNotifiedVia(t *testing.T, bin string, ns *notifySocket, watchdog, watchdogPID, extra string, via func(s *notifiedServe) []string) *notifiedServe {
+	t.Helper()
 	be, err := membackend.Start("127.0.0.1:0", membackend.User{Name: "carol@example.test", Password: "carol-pw"})
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +171,11 @@ backends:
 		}
 		script = "WATCHDOG_USEC=" + watchdog + " WATCHDOG_PID=" + pid + " " + script
 	}
-	s.cmd = exec.Command("sh", "-c", script, bin, p)
+	args := []string{"sh", "-c", script, bin, p}
+	if via != nil {
+		args = append(via(s), args...)
+	}
+	s.cmd = exec.Command(args[0], args[1:]...)
 	s.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path)
 	// A file, not a pipe: a process started by an upgrade inherits it,
 	// and a pipe would keep Wait waiting for that one too.
@@ -195,6 +208,85 @@ func TestSystemd(t *testing.T) {
 	t.Run("notify", func(t *testing.T) { testSystemdNotify(t, bin) })
 	t.Run("watchdog for another process", func(t *testing.T) { testWatchdogForAnotherProcess(t, bin) })
 	t.Run("upgrade", func(t *testing.T) { testSystemdUpgrade(t, bin) })
+	t.Run("socket activation", func(t *testing.T) { testSocketActivation(t, bin) })
+}
+
+// testSocketActivation runs serve under systemd-socket-activate, which
+// binds the listeners' addresses and one more, and starts serve on the
+// first connection with the sockets (LISTEN_FDS), as a .socket unit
+// does: that connection waits in the backlog and is served, the
+// listeners take the sockets bound to their addresses, the one no
+// listener wants is closed with a warning, and an upgrade hands the
+// sockets on like those serve opens itself.
+func testSocketActivation(t *testing.T, bin string) {
+	activate := testsrv.LookPath(t, "systemd-socket-activate")
+	ns := listenNotify(t)
+	dir := t.TempDir()
+	unused := freeAddr(t)
+	srv := serveNotifiedVia(t, bin, ns, "", "", "pid_file: "+filepath.Join(dir, "portico.pid")+"\nlimits: {upgrade_timeout: 1s, upgrade_window: 10ms}\n",
+		func(s *notifiedServe) []string {
+			// Its child gets only the variables named with -E.
+			return []string{activate, "-E", "NOTIFY_SOCKET", "-l", s.imaps, "-l", s.imap, "-l", unused}
+		})
+	// Nothing runs serve yet: this connection starts it, and waits.
+	var sess *plainConn
+	var l string
+	var err error
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if sess, l, err = loginPlain(srv.imap, "carol@example.test", "carol-pw"); err == nil || time.Now().After(end) {
+			break
+		}
+	}
+	if err != nil || !strings.HasPrefix(l, "a OK") {
+		t.Fatalf("first login: %q, %v\n%s", l, err, srv.log())
+	}
+	sess.c.Close()
+	pid := srv.cmd.Process.Pid
+	if msg, _ := ns.next(t, srv); !strings.HasPrefix(msg.text, "READY=1\n") || msg.pid != pid {
+		t.Fatalf("first notification %s, want READY=1 from %d\n%s", msg, pid, srv.log())
+	}
+	log := srv.log()
+	for _, want := range []string{
+		`msg="listening (socket from systemd)" listener=imaps mode=imaps addr=` + srv.imaps,
+		`msg="listening (socket from systemd)" listener=imap mode=imap addr=` + srv.imap,
+		`msg="socket from systemd closed: no listener, admin or ACME address is bound there" addr=` + unused,
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %s\n%s", want, log)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", unused, time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s still accepts", unused)
+	}
+
+	// An upgrade hands the activated sockets on.
+	srv.cmd.Process.Signal(syscall.SIGUSR2)
+	msg, _ := ns.next(t, srv)
+	v, ok := strings.CutPrefix(msg.text, "MAINPID=")
+	v, _, _ = strings.Cut(v, "\n")
+	newPID, err := strconv.Atoi(v)
+	if !ok || err != nil || newPID == pid {
+		t.Fatalf("after SIGUSR2: %s, want MAINPID= of a new process\n%s", msg, srv.log())
+	}
+	defer syscall.Kill(newPID, syscall.SIGKILL)
+	if err := srv.wait(); err != nil {
+		t.Fatalf("old serve: %v\n%s", err, srv.log())
+	}
+	for _, addr := range []string{srv.imap, srv.imaps} {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatalf("after the upgrade, %s: %v\n%s", addr, err, srv.log())
+		}
+		c.Close()
+	}
+	if sess, l, err = loginPlain(srv.imap, "carol@example.test", "carol-pw"); err != nil || !strings.HasPrefix(l, "a OK") {
+		t.Fatalf("login after the upgrade: %q, %v\n%s", l, err, srv.log())
+	}
+	sess.c.Close()
+	if !strings.Contains(srv.log(), `msg="listening (socket taken over)" listener=imap `) {
+		t.Errorf("the new process did not take the socket over\n%s", srv.log())
+	}
 }
 
 // testSystemdNotify: READY=1 once the listeners accept, WATCHDOG=1 at half

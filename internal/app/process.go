@@ -170,7 +170,9 @@ func (p *Process) Run(ctx context.Context) error {
 	p.startGeneration(rt)
 	err = p.openListeners(ctx, rt.Listeners, nil)
 	if err == nil {
-		socks.closeInherited()
+		for _, addr := range socks.closeInherited() {
+			logger.Warn("socket from systemd closed: no listener, admin or ACME address is bound there", "addr", addr)
+		}
 		err = writePIDFile(cfg.PIDFile)
 	}
 	if err != nil {
@@ -272,7 +274,7 @@ func (p *Process) openListeners(ctx context.Context, specs []Listener, keep map[
 		if keep[spec.Addr] {
 			continue
 		}
-		ln, inherited, err := p.app.sockets.listen(ctx, clientKey(spec.Addr), func(ctx context.Context) (net.Listener, error) {
+		ln, from, err := p.app.sockets.listen(ctx, clientKey(spec.Addr), func(ctx context.Context) (net.Listener, error) {
 			return proxy.Listen(ctx, spec.Addr)
 		})
 		if err != nil {
@@ -283,8 +285,8 @@ func (p *Process) openListeners(ctx context.Context, specs []Listener, keep map[
 			return fmt.Errorf("listener %q: %w", spec.Config.Name, err)
 		}
 		how := "listening"
-		if inherited {
-			how = "listening (socket taken over)"
+		if from != fromOpen {
+			how = "listening (" + from + ")"
 		}
 		p.Logger.Info(how, "listener", spec.Config.Name, "mode", spec.Config.Mode.String(), "addr", ln.Addr().String())
 		opened = append(opened, &served{spec: spec, ln: ln, done: make(chan struct{})})

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 )
@@ -19,12 +21,16 @@ import (
 // process finds the socket of each configured address in what it
 // inherited, and opens only the addresses that are new.
 //
+// Sockets passed by systemd (socket activation, sd_listen_fds(3)) have no
+// key: a listener takes the one bound to its address (see addrMatches).
+//
 // The zero value opens every socket itself.
 //
 // A nil *sockets opens every socket and remembers none.
 type sockets struct {
 	mu        sync.Mutex
 	inherited map[string]*os.File     // owned here until taken or closed
+	activated []net.Listener          // from systemd; owned here until taken or closed
 	open      map[string]net.Listener // owned by their users; listed for hand-on
 }
 
@@ -43,6 +49,9 @@ type handOn struct {
 // upgrade.
 func inherit() (s *sockets, ready *os.File, err error) {
 	s = &sockets{}
+	if s.activated, err = listenFDs(); err != nil {
+		return s, nil, err
+	}
 	v, ok := os.LookupEnv(upgradeEnv)
 	if !ok {
 		return s, nil, nil
@@ -61,31 +70,49 @@ func inherit() (s *sockets, ready *os.File, err error) {
 	return s, os.NewFile(uintptr(h.Ready), "upgrade-ready"), nil
 }
 
-// listen returns the inherited socket of key or, when there is none, opens
-// one with open. The caller owns the listener and calls closed(key) when
-// it closes it for good.
-func (s *sockets) listen(ctx context.Context, key string, open func(ctx context.Context) (net.Listener, error)) (net.Listener, bool, error) {
+// Where a listening socket came from, as listen says.
+const (
+	fromOpen    = ""                    // opened by this process
+	fromUpgrade = "socket taken over"   // handed on by the process upgraded from
+	fromSystemd = "socket from systemd" // socket activation
+)
+
+// listen returns the inherited socket of key, else a socket from systemd
+// bound to key's address (the part after the first space), else opens
+// one with open; from says which. The caller owns the listener and calls
+// closed(key) when it closes it for good.
+func (s *sockets) listen(ctx context.Context, key string, open func(ctx context.Context) (net.Listener, error)) (ln net.Listener, from string, err error) {
 	if s == nil {
 		ln, err := open(ctx)
-		return ln, false, err
+		return ln, fromOpen, err
 	}
 	s.mu.Lock()
 	f := s.inherited[key]
 	delete(s.inherited, key)
+	if f == nil {
+		_, addr, _ := strings.Cut(key, " ")
+		for i, a := range s.activated {
+			if addrMatches(addr, a.Addr()) {
+				ln, from = a, fromSystemd
+				s.activated = slices.Delete(s.activated, i, i+1)
+				break
+			}
+		}
+	}
 	s.mu.Unlock()
-	var (
-		ln  net.Listener
-		err error
-	)
-	if f != nil {
+	switch {
+	case f != nil:
 		// FileListener duplicates the descriptor: ours is closed either way.
 		ln, err = net.FileListener(f)
 		f.Close()
 		if err != nil {
-			return nil, false, fmt.Errorf("inherited socket %s: %w", key, err)
+			return nil, fromOpen, fmt.Errorf("inherited socket %s: %w", key, err)
 		}
-	} else if ln, err = open(ctx); err != nil {
-		return nil, false, err
+		from = fromUpgrade
+	case ln == nil:
+		if ln, err = open(ctx); err != nil {
+			return nil, fromOpen, err
+		}
 	}
 	s.mu.Lock()
 	if s.open == nil {
@@ -93,7 +120,7 @@ func (s *sockets) listen(ctx context.Context, key string, open func(ctx context.
 	}
 	s.open[key] = ln
 	s.mu.Unlock()
-	return ln, f != nil, nil
+	return ln, from, nil
 }
 
 // closed forgets key's listener: it is not handed on any more.
@@ -107,14 +134,22 @@ func (s *sockets) closed(key string) {
 }
 
 // closeInherited closes the inherited sockets that the configuration no
-// longer uses; the parent still has them open until it stops accepting.
-func (s *sockets) closeInherited() {
+// longer uses (the parent still has them open until it stops accepting)
+// and the sockets from systemd that no listener took, whose addresses it
+// returns.
+func (s *sockets) closeInherited() (unused []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key, f := range s.inherited {
 		f.Close()
 		delete(s.inherited, key)
 	}
+	for _, ln := range s.activated {
+		unused = append(unused, ln.Addr().String())
+		ln.Close()
+	}
+	s.activated = nil
+	return unused
 }
 
 // files duplicates the open listeners' descriptors for a new process, in
