@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"os"
 	"time"
 )
 
@@ -25,4 +26,40 @@ const (
 func Listen(ctx context.Context, addr string) (net.Listener, error) {
 	lc := listenConfig()
 	return lc.Listen(ctx, "tcp", addr)
+}
+
+// clientKeepAlive is the keep-alive of client connections.
+var clientKeepAlive = net.KeepAliveConfig{
+	Enable: true, Idle: ClientKeepAliveIdle, Interval: ClientKeepAliveInterval, Count: ClientKeepAliveCount,
+}
+
+// FileListener is net.FileListener for a listening socket that Listen
+// did not open in this process: one handed on by an upgrade, or by
+// systemd. The standard library gives the connections of such a listener
+// its default keep-alive (probes after 15 s), whatever the socket says,
+// so each accepted connection is given the client keep-alive instead,
+// at four system calls per accept. The listener still has File, for the
+// next upgrade. f is the caller's, to close.
+func FileListener(f *os.File) (net.Listener, error) {
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, err
+	}
+	if tl, ok := ln.(*net.TCPListener); ok {
+		return &fileListener{tl}, nil
+	}
+	return ln, nil
+}
+
+type fileListener struct{ *net.TCPListener }
+
+func (l *fileListener) Accept() (net.Conn, error) {
+	c, err := l.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	// An error here is a peer gone already, which its first read tells
+	// the session; failing Accept would stop the listener.
+	c.SetKeepAliveConfig(clientKeepAlive)
+	return c, nil
 }

@@ -5,7 +5,5 @@ package proxy
 import "net"
 
 func listenConfig() net.ListenConfig {
-	return net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{
-		Enable: true, Idle: ClientKeepAliveIdle, Interval: ClientKeepAliveInterval, Count: ClientKeepAliveCount,
-	}}
+	return net.ListenConfig{KeepAliveConfig: clientKeepAlive}
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+
+	"github.com/portico-mail/portico/proxy"
 )
 
 // Socket activation: systemd (a .socket unit) or systemd-socket-activate
@@ -39,7 +41,7 @@ func listenFDs() ([]net.Listener, error) {
 		syscall.CloseOnExec(fd)
 		f := os.NewFile(uintptr(fd), "systemd socket "+strconv.Itoa(fd))
 		// FileListener duplicates the descriptor: ours is closed either way.
-		ln, err := net.FileListener(f)
+		ln, err := proxy.FileListener(f)
 		f.Close()
 		if err == nil {
 			if _, ok := ln.Addr().(*net.TCPAddr); !ok {

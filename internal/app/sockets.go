@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/portico-mail/portico/proxy"
 )
 
 // sockets are the listening sockets of a process, by key ("client
@@ -103,7 +105,7 @@ func (s *sockets) listen(ctx context.Context, key string, open func(ctx context.
 	switch {
 	case f != nil:
 		// FileListener duplicates the descriptor: ours is closed either way.
-		ln, err = net.FileListener(f)
+		ln, err = proxy.FileListener(f)
 		f.Close()
 		if err != nil {
 			return nil, fromOpen, fmt.Errorf("inherited socket %s: %w", key, err)
