@@ -56,9 +56,8 @@ import (
 // because serving matters more than a duplicate order).
 type ACME struct {
 	m      *autocert.Manager
-	names  []string // as configured, normalised; names[0] is the default
-	set    map[string]bool
-	inner  autocert.Cache // the caller's cache, without coordination
+	hosts  atomic.Pointer[hostSet] // SetHostnames replaces it
+	inner  autocert.Cache          // the caller's cache, without coordination
 	lock   Locker
 	logger *slog.Logger
 
@@ -159,11 +158,11 @@ type heldLock struct {
 // NewACME checks the options and builds the manager. It does no network
 // I/O; Obtain does.
 func NewACME(o ACMEOptions) (*ACME, error) {
-	if len(o.Hostnames) == 0 {
-		return nil, errors.New("tls: acme: no hostnames")
+	hosts, err := parseHostnames(o.Hostnames)
+	if err != nil {
+		return nil, err
 	}
 	a := &ACME{
-		set:    make(map[string]bool),
 		inner:  o.Cache,
 		lock:   o.Lock,
 		logger: loggerOr(o.Logger),
@@ -171,23 +170,7 @@ func NewACME(o ACMEOptions) (*ACME, error) {
 		held:   make(map[string]*heldLock),
 		keyMu:  make(map[string]*sync.Mutex),
 	}
-	for _, h := range o.Hostnames {
-		n := normalizeName(h)
-		switch {
-		case n == "":
-			return nil, errors.New("tls: acme: empty hostname")
-		case strings.Contains(n, "*"):
-			return nil, fmt.Errorf("tls: acme: hostname %q: wildcards need DNS-01, which autocert does not support", h)
-		case strings.ContainsAny(n, ":/ "), net.ParseIP(n) != nil:
-			return nil, fmt.Errorf("tls: acme: hostname %q: not a DNS name", h)
-		case !strings.Contains(n, "."):
-			return nil, fmt.Errorf("tls: acme: hostname %q: not a fully qualified name", h)
-		}
-		if !a.set[n] {
-			a.set[n] = true
-			a.names = append(a.names, n)
-		}
-	}
+	a.hosts.Store(hosts)
 	dir := o.DirectoryURL
 	if dir == "" {
 		dir = autocert.DefaultACMEDirectory
@@ -205,15 +188,71 @@ func NewACME(o ACMEOptions) (*ACME, error) {
 	return a, nil
 }
 
+// hostSet is the configured hostnames, normalised; names[0] is the
+// default.
+type hostSet struct {
+	names []string
+	set   map[string]bool
+}
+
+func parseHostnames(hostnames []string) (*hostSet, error) {
+	if len(hostnames) == 0 {
+		return nil, errors.New("tls: acme: no hostnames")
+	}
+	h := &hostSet{set: make(map[string]bool)}
+	for _, name := range hostnames {
+		n := normalizeName(name)
+		switch {
+		case n == "":
+			return nil, errors.New("tls: acme: empty hostname")
+		case strings.Contains(n, "*"):
+			return nil, fmt.Errorf("tls: acme: hostname %q: wildcards need DNS-01, which autocert does not support", name)
+		case strings.ContainsAny(n, ":/ "), net.ParseIP(n) != nil:
+			return nil, fmt.Errorf("tls: acme: hostname %q: not a DNS name", name)
+		case !strings.Contains(n, "."):
+			return nil, fmt.Errorf("tls: acme: hostname %q: not a fully qualified name", name)
+		}
+		if !h.set[n] {
+			h.set[n] = true
+			h.names = append(h.names, n)
+		}
+	}
+	return h, nil
+}
+
+// PrepareHostnames checks hostnames as NewACME does and returns the
+// function that puts them in service, for a reload that must be able to
+// fail before it changes anything. Once applied, handshakes and challenge
+// requests for the names added are served and those for the names
+// removed are refused; apply returns the names added, for which the
+// caller should call Obtain. A certificate already in memory for a
+// removed name is still renewed by autocert until the process ends.
+func (a *ACME) PrepareHostnames(hostnames []string) (apply func() (added []string), err error) {
+	h, err := parseHostnames(hostnames)
+	if err != nil {
+		return nil, err
+	}
+	return func() []string {
+		old := a.hosts.Swap(h)
+		var added []string
+		for _, n := range h.names {
+			if !old.set[n] {
+				added = append(added, n)
+			}
+		}
+		return added
+	}, nil
+}
+
 func normalizeName(s string) string {
 	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
 }
 
 // Manages reports whether name is one of the configured hostnames.
-func (a *ACME) Manages(name string) bool { return a.set[normalizeName(name)] }
+func (a *ACME) Manages(name string) bool { return a.hosts.Load().set[normalizeName(name)] }
 
 // Hostnames returns the configured names, the default first.
-func (a *ACME) Hostnames() []string { return slices.Clone(a.names) }
+func (a *ACME) Hostnames() []string { return slices.Clone(a.hosts.Load().names) }
 
 // hostPolicy runs on every handshake and every challenge request: a map
 // lookup, never I/O. HTTPHandler passes r.Host, which carries a port when
@@ -252,11 +291,12 @@ func (a *ACME) GetCertificate(hello *stdtls.ClientHelloInfo) (*stdtls.Certificat
 }
 
 func (a *ACME) get(ctx context.Context, hello *stdtls.ClientHelloInfo) (*stdtls.Certificate, error) {
+	hosts := a.hosts.Load()
 	name := normalizeName(hello.ServerName)
 	if name == "" || net.ParseIP(name) != nil {
-		name = a.names[0]
+		name = hosts.names[0]
 	}
-	if !a.set[name] {
+	if !hosts.set[name] {
 		return nil, fmt.Errorf("%w: %q", ErrNotManaged, name)
 	}
 	h := *hello
@@ -336,9 +376,10 @@ func (a *ACME) Obtain(ctx context.Context) error {
 	if err := a.checkKey(ctx); err != nil {
 		return err
 	}
-	errs := make([]error, len(a.names))
+	names := a.hosts.Load().names
+	errs := make([]error, len(names))
 	var wg sync.WaitGroup
-	for i, name := range a.names {
+	for i, name := range names {
 		wg.Go(func() {
 			done := make(chan error, 1)
 			go func() {
@@ -444,7 +485,7 @@ func (a *ACME) Cached(ctx context.Context) ([]Info, error) {
 		return nil, err
 	}
 	var out []Info
-	for _, name := range a.names {
+	for _, name := range a.hosts.Load().names {
 		for _, key := range []string{name, name + "+rsa"} {
 			v, err := a.inner.Get(ctx, key)
 			if err == autocert.ErrCacheMiss {

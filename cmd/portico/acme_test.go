@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,5 +112,81 @@ func verifyAs(roots *x509.CertPool, name string) func(tls.ConnectionState) error
 		}
 		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: name})
 		return err
+	}
+}
+
+// TestReloadACMEHostnames: a reload applies tls.acme.hostnames to the
+// running manager (pebble, HTTP-01): a name added gets its certificate
+// without a restart, a name removed is refused, and the log does not
+// ask for a restart.
+func TestReloadACMEHostnames(t *testing.T) {
+	bin := binary(t)
+	pebble := testsrv.StartPebble(t, testsrv.PebbleOptions{})
+	dir := t.TempDir()
+	imaps := freeAddr(t)
+	config := func(hostnames string) string {
+		return `
+listeners:
+  - {name: imaps, mode: imaps, address: "` + imaps + `"}
+tls:
+  acme:
+    hostnames: [` + hostnames + `]
+    directory_url: "` + pebble.DirectoryURL + `"
+    ca_file: ` + pebble.CAFile + `
+    http_address: "` + fmt.Sprintf("127.0.0.1:%d", pebble.HTTPPort) + `"
+    cache_dir: ` + filepath.Join(dir, "acme") + `
+    cache_key: "a test cache key of some length"
+routing:
+  static:
+    - {user: carol@mail.test, backend: mem}
+backends:
+  - {name: mem, address: "127.0.0.1:1"}
+`
+	}
+	p := writeConfig(t, dir, config("mail.test"))
+	cmd, stderr := startServe(t, bin, p, imaps, 60*time.Second)
+	roots := pebble.Roots(t)
+	handshake := func(name string) error {
+		c, err := tls.Dial("tcp", imaps, &tls.Config{RootCAs: roots, ServerName: name, NextProtos: []string{"imap"}})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := handshake("mail.test"); err != nil {
+		t.Fatalf("mail.test: %v\n%s", err, stderr)
+	}
+	if err := handshake("imap.test"); err == nil {
+		t.Fatal("imap.test served before it is configured")
+	}
+
+	writeConfig(t, dir, config("mail.test, imap.test"))
+	cmd.Process.Signal(syscall.SIGHUP)
+	var err error
+	for end := time.Now().Add(60 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if err = handshake("imap.test"); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("imap.test after the reload: %v\n%s", err, stderr)
+	}
+	if err := handshake("mail.test"); err != nil {
+		t.Errorf("mail.test after the reload: %v", err)
+	}
+
+	writeConfig(t, dir, config("imap.test"))
+	cmd.Process.Signal(syscall.SIGHUP)
+	for end := time.Now().Add(10 * time.Second); handshake("mail.test") == nil; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("mail.test still served after it was removed\n%s", stderr)
+		}
+	}
+	if err := handshake("imap.test"); err != nil {
+		t.Errorf("imap.test after removing mail.test: %v", err)
+	}
+	log := stderr.String()
+	if strings.Count(log, `msg="acme: hostnames reloaded"`) != 2 || strings.Contains(log, "tls.acme changed") {
+		t.Errorf("log:\n%s", log)
 	}
 }

@@ -43,8 +43,11 @@ type App struct {
 	pairs     []ptls.Pair
 	ACME      *ptls.ACME // nil without ACME
 	acmeCfg   *config.ACME
-	tickets   *ptls.TicketKeys
-	tlsCfg    config.TLS
+	// acmeHostnames puts a reload's tls.acme.hostnames in service (the
+	// manager is prev's); nil when they did not change.
+	acmeHostnames func() (added []string)
+	tickets       *ptls.TicketKeys
+	tlsCfg        config.TLS
 	// certReload reloads the certificate files now (SIGHUP); set by the
 	// Process that runs this App.
 	certReload func()

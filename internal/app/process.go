@@ -379,6 +379,9 @@ func (p *Process) reload() error {
 	stopOld := p.stopGen
 	p.startGeneration(next)
 	old.Server.Reconfigure(next.settings)
+	if next.acmeHostnames != nil {
+		p.applyACMEHostnames(next)
+	}
 	p.level.Set(cfg.Log.SlogLevel())
 	wanted := make(map[string]bool)
 	for _, spec := range next.Listeners {
@@ -410,6 +413,25 @@ func (p *Process) reload() error {
 	}
 	p.Logger.Info("configuration reloaded", "config", p.ConfigPath, "listeners", len(next.Listeners), "backends", strings.Join(names, ","))
 	return nil
+}
+
+// applyACMEHostnames puts a reload's tls.acme.hostnames in service and
+// obtains the certificates of the names added in the background: the
+// first handshake for such a name before that ends waits for it (at most
+// five minutes), as at start.
+func (p *Process) applyACMEHostnames(next *App) {
+	added := next.acmeHostnames()
+	p.Logger.Info("acme: hostnames reloaded", "hostnames", strings.Join(next.ACME.Hostnames(), ","), "added", strings.Join(added, ","))
+	if len(added) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.procCtx, 10*time.Minute)
+	go func() {
+		defer cancel()
+		if err := next.ACME.Obtain(ctx); err != nil {
+			p.Logger.Error("acme: obtaining certificates after a reload", "hostnames", strings.Join(added, ","), "err", err)
+		}
+	}()
 }
 
 // ReloadCertificates reloads the certificate files only, as SIGHUP did

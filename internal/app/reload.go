@@ -44,7 +44,10 @@ func restartNeeded(old, new *config.Config) []string {
 	}
 	diff("routing.redis", old.Routing.Redis, new.Routing.Redis)
 	diff("fleet", old.Fleet, new.Fleet)
-	diff("tls.acme", old.TLS.ACME, new.TLS.ACME)
+	if a, b := old.TLS.ACME, new.TLS.ACME; a == nil || b == nil || !acmeEqualButHostnames(*a, *b) {
+		// The hostnames alone a reload applies.
+		diff("tls.acme", a, b)
+	}
 	diff("log.format", old.Log.Format, new.Log.Format)
 	diff("pid_file", old.PIDFile, new.PIDFile)
 	diff("admin", old.Admin, new.Admin)

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/acme/autocert"
@@ -24,7 +26,9 @@ import (
 // buildTLS loads file certificates, prepares ACME (without network access)
 // and builds the one tls.Config every client listener uses. A reload
 // (prev set) keeps prev's ACME manager: it owns the challenge listeners
-// and the renewals, and tls.acme changes need a restart.
+// and the renewals. Of tls.acme, a reload changes the hostnames
+// (acmeHostnames, applied when the reload commits); the rest needs a
+// restart or an upgrade.
 func (rt *App) buildTLS(cfg *config.Config, logger *slog.Logger, prev *App) error {
 	rt.tlsCfg = cfg.TLS
 	if len(cfg.TLS.Certificates) > 0 {
@@ -40,6 +44,14 @@ func (rt *App) buildTLS(cfg *config.Config, logger *slog.Logger, prev *App) erro
 	}
 	if prev != nil {
 		rt.ACME, rt.acmeCfg = prev.ACME, prev.acmeCfg
+		if a := cfg.TLS.ACME; rt.ACME != nil && a != nil && !slices.Equal(a.Hostnames, rt.acmeCfg.Hostnames) &&
+			acmeEqualButHostnames(*a, *rt.acmeCfg) {
+			apply, err := rt.ACME.PrepareHostnames(a.Hostnames)
+			if err != nil {
+				return fmt.Errorf("tls.acme.hostnames: %w", err)
+			}
+			rt.acmeHostnames, rt.acmeCfg = apply, a
+		}
 	} else if a := cfg.TLS.ACME; a != nil {
 		m, err := rt.buildACME(a, logger)
 		if err != nil {
@@ -65,6 +77,13 @@ func (rt *App) buildTLS(cfg *config.Config, logger *slog.Logger, prev *App) erro
 		}
 	}
 	return nil
+}
+
+// acmeEqualButHostnames reports whether a and b differ in hostnames at
+// most: what a reload can apply to a running ACME manager.
+func acmeEqualButHostnames(a, b config.ACME) bool {
+	a.Hostnames, b.Hostnames = nil, nil
+	return reflect.DeepEqual(a, b)
 }
 
 // getCertificate serves ACME's names (and clients without SNI, which get
