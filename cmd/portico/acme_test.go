@@ -38,26 +38,7 @@ func TestServeACME(t *testing.T) {
 			if challenge == "tls-alpn-01" {
 				httpAddr, alpnAddr = "off", fmt.Sprintf("127.0.0.1:%d", pebble.TLSPort)
 			}
-			cfg := `
-listeners:
-  - {name: imaps, mode: imaps, address: "` + imaps + `"}
-tls:
-  acme:
-    hostnames: [mail.test]
-    email: ops@mail.test
-    directory_url: "` + pebble.DirectoryURL + `"
-    ca_file: ` + pebble.CAFile + `
-    http_address: "` + httpAddr + `"
-    tls_alpn_address: "` + alpnAddr + `"
-    cache_dir: ` + filepath.Join(dir, "acme") + `
-    cache_key: "a test cache key of some length"
-routing:
-  static:
-    - {user: carol@mail.test, backend: mem}
-backends:
-  - {name: mem, address: "` + be.Addr() + `"}
-`
-			p := writeConfig(t, dir, cfg)
+			p := writeConfig(t, dir, acmeConfig(imaps, pebble, dir, "mail.test", httpAddr, alpnAddr, be.Addr()))
 			_, stderr := startServe(t, bin, p, imaps, 60*time.Second)
 			roots := pebble.Roots(t)
 			for _, sni := range []string{"mail.test", ""} {
@@ -102,6 +83,31 @@ backends:
 	}
 }
 
+// acmeConfig is a serve config with one imaps listener whose certificates
+// come from pebble for hostnames (a YAML flow list's inside), with the
+// given challenge addresses, and carol@mail.test routed to backend.
+func acmeConfig(imaps string, pebble *testsrv.Pebble, dir, hostnames, httpAddr, alpnAddr, backend string) string {
+	return `
+listeners:
+  - {name: imaps, mode: imaps, address: "` + imaps + `"}
+tls:
+  acme:
+    hostnames: [` + hostnames + `]
+    email: ops@mail.test
+    directory_url: "` + pebble.DirectoryURL + `"
+    ca_file: ` + pebble.CAFile + `
+    http_address: "` + httpAddr + `"
+    tls_alpn_address: "` + alpnAddr + `"
+    cache_dir: ` + filepath.Join(dir, "acme") + `
+    cache_key: "a test cache key of some length"
+routing:
+  static:
+    - {user: carol@mail.test, backend: mem}
+backends:
+  - {name: mem, address: "` + backend + `"}
+`
+}
+
 // verifyAs checks the chain against roots for name, for a client that sent
 // no SNI (crypto/tls then has no name to verify).
 func verifyAs(roots *x509.CertPool, name string) func(tls.ConnectionState) error {
@@ -125,23 +131,7 @@ func TestReloadACMEHostnames(t *testing.T) {
 	dir := t.TempDir()
 	imaps := freeAddr(t)
 	config := func(hostnames string) string {
-		return `
-listeners:
-  - {name: imaps, mode: imaps, address: "` + imaps + `"}
-tls:
-  acme:
-    hostnames: [` + hostnames + `]
-    directory_url: "` + pebble.DirectoryURL + `"
-    ca_file: ` + pebble.CAFile + `
-    http_address: "` + fmt.Sprintf("127.0.0.1:%d", pebble.HTTPPort) + `"
-    cache_dir: ` + filepath.Join(dir, "acme") + `
-    cache_key: "a test cache key of some length"
-routing:
-  static:
-    - {user: carol@mail.test, backend: mem}
-backends:
-  - {name: mem, address: "127.0.0.1:1"}
-`
+		return acmeConfig(imaps, pebble, dir, hostnames, fmt.Sprintf("127.0.0.1:%d", pebble.HTTPPort), "off", "127.0.0.1:1")
 	}
 	p := writeConfig(t, dir, config("mail.test"))
 	cmd, stderr := startServe(t, bin, p, imaps, 60*time.Second)
