@@ -58,17 +58,22 @@ func (l *Limiter) checkCold(ctx context.Context, net netip.Prefix, user string) 
 	// login's success then: it drains by itself, and at worst the user's
 	// next typos there are delayed one failure sooner.
 	v := proxy.LimitVerdict{Recorded: user != "" && l.known.fresh(user, net, now)}
-	if l.CountSessions != nil && user != "" && l.SessionsCold != nil && l.SessionsCold(user) {
+	if l.CountSessions == nil || user == "" {
+		return v, true
+	}
+	if l.SessionsCold != nil && l.SessionsCold(user) {
+		// The fleet's count would be 0 without a read: the server counts
+		// its own sessions.
 		v.SessionsCounted = true
-	} else if l.CountSessions != nil && user != "" {
-		pipe := l.redis.rdb.Pipeline()
-		count := l.CountSessions(pipe, user)
-		if pipe.Len() > 0 {
-			pipe.Exec(ctx) // errors are the command's
-		}
-		if n, err := count(ctx); err == nil {
-			v.Sessions, v.SessionsCounted = n, true
-		}
+		return v, true
+	}
+	pipe := l.redis.rdb.Pipeline()
+	count := l.CountSessions(pipe, user)
+	if pipe.Len() > 0 {
+		pipe.Exec(ctx) // errors are the command's
+	}
+	if n, err := count(ctx); err == nil {
+		v.Sessions, v.SessionsCounted = n, true
 	}
 	return v, true
 }
