@@ -36,8 +36,16 @@ func listenFDs() ([]net.Listener, error) {
 	if err != nil || n < 0 || n > 1024 {
 		return nil, fmt.Errorf("socket activation: LISTEN_FDS=%q", fds)
 	}
+	return takeListeners(listenFDsStart, n)
+}
+
+// takeListeners makes listeners of the n descriptors from first on. It
+// owns every one of them: on success each is closed and duplicated into
+// a listener; on an error, the ones not yet taken are closed too, so
+// that none is left open behind a failed start.
+func takeListeners(first, n int) ([]net.Listener, error) {
 	var lns []net.Listener
-	for fd := listenFDsStart; fd < listenFDsStart+n; fd++ {
+	for fd := first; fd < first+n; fd++ {
 		syscall.CloseOnExec(fd)
 		f := os.NewFile(uintptr(fd), "systemd socket "+strconv.Itoa(fd))
 		// FileListener duplicates the descriptor: ours is closed either way.
@@ -52,6 +60,9 @@ func listenFDs() ([]net.Listener, error) {
 		if err != nil {
 			for _, ln := range lns {
 				ln.Close()
+			}
+			for rest := fd + 1; rest < first+n; rest++ {
+				syscall.Close(rest)
 			}
 			return nil, fmt.Errorf("socket activation: descriptor %d: %w (Portico takes ListenStream= sockets only, without Accept=yes)", fd, err)
 		}
