@@ -224,8 +224,8 @@ func parseHostnames(hostnames []string) (*hostSet, error) {
 // function that puts them in service, for a reload that must be able to
 // fail before it changes anything. Once applied, handshakes and challenge
 // requests for the names added are served and those for the names
-// removed are refused; apply returns the names added, for which the
-// caller should call Obtain. A certificate already in memory for a
+// removed are refused; apply returns the names added, which the caller
+// passes to Obtain. A certificate already in memory for a
 // removed name is still renewed by autocert until the process ends.
 func (a *ACME) PrepareHostnames(hostnames []string) (apply func() (added []string), err error) {
 	h, err := parseHostnames(hostnames)
@@ -360,8 +360,9 @@ func (a *ACME) keyMutex(key string) *sync.Mutex {
 	return km
 }
 
-// Obtain loads or obtains the certificates for all hostnames, in parallel.
-// Call it before the listeners take traffic. Certificates valid in the
+// Obtain loads or obtains the certificates for names, or for all hostnames
+// when none is given, in parallel. Call it before the listeners take
+// traffic. Certificates valid in the
 // cache are loaded without any network access. A fleet member that waits
 // for another one's order waits until ctx is done. Note that an order in
 // progress is bounded by autocert's own 5-minute timeout, not by ctx.
@@ -372,11 +373,13 @@ func (a *ACME) keyMutex(key string) *sync.Mutex {
 // would then write over the ones the rest of its fleet uses: every proxy
 // would keep replacing the others' certificates until the CA's rate limits
 // stop them all.
-func (a *ACME) Obtain(ctx context.Context) error {
+func (a *ACME) Obtain(ctx context.Context, names ...string) error {
 	if err := a.checkKey(ctx); err != nil {
 		return err
 	}
-	names := a.hosts.Load().names
+	if len(names) == 0 {
+		names = a.hosts.Load().names
+	}
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
 	for i, name := range names {

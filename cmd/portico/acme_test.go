@@ -179,4 +179,16 @@ func TestReloadACMEHostnames(t *testing.T) {
 	if strings.Count(log, `msg="acme: hostnames reloaded"`) != 2 || strings.Contains(log, "tls.acme changed") {
 		t.Errorf("log:\n%s", log)
 	}
+	// The reload obtains the name it added, not again the one in service.
+	inService := func(name string) (n int) {
+		for _, l := range strings.Split(log, "\n") {
+			if strings.Contains(l, `msg="tls: acme: certificate in service"`) && strings.Contains(l, name) {
+				n++
+			}
+		}
+		return n
+	}
+	if m, i := inService("mail.test"), inService("imap.test"); m != 1 || i != 1 {
+		t.Errorf("certificate in service logged %d times for mail.test, %d for imap.test, want once each; log:\n%s", m, i, log)
+	}
 }

@@ -428,7 +428,7 @@ func (p *Process) applyACMEHostnames(next *App) {
 	ctx, cancel := context.WithTimeout(p.procCtx, 10*time.Minute)
 	go func() {
 		defer cancel()
-		if err := next.ACME.Obtain(ctx); err != nil {
+		if err := next.ACME.Obtain(ctx, added...); err != nil {
 			p.Logger.Error("acme: obtaining certificates after a reload", "hostnames", strings.Join(added, ","), "err", err)
 		}
 	}()
