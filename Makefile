@@ -1,7 +1,7 @@
 # `make test` is the whole CI gate; .ci/run calls it on a fresh machine.
 GO ?= go
 
-.PHONY: test deps fmt-check vet unit fuzz bench demo build compare compare-pop3
+.PHONY: test deps fmt-check vet unit fuzz bench demo build compare compare-pop3 compare-profile
 
 test: deps fmt-check vet unit fuzz
 
@@ -47,6 +47,12 @@ compare:
 # every front end; a minute or two).
 compare-pop3:
 	SUITE=login bash scripts/compare-peers.sh
+
+# Where each front end's CPU per login goes (socket system calls,
+# cryptography, the rest), from perf record under 64 clients (as root;
+# installs linux-perf when missing; a few minutes).
+compare-profile:
+	SUITE=profile bash scripts/compare-peers.sh
 
 build:
 	$(GO) build ./...

@@ -24,11 +24,14 @@
 #
 #   bash scripts/compare-peers.sh          # or: make compare
 #   SUITE=login bash scripts/compare-peers.sh   # or: make compare-pop3
+#   SUITE=profile bash scripts/compare-peers.sh # or: make compare-profile
 #
 # Knobs (environment): USERS (300), LOGINS (1000), IDLE (2000), HOLD (20s),
 # SUITE=login runs only the IMAP and POP3 login tests (no idle, FETCH,
-# NOOP or post-quantum rows), KEEP=1 keeps the scratch directory (configs,
-# logs, JSON reports).
+# NOOP or post-quantum rows), SUITE=profile only the IMAP login test at 64
+# clients under `perf record` and prints where each server's CPU goes (the
+# kernel's socket system calls, cryptography, the rest), KEEP=1 keeps the
+# scratch directory (configs, logs, JSON reports, perf data).
 # Needs dovecot, redis-server, python3, openssl and go; installs nginx-light
 # and libnginx-mod-mail when nginx or its mail module is missing.
 #
@@ -48,7 +51,7 @@ LOGINS=${LOGINS:-1000}
 IDLE=${IDLE:-2000}
 HOLD=${HOLD:-20s}
 SUITE=${SUITE:-all}
-case $SUITE in all | login) ;; *) echo "compare-peers: SUITE is all or login" >&2; exit 2 ;; esac
+case $SUITE in all | login | profile) ;; *) echo "compare-peers: SUITE is all, login or profile" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 die() { echo "compare-peers: $*" >&2; exit 1; }
@@ -59,6 +62,11 @@ export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 for b in dovecot redis-server redis-cli python3 openssl go; do
 	command -v "$b" >/dev/null || die "$b is missing (bash scripts/install-test-deps.sh installs the servers)"
 done
+if [ "$SUITE" = profile ] && ! perf version >/dev/null 2>&1; then
+	log "installing linux-perf"
+	(apt-get install -y linux-perf >/dev/null || { apt-get update >/dev/null && apt-get install -y linux-perf >/dev/null; }) ||
+		die "cannot install linux-perf"
+fi
 if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_mail_module.so ]; then
 	log "installing nginx-light and libnginx-mod-mail"
 	# Debian starts a packaged nginx on :80 after install; policy-rc.d
@@ -422,6 +430,97 @@ print(f"  {sys.argv[2]:8} {sys.argv[3]:11} sessions {r['sessions']:5}  ops {r.ge
 EOF
 }
 
+# descendants PID...: the pids and all their descendants, comma-separated.
+descendants() {
+	local p kids out=""
+	for p in "$@"; do
+		out+="$p,"
+		kids=$(pgrep -P "$p" | tr '\n' ' ')
+		[ -z "$kids" ] || out+="$(descendants $kids),"
+	done
+	echo "${out%,}"
+}
+
+# profile: each front end's IMAP login run at 64 clients under `perf
+# record` (its processes only, not its lookup service), Portico's twice
+# (X25519, then Go's default curves), then the share of its samples spent
+# in the kernel's socket system calls (the TCP work of its connections; on
+# loopback the receiving side's too) and in cryptography (Go's crypto
+# packages, OpenSSL's libcrypto). Those two are the part of a login that
+# no front end that terminates TLS and dials its backend can avoid; the
+# rest is its runtime and its own code.
+profile() {
+	local k f perfpid try
+	log "login, 64 clients, under perf record"
+	for k in "${FRONTS[@]}" portico.pq; do
+		f=${k%.pq}
+		# A process that ends between the listing and the attach (one of
+		# Dovecot's) makes perf give up: list them again and retry.
+		for try in 1 2 3 4 5; do
+			perf record -F 999 -g -o "$T/results/$k.perf" -p "$(descendants "${PIDS[$f]%%,*}")" -- sleep 3600 >/dev/null 2>&1 &
+			perfpid=$!
+			sleep 1
+			kill -0 "$perfpid" 2>/dev/null && break
+			[ "$try" -lt 5 ] || die "perf record cannot attach to $f's processes"
+		done
+		if [ "$k" = "$f" ]; then
+			bench "$f" profile login -w 64 -n "$LOGINS" -curves $CURVES
+		else
+			bench "$f" profilepq login -w 64 -n "$LOGINS"
+		fi
+		pkill -TERM -P "$perfpid" sleep || true
+		wait "$perfpid" || true
+		perf report -i "$T/results/$k.perf" --children --sort sym -g none >"$T/results/$k.children" 2>/dev/null || true
+		perf report -i "$T/results/$k.perf" --no-children --sort dso,sym -g none >"$T/results/$k.self" 2>/dev/null || true
+	done
+	python3 - "$T/results" "${FRONTS[@]}" <<'EOF'
+import json, os, re, sys
+dir, fronts = sys.argv[1], sys.argv[2:]
+names = {"portico": "Portico", "nginx": "nginx", "dproxy": "Dovecot proxy", "direct": "Dovecot direct", "relay": "Go TLS relay"}
+cols = [(f, f, names[f]) for f in fronts]
+cols.insert(1, ("portico", "portico.pq", "Portico, X25519MLKEM768"))
+# The kernel's entry points of system calls that work a socket, each
+# counted with what it calls. sock_write_iter and sock_read_iter are
+# write(2), writev(2) and read(2) on sockets only, not on log files.
+sockets = re.compile(r"\] (sock_write_iter|sock_read_iter|__x64_sys_(sendto|recvfrom|sendmsg|recvmsg|sendmmsg|recvmmsg|connect|accept4?|shutdown|socket|setsockopt|getsockopt|getsockname|getpeername|epoll_ctl|close))\s*$")
+crypto = re.compile(r"(libcrypto|\] crypto/|\] vendor/golang\.org/x/crypto/|\] golang\.org/x/crypto/)")
+
+def share(path, pattern):
+    total, samples = 0.0, False
+    try:
+        for line in open(path):
+            m = re.match(r"\s+([0-9.]+)%", line)
+            samples = samples or bool(m)
+            if m and pattern.search(line):
+                total += float(m.group(1))
+    except OSError:
+        return None
+    return total if samples else None
+
+rows = [("CPU per login session, ms (under perf)", []), ("socket system calls, % of its CPU", []),
+        ("cryptography, % of its CPU", []), ("the two, ms per login session", []),
+        ("the rest (runtime, own code, other kernel work), ms", [])]
+for f, k, _ in cols:
+    test = "profile" if k == f else "profilepq"
+    try:
+        r = json.load(open(os.path.join(dir, f"{f}-{test}.json")))
+        ms = r["cpu"]["processes"][0]["cpu_s"] * 1000 / r["sessions"]
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, IndexError):
+        ms = None
+    s = share(os.path.join(dir, k + ".children"), sockets)
+    c = share(os.path.join(dir, k + ".self"), crypto)
+    rows[0][1].append("–" if ms is None else f"{ms:.2f}")
+    rows[1][1].append("–" if s is None else f"{s:.0f}")
+    rows[2][1].append("–" if c is None else f"{c:.0f}")
+    rows[3][1].append("–" if None in (ms, s, c) else f"{ms * (s + c) / 100:.2f}")
+    rows[4][1].append("–" if None in (ms, s, c) else f"{ms * (1 - (s + c) / 100):.2f}")
+print("| | " + " | ".join(c[2] for c in cols) + " |")
+print("|---|" + "---:|" * len(cols))
+for label, vals in rows:
+    print(f"| {label} | " + " | ".join(vals) + " |")
+EOF
+}
+
 CURVES=X25519,P256
 # warmup: every user logs in once through every front end (mailbox
 # indexes, route caches, the backends' mail processes), IMAP and POP3.
@@ -433,6 +532,10 @@ warmup() {
 	PROTO=imap
 }
 warmup
+if [ "$SUITE" = profile ]; then
+	profile
+	exit 0
+fi
 if [ "$SUITE" = all ]; then
 	# Idle first, so that the memory the front ends hold from the bulk
 	# tests (FETCH buffers the GC has not returned yet) does not hide the
