@@ -78,10 +78,12 @@ func runDemo(args []string) error {
   alice@example.test / alice-demo -> backend-1 (IMAP %s, POP3 %s)
   bob@example.test   / bob-demo   -> backend-2 (IMAP %s, POP3 %s)
 
-Try (-k accepts the self-signed certificate):
-  curl -k imaps://%[5]s/INBOX -u alice@example.test:alice-demo
+Try (-k accepts the self-signed certificate).
+IMAP (list the mailboxes, search INBOX, fetch the first message, STARTTLS):
+  curl -k imaps://%[5]s/ -u alice@example.test:alice-demo
+  curl -k 'imaps://%[5]s/INBOX?ALL' -u alice@example.test:alice-demo
   curl -k 'imaps://%[5]s/INBOX;UID=1' -u alice@example.test:alice-demo
-  curl -k --ssl-reqd imap://%[6]s/INBOX -u bob@example.test:bob-demo
+  curl -k --ssl-reqd imap://%[6]s/ -u bob@example.test:bob-demo
   openssl s_client -quiet -connect %[5]s -alpn imap
 POP3 (list the messages, fetch the first, STLS):
   curl -k pop3s://%[7]s/ -u alice@example.test:alice-demo

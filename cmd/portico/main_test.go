@@ -231,7 +231,20 @@ func TestDemo(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v\n%s\n%s", c, err, out, stderr)
 		}
+		// A command that prints nothing looks broken to whoever pastes
+		// it (curl's imaps://host/INBOX lists INBOX's children: none).
+		if len(bytes.TrimSpace(out)) == 0 {
+			t.Fatalf("%s printed nothing", c)
+		}
 		switch {
+		case strings.Contains(c, "imaps://"+imaps+"/ "), strings.Contains(c, "imap://"+imap+"/ "):
+			if !strings.Contains(string(out), `* LIST () "/" INBOX`) {
+				t.Fatalf("%s: no INBOX in\n%s", c, out)
+			}
+		case strings.Contains(c, "INBOX?ALL"):
+			if string(out) != "* SEARCH 1 2 3\r\n" {
+				t.Fatalf("%s:\n%q, want alice's three messages", c, out)
+			}
 		case strings.Contains(c, "UID=1"), strings.Contains(c, "pop3s://"+pop3s+"/1 "):
 			// The same first message over IMAP and POP3, byte for byte.
 			if want := membackend.SampleMessage("alice@example.test", 1); !bytes.Equal(out, want) {
