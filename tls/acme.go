@@ -225,8 +225,8 @@ func parseHostnames(hostnames []string) (*hostSet, error) {
 // fail before it changes anything. Once applied, handshakes and challenge
 // requests for the names added are served and those for the names
 // removed are refused; apply returns the names added, which the caller
-// passes to Obtain. A certificate already in memory for a
-// removed name is still renewed by autocert until the process ends.
+// passes to Obtain. A certificate already in memory for a removed name is
+// still renewed by autocert until the process ends.
 func (a *ACME) PrepareHostnames(hostnames []string) (apply func() (added []string), err error) {
 	h, err := parseHostnames(hostnames)
 	if err != nil {
@@ -362,10 +362,10 @@ func (a *ACME) keyMutex(key string) *sync.Mutex {
 
 // Obtain loads or obtains the certificates for names, or for all hostnames
 // when none is given, in parallel. Call it before the listeners take
-// traffic. Certificates valid in the
-// cache are loaded without any network access. A fleet member that waits
-// for another one's order waits until ctx is done. Note that an order in
-// progress is bounded by autocert's own 5-minute timeout, not by ctx.
+// traffic. Certificates valid in the cache are loaded without any network
+// access. A fleet member that waits for another one's order waits until
+// ctx is done. Note that an order in progress is bounded by autocert's own
+// 5-minute timeout, not by ctx.
 //
 // Obtain first refuses a cache whose ACME account key does not decrypt with
 // the configured key (ErrWrongCacheKey). Going on would register a new
