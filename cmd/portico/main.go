@@ -37,7 +37,7 @@ var commands = []command{
 	{"move", "route a user to another backend and move its sessions", runMove},
 	{"sessions", "list live sessions fleet-wide", runSessions},
 	{"limits", "show or clear the failed-login limits of an address or user (Redis)", runLimits},
-	{"bench", "generate IMAP load and measure a server (capacity planning)", runBench},
+	{"bench", "generate IMAP or POP3 load and measure a server (capacity planning)", runBench},
 	{"version", "print the version", runVersion},
 }
 
