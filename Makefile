@@ -40,6 +40,8 @@ demo:
 
 # Portico against nginx, a Dovecot proxy and Dovecot itself on this
 # machine, with portico bench (as root; a few minutes). Not part of test.
+# BEFORE=REV (make compare BEFORE=1bb57ee) adds a column for Portico as
+# built from that git revision, for before/after figures from one run.
 compare:
 	bash scripts/compare-peers.sh
 

@@ -31,7 +31,10 @@
 # NOOP or post-quantum rows), SUITE=profile only the IMAP login test at 64
 # clients under `perf record` and prints where each server's CPU goes (the
 # kernel's socket system calls, cryptography, the rest), KEEP=1 keeps the
-# scratch directory (configs, logs, JSON reports, perf data).
+# scratch directory (configs, logs, JSON reports, perf data), BEFORE=REV
+# adds a column for Portico built from git revision REV (a commit before
+# a change, for before/after figures from one run; IMAP rows only when
+# REV has no POP3; it gets its own Redis key prefix and the same routes).
 # Needs dovecot, redis-server, python3, openssl and go; installs nginx-light
 # and libnginx-mod-mail when nginx or its mail module is missing.
 #
@@ -51,6 +54,7 @@ LOGINS=${LOGINS:-1000}
 IDLE=${IDLE:-2000}
 HOLD=${HOLD:-20s}
 SUITE=${SUITE:-all}
+BEFORE=${BEFORE:-}
 case $SUITE in all | login | profile) ;; *) echo "compare-peers: SUITE is all, login or profile" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -149,12 +153,12 @@ wait_port() {
 # Ports below the ephemeral range, which outgoing connections take from.
 read -r P_DOVA P_DOVA_TLS P_DOVB P_DPROXY P_REDIS P_AUTH P_NGINX P_PORTICO \
 	P_DOVA_POP3 P_DOVA_POP3S P_DOVB_POP3 P_DPROXY_POP3 P_AUTH_POP3 P_NGINX_POP3 P_PORTICO_POP3 \
-	P_RELAY P_RELAY_POP3 P_SPARES P_SPARES_POP3 < <(python3 - <<'EOF'
+	P_RELAY P_RELAY_POP3 P_SPARES P_SPARES_POP3 P_BEFORE P_BEFORE_POP3 < <(python3 - <<'EOF'
 import random, socket
 lo = 20000
 hi = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 ports = []
-while len(ports) < 19:
+while len(ports) < 21:
     p = random.randrange(lo, hi)
     if p in ports:
         continue
@@ -172,6 +176,15 @@ EOF
 
 log "building portico into $T"
 (cd "$ROOT" && go build -o "$T/portico" ./cmd/portico && go build -o "$T/tlsrelay" ./scripts/tlsrelay)
+BEFORE_POP3=0
+if [ -n "$BEFORE" ]; then
+	BEFORE=$(git -C "$ROOT" rev-parse --short "$BEFORE^{commit}") || die "BEFORE: no such revision"
+	log "building portico $BEFORE into $T"
+	mkdir "$T/before-src"
+	git -C "$ROOT" archive "$BEFORE" | tar -x -C "$T/before-src"
+	(cd "$T/before-src" && go build -o "$T/portico-before" ./cmd/portico)
+	[ ! -e "$T/before-src/proxy/pop3.go" ] || BEFORE_POP3=1
+fi
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 	-keyout "$T/key.pem" -out "$T/cert.pem" -subj /CN=localhost \
@@ -214,6 +227,7 @@ for i in $(seq "$USERS"); do
 	echo "$u:{PLAIN}pw$i::::::proxy=y host=127.0.0.1 port=$port" >>"$T/dproxy/users-imap"
 	echo "$u:{PLAIN}pw$i::::::proxy=y host=127.0.0.1 port=$pop3" >>"$T/dproxy/users-pop3"
 	echo "HSET portico:route:$u backend $be" >>"$T/routes.redis"
+	echo "HSET before:route:$u backend $be" >>"$T/routes.redis"
 	echo "$u 127.0.0.1:$port" >>"$T/routes.nginx"
 	echo "$u 127.0.0.1:$pop3" >>"$T/routes.nginx.pop3"
 	md="$T/$d/home/$u/Maildir"
@@ -378,12 +392,32 @@ sed -e "s/127.0.0.1:$P_PORTICO\"/127.0.0.1:$P_SPARES\"/" -e "s/127.0.0.1:$P_PORT
 grep -q "spare_connections: 4" "$T/portico-spares.yaml" || die "no spares in $T/portico-spares.yaml"
 start spares "$T/portico" serve -config "$T/portico-spares.yaml"
 PID_SPARES=$PID
+if [ -n "$BEFORE" ]; then
+	# Its own key prefix: an older registry or limiter format must not
+	# meet today's in the same keys.
+	python3 - "$T/portico.yaml" "$P_PORTICO" "$P_BEFORE" "$P_PORTICO_POP3" "$P_BEFORE_POP3" "$BEFORE_POP3" >"$T/portico-before.yaml" <<'EOF'
+import re, sys
+conf, port, before, pop3, before_pop3, keep_pop3 = open(sys.argv[1]).read(), *sys.argv[2:6], sys.argv[6] == "1"
+conf = conf.replace(f'127.0.0.1:{port}"', f'127.0.0.1:{before}"')
+if keep_pop3:
+    conf = conf.replace(f'127.0.0.1:{pop3}"', f'127.0.0.1:{before_pop3}"')
+else:
+    conf = "".join(l for l in conf.splitlines(True) if "mode: pop3s" not in l)
+    conf = re.sub(r", pop3_port: [0-9]+", "", conf)
+conf = conf.replace('redis: {addrs: [', 'redis: {key_prefix: "before:", addrs: [')
+print(conf, end="")
+EOF
+	grep -q 'key_prefix: "before:"' "$T/portico-before.yaml" || die "no key prefix in $T/portico-before.yaml"
+	start before "$T/portico-before" serve -config "$T/portico-before.yaml"
+	PID_BEFORE=$PID
+fi
 start relay "$T/tlsrelay" -listen "127.0.0.1:$P_RELAY" -backend "127.0.0.1:$P_DOVA" -cert "$T/cert.pem" -key "$T/key.pem"
 PID_RELAY=$PID
 start relaypop3 "$T/tlsrelay" -listen "127.0.0.1:$P_RELAY_POP3" -backend "127.0.0.1:$P_DOVA_POP3" -cert "$T/cert.pem" -key "$T/key.pem" -alpn pop3
 PID_RELAY_POP3=$PID
 
 for p in "$P_DOVA" "$P_DOVB" "$P_DOVA_POP3" "$P_DOVB_POP3"; do wait_greeting "$p"; done
+[ -z "$BEFORE" ] || wait_greeting "$P_BEFORE" tls
 for p in "$P_DOVA_TLS" "$P_DPROXY" "$P_NGINX" "$P_PORTICO" "$P_SPARES" \
 	"$P_DOVA_POP3S" "$P_DPROXY_POP3" "$P_NGINX_POP3" "$P_PORTICO_POP3" "$P_SPARES_POP3" "$P_RELAY" "$P_RELAY_POP3"; do wait_greeting "$p" tls; done
 wait_port "$P_AUTH"
@@ -392,6 +426,10 @@ wait_port "$P_AUTH_POP3"
 FRONTS=(portico nginx dproxy direct relay)
 # The login tests also run against Portico with spares.
 LOGIN_FRONTS=(portico spares nginx dproxy direct relay)
+if [ -n "$BEFORE" ]; then
+	FRONTS=(portico before nginx dproxy direct relay)
+	LOGIN_FRONTS=(portico before spares nginx dproxy direct relay)
+fi
 # By front end, and by front end and protocol for POP3 (PROTO=pop3).
 declare -A ADDR=([portico]=$P_PORTICO [spares]=$P_SPARES [nginx]=$P_NGINX [dproxy]=$P_DPROXY [direct]=$P_DOVA_TLS [relay]=$P_RELAY
 	[portico.pop3]=$P_PORTICO_POP3 [spares.pop3]=$P_SPARES_POP3 [nginx.pop3]=$P_NGINX_POP3 [dproxy.pop3]=$P_DPROXY_POP3
@@ -402,9 +440,23 @@ declare -A PIDS=([portico]="$PID_PORTICO,$PID_REDIS" [spares]="$PID_SPARES,$PID_
 	[dproxy]=$PID_DPROXY [direct]=$PID_DOVA [relay]=$PID_RELAY
 	[portico.pop3]="$PID_PORTICO,$PID_REDIS" [spares.pop3]="$PID_SPARES,$PID_REDIS" [nginx.pop3]="$PID_NGINX,$PID_AUTH_POP3" [dproxy.pop3]=$PID_DPROXY [direct.pop3]=$PID_DOVA
 	[relay.pop3]=$PID_RELAY_POP3)
+if [ -n "$BEFORE" ]; then
+	ADDR[before]=$P_BEFORE
+	PIDS[before]="$PID_BEFORE,$PID_REDIS"
+	if [ "$BEFORE_POP3" = 1 ]; then
+		ADDR[before.pop3]=$P_BEFORE_POP3
+		PIDS[before.pop3]="$PID_BEFORE,$PID_REDIS"
+	fi
+fi
 # The relay and Dovecot direct reach the first backend only.
-declare -A NUSERS=([portico]=$USERS [spares]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half [relay]=$half)
+declare -A NUSERS=([portico]=$USERS [before]=$USERS [spares]=$USERS [nginx]=$USERS [dproxy]=$USERS [direct]=$half [relay]=$half)
 mkdir -p "$T/results"
+
+# pop3_fronts: the login front ends that take POP3.
+pop3_fronts() {
+	local f
+	for f in "${LOGIN_FRONTS[@]}"; do [ -z "${ADDR[$f.pop3]:-}" ] || echo "$f"; done
+}
 
 # bench FRONT TEST ARGS...: one `portico bench` run, its JSON kept; with
 # PROTO=pop3, a POP3 one (pop3s).
@@ -476,7 +528,7 @@ profile() {
 	python3 - "$T/results" "${FRONTS[@]}" <<'EOF'
 import json, os, re, sys
 dir, fronts = sys.argv[1], sys.argv[2:]
-names = {"portico": "Portico", "nginx": "nginx", "dproxy": "Dovecot proxy", "direct": "Dovecot direct", "relay": "Go TLS relay"}
+names = {"portico": "Portico", "before": "Portico before", "nginx": "nginx", "dproxy": "Dovecot proxy", "direct": "Dovecot direct", "relay": "Go TLS relay"}
 cols = [(f, f, names[f]) for f in fronts]
 cols.insert(1, ("portico", "portico.pq", "Portico, X25519MLKEM768"))
 # The kernel's entry points of system calls that work a socket, each
@@ -528,11 +580,22 @@ warmup() {
 	log "warm-up: every user logs in once through every front end, IMAP and POP3"
 	for f in "${LOGIN_FRONTS[@]}"; do bench "$f" warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
 	PROTO=pop3
-	for f in "${LOGIN_FRONTS[@]}"; do bench "$f" pop3warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
+	for f in $(pop3_fronts); do bench "$f" pop3warmup login -w 8 -n "${NUSERS[$f]}" -curves $CURVES; done
 	PROTO=imap
 }
 warmup
+# prime: 64 clients' worth of mail processes on the backends, which have
+# only a few after the lighter tests, and lose idle ones after a minute
+# (idle_kill). Without it, the first front end measured at 64 clients
+# (Portico) paid for Dovecot forking most of them and meeting users
+# anew in each: about 10 % of its logins/s in alternated runs, and less
+# for each front end after it.
+prime() {
+	log "priming the backends: $((LOGINS * 2)) unmeasured $PROTO sessions at 64 clients"
+	bench portico prime login -w 64 -n $((LOGINS * 2)) -curves $CURVES
+}
 if [ "$SUITE" = profile ]; then
+	prime
 	profile
 	exit 0
 fi
@@ -560,15 +623,18 @@ fi
 log "login, one client at a time, IMAP then POP3"
 for f in "${LOGIN_FRONTS[@]}"; do bench "$f" login1 login -w 1 -n 200 -curves $CURVES; done
 PROTO=pop3
-for f in "${LOGIN_FRONTS[@]}"; do bench "$f" pop3login1 login -w 1 -n 200 -curves $CURVES; done
+for f in $(pop3_fronts); do bench "$f" pop3login1 login -w 1 -n 200 -curves $CURVES; done
 PROTO=imap
 log "login, 64 clients, IMAP then POP3"
+prime
 for f in "${LOGIN_FRONTS[@]}"; do bench "$f" login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
 PROTO=pop3
-for f in "${LOGIN_FRONTS[@]}"; do bench "$f" pop3login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
+prime
+for f in $(pop3_fronts); do bench "$f" pop3login64 login -w 64 -n "$LOGINS" -curves $CURVES; done
 PROTO=imap
 if [ "$SUITE" = all ]; then
 	log "login, 64 clients offering Go's default key exchanges (X25519MLKEM768 first)"
+	prime
 	for f in "${FRONTS[@]}"; do bench "$f" loginpq login -w 64 -n "$LOGINS"; done
 	log "FETCH of the 1 MiB message, one session"
 	for f in "${FRONTS[@]}"; do bench "$f" fetch fetch -w 1 -n 50 -curves $CURVES; done
@@ -578,11 +644,13 @@ if [ "$SUITE" = all ]; then
 	for f in "${FRONTS[@]}"; do bench "$f" latency latency -w 1 -n 10000 -curves $CURVES; done
 fi
 
-python3 - "$T/results" "$IDLE" <<'EOF'
+python3 - "$T/results" "$IDLE" "$BEFORE" <<'EOF'
 import json, os, sys
-dir, idle = sys.argv[1], int(sys.argv[2])
+dir, idle, before = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 fronts = [("portico", "Portico"), ("spares", "Portico, 4 spares"), ("nginx", "nginx"), ("dproxy", "Dovecot proxy"), ("direct", "Dovecot direct"),
           ("relay", "Go TLS relay (floor)")]
+if before:
+    fronts.insert(1, ("before", f"Portico at {before}"))
 
 def rep(f, test):
     try:
